@@ -1,0 +1,107 @@
+"""One adapter per model: the only place that knows about model families.
+
+The decoding loop sees every model through `ModelAdapter`: feed tokens, get logits, keep a prefix.
+The adapter owns the KV cache and a per-row mask over cache slots. In a batch, rows that take fewer
+tokens than others in a forward leave masked "holes" in the cache; rejected draft tokens are masked
+out and, once they are at the end of every row, cropped. Nothing kept is ever recomputed.
+
+Holes need a model that takes explicit `position_ids` (decoder-only Llama, GPT-2, GPT-NeoX, OPT, ...).
+Encoder-decoder decoders (T5, BART, Marian) derive positions from the slot index, so they run
+without holes; the generator runs their batches row by row (`supports_holes` is False).
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+
+
+class ModelAdapter:
+    """Incremental decoding over one model's cache.
+
+    State: `mask` [B, L] bool over cache slots, `n_valid` [B] number of tokens each row holds.
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        params = inspect.signature(model.forward).parameters
+        self.supports_holes = not self.is_encoder_decoder and "position_ids" in params
+        self._logits_to_keep = "logits_to_keep" in params
+        self.tokens_fed = 0
+        self.forwards = 0
+
+    # -- setup --------------------------------------------------------------------------------------
+    def start(self, batch_size: int, device: torch.device, encoder_kwargs: dict | None = None) -> None:
+        """Fresh cache. `encoder_kwargs` (encoder-decoder only): `encoder_outputs` and `attention_mask`."""
+        cfg = self.model.config
+        if self.is_encoder_decoder:
+            self.cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+        else:
+            self.cache = DynamicCache(config=cfg)
+        if hasattr(self.cache, "activate_past_recording"):  # sliding-window / linear-attention layers
+            self.cache.activate_past_recording()
+        self.encoder_kwargs = encoder_kwargs or {}
+        self.mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
+        self.n_valid = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
+        """Run the encoder once (encoder-decoder models). Returns the kwargs `start` takes."""
+        enc = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return {"encoder_outputs": enc, "attention_mask": attention_mask}
+
+    # -- the two operations the loop uses -----------------------------------------------------------
+    @torch.no_grad()
+    def feed(self, ids: torch.Tensor, valid: torch.Tensor, keep: int) -> torch.Tensor:
+        """Append `ids` [B, n] to the cache; `valid` [B, n] marks real tokens (False = hole).
+
+        Returns float32 logits [B, keep, V] of the last `keep` positions.
+        """
+        if not self.supports_holes and not bool(valid.all()):
+            raise RuntimeError("this model cannot take masked slots; run its batch row by row")
+        n = ids.shape[1]
+        pos = self.n_valid[:, None] + valid.long().cumsum(-1) - 1
+        self.mask = torch.cat([self.mask, valid], dim=1)
+        kwargs = {"past_key_values": self.cache, "use_cache": True}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        if self.is_encoder_decoder:
+            kwargs.update(self.encoder_kwargs, decoder_input_ids=ids)
+        else:
+            kwargs.update(input_ids=ids, attention_mask=self.mask.long())
+            if self.supports_holes:
+                kwargs["position_ids"] = pos.clamp(min=0)
+        out = self.model(**kwargs)
+        self.n_valid = self.n_valid + valid.sum(-1)
+        self.tokens_fed += int(valid.sum())
+        self.forwards += 1
+        return out.logits[:, -keep:].float()
+
+    def keep_first(self, counts: torch.Tensor) -> None:
+        """Roll back: row r keeps its first `counts[r]` tokens; later slots are masked, and slots masked
+        in every row at the end of the cache are cropped."""
+        counts = torch.minimum(counts, self.n_valid)
+        if bool((counts == self.n_valid).all()):
+            return
+        self.mask = self.mask & (self.mask.long().cumsum(-1) <= counts[:, None])
+        self.n_valid = counts
+        live = self.mask.any(0).nonzero()
+        new_len = int(live[-1]) + 1 if live.numel() else 0
+        drop = self.mask.shape[1] - new_len
+        if drop > 0:
+            self.cache.crop(-drop)
+            self.mask = self.mask[:, :new_len]
+
+    def slice_row(self, encoder_kwargs: dict, row: int) -> dict:
+        """Encoder kwargs of one row of a batch (encoder-decoder models run batches row by row)."""
+        enc = encoder_kwargs["encoder_outputs"]
+        sliced = type(enc)(last_hidden_state=enc.last_hidden_state[row : row + 1])
+        mask = encoder_kwargs.get("attention_mask")
+        return {"encoder_outputs": sliced, "attention_mask": None if mask is None else mask[row : row + 1]}
+
+
+def vocab_width(model: PreTrainedModel) -> int:
+    """Width of the model's logits."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
