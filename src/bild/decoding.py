@@ -201,12 +201,24 @@ class DraftVerifyLoop:
         return row
 
     def _process_rows(self, rows: list[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
-        """Apply the logits processors to scores [B, V] given each row's prefix (rows may differ in length)."""
+        """Apply the logits processors to scores [B, V] given each row's prefix.
+
+        Processors take a rectangular [B, L] batch (some keep per-row state), so rows of different
+        lengths are processed in one call per distinct length, the other rows filled in and ignored."""
         if not len(self.processors):
             return scores
-        if len({len(x) for x in rows}) == 1:
+        lengths = [len(x) for x in rows]
+        if len(set(lengths)) == 1:
             return self.processors(torch.stack(rows), scores)
-        return torch.cat([self.processors(x[None], scores[r : r + 1]) for r, x in enumerate(rows)])
+        out = torch.empty_like(scores)
+        for L in sorted(set(lengths)):
+            ids = torch.full((len(rows), L), self.pad, dtype=torch.long, device=scores.device)
+            for r, x in enumerate(rows):
+                n = min(L, len(x))
+                ids[r, L - n:] = x[len(x) - n:]
+            sel = torch.tensor([n == L for n in lengths], device=scores.device)
+            out[sel] = self.processors(ids, scores.clone())[sel]
+        return out
 
     @staticmethod
     def _last(logits: torch.Tensor, offset: int, n: list[int]) -> torch.Tensor:
