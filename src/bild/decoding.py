@@ -120,7 +120,9 @@ class DraftVerifyLoop:
             if x:
                 d[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
         p = p_logits.softmax(-1)
-        if o.verification == "rollback":
+        if not any(drafts):  # nothing to check: the large model writes the next token
+            n_acc, nxt = torch.zeros(B, dtype=torch.long), self._choose(p_logits[:, 0])
+        elif o.verification == "rollback":
             n_acc, nxt = verify_rollback(d, n_draft, p, o.rollback_threshold, self.do_sample)
         elif self.do_sample:
             n_acc, nxt = verify_exact_sampling(d, n_draft, p, q, o.uno_epsilon)
