@@ -56,6 +56,7 @@ class DraftVerifyLoop:
         if eos is None and generation_config.eos_token_id is not None:
             eos = torch.tensor(generation_config.eos_token_id).reshape(-1)
         self.eos = eos
+        self.eos_ids = set() if eos is None else set(eos.reshape(-1).tolist())
         pad = generation_config.pad_token_id
         if pad is None and eos is not None and eos.numel():
             pad = int(eos.reshape(-1)[0])
@@ -75,6 +76,8 @@ class DraftVerifyLoop:
         B, P = input_ids.shape
         dev = input_ids.device
         self.P, self.B, self.max_new = P, B, max_new_tokens
+        if self.eos is not None:
+            self.eos = self.eos.to(dev)
         self.seqs = torch.full((B, P + max_new_tokens), self.pad, dtype=torch.long, device=dev)
         self.seqs[:, :P] = input_ids
         self.seq_valid = torch.ones(B, P + max_new_tokens, dtype=torch.bool, device=dev)
@@ -99,10 +102,6 @@ class DraftVerifyLoop:
             self._round()
         if self.streamer is not None:
             self.streamer.end()
-        self.stats.small_forwards = self.small.forwards if self.small is not None else 0
-        self.stats.large_forwards = self.large.forwards
-        self.stats.small_tokens_fed = self.small.tokens_fed if self.small is not None else 0
-        self.stats.large_tokens_fed = self.large.tokens_fed
         T = max(c - P for c in self.cur)
         return self.seqs[:, : P + T], self.scores, self.raw
 
@@ -168,7 +167,7 @@ class DraftVerifyLoop:
                     drafts[r].append(tok_l[r])
             active = take & torch.tensor([len(drafts[r]) < budget[r] for r in range(B)], device=dev)
             if self.eos is not None:
-                active &= ~torch.isin(tok, self.eos.to(dev))
+                active &= ~torch.isin(tok, self.eos)
             if not bool(active.any()):
                 break
             for r, a in enumerate(active.tolist()):
@@ -282,7 +281,7 @@ class DraftVerifyLoop:
                     self.raw[r].append(raw[r, j])
                 if self.streamer is not None:
                     self.streamer.put(torch.tensor([tok]))
-                stop = (self.eos is not None and tok in self.eos.tolist()) or self.cur[r] - self.P >= self.max_new
+                stop = tok in self.eos_ids or self.cur[r] - self.P >= self.max_new
                 if not stop and len(self.stopping):
                     stop = bool(self.stopping(self.seqs[r : r + 1, : self.cur[r]], None).any())
                 if stop:
