@@ -45,6 +45,7 @@ class ModelAdapter:
         self.encoder_kwargs = encoder_kwargs or {}
         self.mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
         self.n_valid = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.dense = True  # no masked slot anywhere: the model may skip building an attention mask
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
         """Run the encoder once (encoder-decoder models). Returns the kwargs `start` takes."""
@@ -63,13 +64,14 @@ class ModelAdapter:
         n = ids.shape[1]
         pos = self.n_valid[:, None] + valid.long().cumsum(-1) - 1
         self.mask = torch.cat([self.mask, valid], dim=1)
+        self.dense = self.dense and bool(valid.all())
         kwargs = {"past_key_values": self.cache, "use_cache": True}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = keep
         if self.is_encoder_decoder:
             kwargs.update(self.encoder_kwargs, decoder_input_ids=ids)
         else:
-            kwargs.update(input_ids=ids, attention_mask=self.mask.long())
+            kwargs.update(input_ids=ids, attention_mask=None if self.dense else self.mask.long())
             if self.supports_holes:
                 kwargs["position_ids"] = pos.clamp(min=0)
         out = self.model(**kwargs)
@@ -92,6 +94,7 @@ class ModelAdapter:
         if drop > 0:
             self.cache.crop(-drop)
             self.mask = self.mask[:, :new_len]
+        self.dense = bool(self.mask.all())
 
     def slice_row(self, encoder_kwargs: dict, row: int) -> dict:
         """Encoder kwargs of one row of a batch (encoder-decoder models run batches row by row)."""
