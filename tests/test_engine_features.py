@@ -206,6 +206,10 @@ def test_bad_pairs_and_generate_arguments():
     odd.generation_config.eos_token_id = 5
     with pytest.raises(ValueError, match="eos_token_id"):
         bild.BiLDGenerator(odd, large)
+    stateful = copy.deepcopy(small)
+    stateful._is_stateful = True  # as recurrent models (Mamba, RWKV) declare
+    with pytest.raises(ValueError, match="small_model.*cropped"):
+        bild.BiLDGenerator(stateful, large)
     gen = bild.BiLDGenerator(small, large)
     ids = torch.tensor([[5, 6, 7]])
     calls = []
