@@ -223,3 +223,17 @@ def test_bad_pairs_and_generate_arguments():
         gen.generate(torch.tensor([[5, 6], [7, 8]]), max_new_tokens=3, streamer=Recorder())
     hook.remove()
     assert not calls  # rejected before any forward pass
+
+
+@pytest.mark.parametrize("family", ["llama", "bart"])
+def test_token_sources_count_accepted_drafts(family):
+    small, large = make_pair(family)
+    ids, mask = make_inputs(family, 3, seed=2)
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.4, rollback_threshold=2.0, max_small_steps=4)
+    out = gen.generate(ids, attention_mask=mask, max_new_tokens=15)
+    src = gen.stats.token_sources
+    assert len(src) == 3 and sum(len(row) for row in src) == gen.stats.new_tokens
+    # every kept draft is a token the small model wrote, unless the row ended inside the draft
+    assert 0 < sum(row.count("small") for row in src) <= gen.stats.accepted
+    P = 1 if family in ENCODER_DECODER else ids.shape[1]
+    assert all(len(row) <= out.shape[1] - P for row in src)

@@ -88,6 +88,7 @@ class DraftVerifyLoop:
         self.done = [False] * B
         self.scores = [[] for _ in range(B)]
         self.raw = [[] for _ in range(B)]
+        self.sources = self.stats.token_sources = [[] for _ in range(B)]
         self.budget = [self.opts.max_small_steps] * B
         self.large.start(B, dev, encoder_kwargs[1] if encoder_kwargs else None)
         if self.small is not None:
@@ -97,7 +98,7 @@ class DraftVerifyLoop:
         logits = self._last(logits, offset, n)
         processed = self._process_rows([self._row(r) for r in range(B)], logits)
         first = self._choose(processed)
-        self._commit([[int(first[r])] for r in range(B)], processed[:, None], logits[:, None])
+        self._commit([[int(first[r])] for r in range(B)], processed[:, None], logits[:, None], [0] * B)
         while not all(self.done):
             self._round()
         if self.streamer is not None:
@@ -138,7 +139,7 @@ class DraftVerifyLoop:
             if o.draft_schedule == "heuristic" and k:
                 self.budget[r] = self.budget[r] + 2 if a == k == budget[r] else max(1, self.budget[r] - 1)
         before = list(self.cur)
-        self._commit(new, p_logits, p_raw)
+        self._commit(new, p_logits, p_raw, n_acc)
         self._keep(self.large, [before[r] + n_acc[r] for r in range(B)])
         if drafting:
             self._keep(self.small, [before[r] + min(read[r], n_acc[r]) for r in range(B)])
@@ -266,8 +267,9 @@ class DraftVerifyLoop:
             counts.append(int(self.seq_valid[r, : read[r]].sum()))
         adapter.keep_first(torch.tensor(counts, device=adapter.n_valid.device))
 
-    def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor) -> None:
-        """Append each row's new tokens, stopping at eos, the length limit or a stopping criterion."""
+    def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor, drafted: list[int]) -> None:
+        """Append each row's new tokens, stopping at eos, the length limit or a stopping criterion.
+        The first drafted[r] tokens of row r were written by the small model."""
         for r in range(self.B):
             if self.done[r] or not new[r]:
                 continue
@@ -275,6 +277,7 @@ class DraftVerifyLoop:
                 self.seqs[r, self.cur[r]] = tok
                 self.cur[r] += 1
                 self.stats.new_tokens += 1
+                self.sources[r].append("small" if j < drafted[r] else "large")
                 if self.keep_scores:
                     self.scores[r].append(processed[r, j])
                 if self.keep_logits:

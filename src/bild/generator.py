@@ -117,12 +117,14 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         attention_mask = None  # the decoder prompt (start ids) has no padding
     if input_ids.shape[0] > 1 and not (large.supports_holes and (small.supports_holes or not opts.uses_small)):
         # no masked cache slots for this family: decode row by row on the shared encoder outputs
-        rows = []
+        rows, sources = [], []
         for r in range(input_ids.shape[0]):
             row_enc = None if enc is None else tuple(None if e is None else large.slice_row(e, r) for e in enc)
             loop = DraftVerifyLoop(small, large, opts, gc, logits_processor, stopping_criteria, None, stats)
             rows.append(loop.run(input_ids[r : r + 1], None if attention_mask is None else attention_mask[r : r + 1],
                                  max_new, row_enc))
+            sources += stats.token_sources
+        stats.token_sources = sources
         sequences, scores, raw = _stack_rows(rows, loop.pad)
     else:
         loop = DraftVerifyLoop(small, large, opts, gc, logits_processor, stopping_criteria, bild_streamer, stats)

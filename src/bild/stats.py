@@ -18,6 +18,7 @@ class GenerationStats:
     accepted         drafted tokens kept after verification
     verify_lengths   tokens per row fed to the large model in each verify pass (prefill excluded)
     small_tokens_fed / large_tokens_fed   token positions each model read (prompt included, padding excluded)
+    token_sources    per row, "small" or "large" for each new token: which model wrote it
     """
 
     new_tokens: int = 0
@@ -30,6 +31,7 @@ class GenerationStats:
     verify_lengths: list[int] = field(default_factory=list)
     small_tokens_fed: int = 0
     large_tokens_fed: int = 0
+    token_sources: list[list[str]] = field(default_factory=list)
 
     @property
     def acceptance_rate(self) -> float:
