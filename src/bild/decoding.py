@@ -96,7 +96,7 @@ class DraftVerifyLoop:
 
         logits, offset, _, n = self._catch_up(self.large)  # prefill
         logits = self._last(logits, offset, n)
-        processed = self._process_rows([self._row(r) for r in range(B)], logits)
+        processed = self._process_rows(lambda: [self._row(r) for r in range(B)], logits)
         first = self._choose(processed)
         self._commit([[int(first[r])] for r in range(B)], processed[:, None], logits[:, None], [0] * B)
         while not all(self.done):
@@ -119,7 +119,7 @@ class DraftVerifyLoop:
         for r, x in enumerate(drafts):
             if x:
                 d[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
-        p = p_logits.softmax(-1)
+        p = p_logits.softmax(-1) if self.do_sample or o.verification == "rollback" else p_logits
         if not any(drafts):  # nothing to check: the large model writes the next token
             n_acc, nxt = torch.zeros(B, dtype=torch.long), self._choose(p_logits[:, 0])
         elif o.verification == "rollback":
@@ -155,7 +155,7 @@ class DraftVerifyLoop:
         drafts, read, qs = [[] for _ in range(B)], [0] * B, []
         active = torch.tensor([b > 0 for b in budget], device=dev)
         for _ in range(max(budget)):
-            probs = self._process_rows([self._row(r, drafts[r]) for r in range(B)], logits).softmax(-1)
+            probs = self._process_rows(lambda: [self._row(r, drafts[r]) for r in range(B)], logits).softmax(-1)
             tok = torch.multinomial(probs, 1).squeeze(-1) if self.do_sample else probs.argmax(-1)
             fell_back = active & (probs.max(-1).values < thr)
             take = active & ~fell_back
@@ -188,10 +188,11 @@ class DraftVerifyLoop:
         idx = torch.tensor([[min(max(m[r] - 1 + j - offset, 0), logits.shape[1] - 1) for j in range(K + 1)]
                             for r in range(B)], device=logits.device)
         raw = logits.gather(1, idx[..., None].expand(B, K + 1, V))
+        if not len(self.processors):
+            return raw, raw
         processed = raw.clone()
-        if len(self.processors):
-            for j in range(K + 1):
-                processed[:, j] = self._process_rows([self._row(r, drafts[r][:j]) for r in range(B)], raw[:, j])
+        for j in range(K + 1):
+            processed[:, j] = self._process_rows(lambda: [self._row(r, drafts[r][:j]) for r in range(B)], raw[:, j])
         return processed, raw
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -202,13 +203,15 @@ class DraftVerifyLoop:
             row = torch.cat([row, torch.tensor(extra, dtype=torch.long, device=row.device)])
         return row
 
-    def _process_rows(self, rows: list[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
-        """Apply the logits processors to scores [B, V] given each row's prefix.
+    def _process_rows(self, rows, scores: torch.Tensor) -> torch.Tensor:
+        """Apply the logits processors to scores [B, V] given each row's prefix (`rows()` returns them;
+        it is only called when there are processors).
 
         Processors take a rectangular [B, L] batch (some keep per-row state), so rows of different
         lengths are processed in one call per distinct length, the other rows filled in and ignored."""
         if not len(self.processors):
             return scores
+        rows = rows()
         lengths = [len(x) for x in rows]
         if len(set(lengths)) == 1:
             return self.processors(torch.stack(rows), scores)

@@ -42,7 +42,8 @@ def verify_rollback(drafts, n_draft, p, threshold: float, do_sample: bool):
 
 
 def verify_exact_greedy(drafts, n_draft, p):
-    """Speculative decoding, greedy: keep drafts while they equal the large model's argmax."""
+    """Speculative decoding, greedy: keep drafts while they equal the large model's argmax.
+    (Only the argmax of p is used, so logits may be passed in its place.)"""
     best = p.argmax(-1)
     n_accept = _first_rejection(drafts == best[:, :-1], n_draft)
     return n_accept, _at(best, n_accept)
