@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 from models import ENCODER_DECODER, make_inputs, make_pair
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 import bild

@@ -61,7 +61,6 @@ class ModelAdapter:
         """
         if not self.supports_holes and not bool(valid.all()):
             raise RuntimeError("this model cannot take masked slots; run its batch row by row")
-        n = ids.shape[1]
         pos = self.n_valid[:, None] + valid.long().cumsum(-1) - 1
         self.mask = torch.cat([self.mask, valid], dim=1)
         self.dense = self.dense and bool(valid.all())

@@ -1,0 +1,131 @@
+"""``bild`` console script.
+
+    bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold F] [--rollback_threshold R]
+    bild pair build | info | gen-data | train     (see ``python -m bild.pair -h``)
+
+``bild demo`` loads the offline SmolLM2 pair (:mod:`bild.pair`; built into the cache folder on
+first use), generates with BiLD, then with the large model alone on the same prompt, and prints
+the text, both latencies, the speedup and which tokens each model wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Sequence
+
+GREEN = "\033[32m"
+BOLD_BLUE = "\033[1;34m"
+DIM = "\033[2m"
+RESET = "\033[0m"
+
+
+def token_provenance(gen) -> list[str]:
+    """'small' / 'large' for each new token of row 0, from the engine's record."""
+    return list(gen.stats.token_sources[0])
+
+
+def render(tokenizer, ids: Sequence[int], sources: Sequence[str], color: bool) -> str:
+    parts = []
+    for tok, src in zip(ids, sources):
+        text = tokenizer.decode([int(tok)], skip_special_tokens=False)
+        if color:
+            parts.append((GREEN if src == "small" else BOLD_BLUE) + text + RESET)
+        else:
+            parts.append(f"[{text}]" if src == "large" else text)
+    return "".join(parts)
+
+
+def demo(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bild demo", description="BiLD with the offline SmolLM2 pair")
+    p.add_argument("--prompt", default=None, help="instruction (chat-formatted automatically)")
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template to --prompt")
+    p.add_argument("--max_new_tokens", type=int, default=48)
+    p.add_argument("--fallback_threshold", type=float, default=0.5)
+    p.add_argument("--rollback_threshold", type=float, default=3.0)
+    p.add_argument("--max_small_steps", type=int, default=10)
+    p.add_argument("--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    a = p.parse_args(argv)
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from . import BiLDGenerator
+    from .pair import SAMPLE_PROMPT, chat_prompt, load_pair
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    pr = load_pair(a.cache)
+    print(f"loaded pair from {pr.path} in {time.perf_counter() - t0:.1f}s "
+          f"(large {pr.large.config.num_hidden_layers} layers, small {pr.small.config.num_hidden_layers} layers "
+          f"{getattr(pr.small.config, 'bild_source_layers', '')})")
+    tok = pr.tokenizer
+    instruction = a.prompt or SAMPLE_PROMPT
+    text = instruction if a.raw else chat_prompt(tok, instruction)
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    n_prompt = enc.input_ids.shape[1]
+    gen = BiLDGenerator(pr.small, pr.large, fallback_threshold=a.fallback_threshold,
+                        rollback_threshold=a.rollback_threshold, max_small_steps=a.max_small_steps)
+    kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        # warm-up (first calls allocate); then time both on the same prompt
+        pr.large.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
+        t = time.perf_counter()
+        ref = pr.large.generate(**enc, **kw)
+        t_large = time.perf_counter() - t
+        t = time.perf_counter()
+        out = gen.generate(**enc, return_dict_in_generate=True, **kw)
+        t_bild = time.perf_counter() - t
+    seq = out.sequences if hasattr(out, "sequences") else out
+    new = seq[0, n_prompt:]
+    eos = tok.eos_token_id
+    shown = [int(x) for x in new if int(x) != eos]
+    sources = token_provenance(gen)[: len(shown)]
+    color = a.color == "always" or (a.color == "auto" and sys.stdout.isatty() and os.environ.get("NO_COLOR") is None)
+    n_new = len(new)
+    st = gen.stats
+    print(f"\nprompt: {instruction}\n")
+    print("BiLD output:", tok.decode(new, skip_special_tokens=True).strip())
+    same = torch.equal(seq[0, : ref.shape[1]], ref[0]) and seq.shape[1] == ref.shape[1]
+    print("large alone:", tok.decode(ref[0, n_prompt:], skip_special_tokens=True).strip(),
+          "(identical)" if same else "(differs)")
+    legend = (f"{GREEN}small model{RESET}, {BOLD_BLUE}large model{RESET}" if color
+              else "plain = small model, [bracketed] = large model")
+    print(f"\nwho wrote which token ({legend}):")
+    print(render(tok, shown, sources, color))
+    n_small = sum(s == "small" for s in sources)
+    print(f"\nsmall model wrote {n_small}/{len(sources)} tokens")
+    n_ref = ref.shape[1] - n_prompt
+    print(f"large alone: {t_large:.2f}s for {n_ref} tokens ({1000 * t_large / max(n_ref, 1):.0f} ms/token)")
+    print(f"BiLD:        {t_bild:.2f}s for {n_new} tokens ({1000 * t_bild / max(n_new, 1):.0f} ms/token)")
+    print(f"speedup:     {t_large / t_bild:.2f}x  (large forwards {st.large_forwards}, small forwards "
+          f"{st.small_forwards}, fallbacks {st.fallbacks}, rollbacks {st.rollbacks})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: bild {demo,pair} ...\n  bild demo --help\n  bild pair build"
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\n" + (__doc__ or ""))
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "demo":
+        return demo(rest)
+    if cmd == "pair":
+        from .pair import main as pair_main
+
+        return pair_main(rest)
+    print(f"unknown command {cmd!r}\n{usage}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The draft-from-large construction and the offline pair cache (tiny models; real GGUF optional)."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from bild import pair  # noqa: E402
+
+
+def tiny_large(tie=True):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=80, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      tie_word_embeddings=tie, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_small_from_large_copies_chosen_layers(tie):
+    large = tiny_large(tie)
+    small = pair.make_small_from_large(large, [0, 3, -1])
+    assert small.config.num_hidden_layers == 3
+    assert small.config.bild_source_layers == [0, 3, 5]
+    assert small.config.vocab_size == large.config.vocab_size
+    assert small.get_output_embeddings().weight.shape == large.get_output_embeddings().weight.shape
+    for i, src in enumerate([0, 3, 5]):
+        a, b = small.model.layers[i].state_dict(), large.model.layers[src].state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert small.model.layers[i].self_attn.layer_idx == i  # own cache slots
+    assert torch.equal(small.model.embed_tokens.weight, large.model.embed_tokens.weight)
+    assert torch.equal(small.lm_head.weight, large.lm_head.weight)
+    assert torch.equal(small.model.norm.weight, large.model.norm.weight)
+    # the copies are independent: training the draft leaves the large model alone
+    small.model.layers[0].mlp.up_proj.weight.data.add_(1.0)
+    assert not torch.equal(small.model.layers[0].mlp.up_proj.weight, large.model.layers[0].mlp.up_proj.weight)
+    # same vocabulary, usable with KV cache
+    ids = torch.tensor([[1, 5, 9, 11]])
+    out = small.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == 8
+
+
+def test_all_layers_reproduces_large():
+    large = tiny_large()
+    full = pair.make_small_from_large(large, range(6))
+    ids = torch.tensor([[1, 4, 7, 9, 13]])
+    with torch.no_grad():
+        assert torch.allclose(full(ids).logits, large(ids).logits, atol=1e-5)
+
+
+def test_draft_weights_roundtrip_and_size(tmp_path):
+    large = tiny_large()
+    small = pair.make_small_from_large(large, [0, 5])
+    with torch.no_grad():
+        for p in small.model.layers.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    own = pair.small_own_state_dict(small)
+    assert not any("embed_tokens" in k or k.startswith("lm_head") for k in own)
+    assert any(k.startswith("model.norm") for k in own)
+    path = pair.save_draft_weights(small, tmp_path / "d.safetensors")
+    back = pair.load_draft_from_weights(large, path)
+    assert back.config.bild_source_layers == [0, 5]
+    ids = torch.tensor([[1, 4, 7, 9]])
+    with torch.no_grad():
+        # float16 storage: equal up to half precision
+        assert torch.allclose(back(ids).logits, small(ids).logits, atol=2e-2)
+    assert torch.equal(back.model.embed_tokens.weight, large.model.embed_tokens.weight)
+
+
+def test_build_pair_from_cached_large_and_reuse(tmp_path, monkeypatch):
+    """build_pair only needs cache/large + draft weights; a second call reuses the folder."""
+    large = tiny_large()
+    cache = tmp_path / "cache"
+    (cache / "large").mkdir(parents=True)
+    large.save_pretrained(cache / "large")
+    tok_dir = cache / "large"
+    try:  # a tokenizer is needed by load_large; a tiny word-level one is enough
+        from tokenizers import Tokenizer, models
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {f"w{i}": i for i in range(80)}
+        t = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
+                                    pad_token="w0", eos_token="w2")
+        t.save_pretrained(tok_dir)
+    except Exception as e:  # pragma: no cover
+        pytest.skip(f"cannot make a tiny tokenizer: {e}")
+    small = pair.make_small_from_large(large, [1, 4])
+    w = pair.save_draft_weights(small, tmp_path / "w.safetensors")
+    monkeypatch.setenv("BILD_CACHE", str(cache))
+    assert pair.default_cache_dir() == cache
+    pair.build_pair(weights=w)
+    assert (cache / "small" / "config.json").exists()
+    mtime = (cache / "small" / "config.json").stat().st_mtime_ns
+    pair.build_pair(weights=w)  # reused, not rebuilt
+    assert (cache / "small" / "config.json").stat().st_mtime_ns == mtime
+    p = pair.load_pair(build=False)
+    assert p.small.config.num_hidden_layers == 2
+    assert p.small.config.bild_source_layers == [1, 4]
+    ids = torch.tensor([[1, 4, 7]])
+    with torch.no_grad():
+        assert torch.allclose(p.small(ids).logits, small(ids).logits, atol=2e-2)
+
+
+def test_prompt_formatting():
+    assert pair.format_instruction("Hallo Welt", "translation") == "Translate to English: Hallo Welt"
+    assert pair.format_instruction("a b c d", "summarization", max_chars=4) == "Summarize in one sentence: a b"
+    assert pair.task_for_file("x/wmt14_de_en/test.jsonl") == "translation"
+    assert pair.task_for_file("x/xsum/test.jsonl") == "summarization"
+
+
+def test_training_instructions_use_dev_not_test(tmp_path):
+    (tmp_path / "xsum").mkdir()
+    (tmp_path / "xsum" / "dev.jsonl").write_text('{"source": "DEVDOC", "target": "t"}\n')
+    (tmp_path / "xsum" / "test.jsonl").write_text('{"source": "TESTDOC", "target": "t"}\n')
+    instr = pair.training_instructions(tmp_path)
+    assert "Summarize in one sentence: DEVDOC" in instr
+    assert not any("TESTDOC" in x for x in instr)
+
+
+REAL = pair.default_cache_dir() / "large" / "config.json"
+
+
+@pytest.mark.skipif(not REAL.exists(), reason=f"real SmolLM2 pair not built ({REAL} absent; run `bild pair build`)")
+def test_real_pair_shares_vocab_and_generates():
+    if not pair.default_draft_weights().exists() and not (pair.default_cache_dir() / "small").exists():
+        pytest.skip("draft weights absent")
+    p = pair.load_pair()
+    assert p.small.config.vocab_size == p.large.config.vocab_size == len(p.tokenizer) or \
+        p.small.config.vocab_size == p.large.config.vocab_size
+    prompt = pair.chat_prompt(p.tokenizer, "Translate to English: Guten Morgen.")
+    ids = p.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = p.small.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids.input_ids.shape[1]
