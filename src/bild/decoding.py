@@ -121,7 +121,7 @@ class DraftVerifyLoop:
                 d[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
         p = p_logits.softmax(-1) if self.do_sample or o.verification == "rollback" else p_logits
         if not any(drafts):  # nothing to check: the large model writes the next token
-            n_acc, nxt = torch.zeros(B, dtype=torch.long), self._choose(p_logits[:, 0])
+            n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
         elif o.verification == "rollback":
             n_acc, nxt = verify_rollback(d, n_draft, p, o.rollback_threshold, self.do_sample)
         elif self.do_sample:
