@@ -95,12 +95,14 @@ class ModelAdapter:
             self.mask = self.mask[:, :new_len]
         self.dense = bool(self.mask.all())
 
-    def slice_row(self, encoder_kwargs: dict, row: int) -> dict:
-        """Encoder kwargs of one row of a batch (encoder-decoder models run batches row by row)."""
-        enc = encoder_kwargs["encoder_outputs"]
-        sliced = type(enc)(last_hidden_state=enc.last_hidden_state[row : row + 1])
-        mask = encoder_kwargs.get("attention_mask")
-        return {"encoder_outputs": sliced, "attention_mask": None if mask is None else mask[row : row + 1]}
+
+def encoder_row(encoder_kwargs: dict, row: int) -> dict:
+    """Encoder kwargs (`encoder_outputs`, `attention_mask`) of one row of a batch: encoder-decoder
+    batches are decoded row by row over one batched encoder pass."""
+    enc = encoder_kwargs["encoder_outputs"]
+    sliced = type(enc)(last_hidden_state=enc.last_hidden_state[row : row + 1])
+    mask = encoder_kwargs.get("attention_mask")
+    return {"encoder_outputs": sliced, "attention_mask": None if mask is None else mask[row : row + 1]}
 
 
 def vocab_width(model: PreTrainedModel) -> int:

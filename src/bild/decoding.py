@@ -44,7 +44,6 @@ class DraftVerifyLoop:
     def __init__(self, small: ModelAdapter | None, large: ModelAdapter, opts: DecodeOptions, generation_config,
                  logits_processor, stopping_criteria, streamer=None, stats: GenerationStats | None = None):
         self.small, self.large, self.opts = small if opts.uses_small else None, large, opts
-        self.gc = generation_config
         self.do_sample = bool(generation_config.do_sample)
         self.processors = logits_processor if logits_processor is not None else []
         # length and eos are enforced exactly by the loop; other criteria are checked token by token

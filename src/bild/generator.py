@@ -13,7 +13,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
-from .adapters import ModelAdapter, vocab_width
+from .adapters import ModelAdapter, encoder_row, vocab_width
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .stats import GenerationStats
 
@@ -119,7 +119,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         # no masked cache slots for this family: decode row by row on the shared encoder outputs
         rows, sources = [], []
         for r in range(input_ids.shape[0]):
-            row_enc = None if enc is None else tuple(None if e is None else large.slice_row(e, r) for e in enc)
+            row_enc = None if enc is None else tuple(None if e is None else encoder_row(e, r) for e in enc)
             loop = DraftVerifyLoop(small, large, opts, gc, logits_processor, stopping_criteria, None, stats)
             rows.append(loop.run(input_ids[r : r + 1], None if attention_mask is None else attention_mask[r : r + 1],
                                  max_new, row_enc))
