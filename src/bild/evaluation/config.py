@@ -147,6 +147,14 @@ def _coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"--{key}: invalid value {value!r}") from None
 
 
+def _reject_unknown_keys(data: dict, allowed, where: str) -> None:
+    """ConfigError naming every key of `data` not in `allowed`, and listing the allowed ones."""
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(repr, unknown))}. Allowed keys: {', '.join(allowed)}")
+
+
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML task file; unknown keys are an error naming the key and the allowed keys."""
     import yaml
@@ -161,12 +169,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(f"--config: {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of keys to values")
-    unknown = sorted(set(data) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"--config: {path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}. "
-            f"Allowed keys: {', '.join(CONFIG_KEYS)}"
-        )
+    _reject_unknown_keys(data, CONFIG_KEYS, f"--config: {path}")
     return {key: _coerce(key, value) for key, value in data.items()}
 
 
@@ -302,12 +305,7 @@ def validate_paper_settings(settings: dict) -> None:
             )
         if not isinstance(entry, dict):
             raise ConfigError(f"paper_settings.{name} must be a mapping")
-        unknown = sorted(set(entry) - set(PAPER_SETTING_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"paper_settings.{name}: unknown key {', '.join(map(repr, unknown))}. "
-                f"Allowed keys: {', '.join(PAPER_SETTING_KEYS)}"
-            )
+        _reject_unknown_keys(entry, PAPER_SETTING_KEYS, f"paper_settings.{name}")
         validate_thresholds(
             parse_threshold(entry.get("fallback_threshold", 0.5)),
             parse_threshold(entry.get("rollback_threshold", 0.0)),
