@@ -21,6 +21,9 @@ warm-up run of each):
                      picked over a small grid on separate tuning prompts (fastest median)
   bild exact         ``bild.BiLDGenerator(small, large, verification="exact")``, default thresholds
   bild BiLD          ``bild.BiLDGenerator(small, large)`` (rollback verification), default thresholds
+  bild exact/BiLD tuned  the same with ``max_small_steps`` picked over ``BILD_GRID`` on the tuning prompts
+                     (at the benchmark's batch size; fastest median), as assisted generation is tuned;
+                     skipped with ``--no_tune_bild``
 
 Columns:
 
@@ -69,6 +72,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 # (num_assistant_tokens, num_assistant_tokens_schedule, assistant_confidence_threshold)
 TUNING_GRID = [(k, "constant", thr) for k in (3, 5, 8, 12) for thr in (0.0, 0.2, 0.4)] + [
     (5, "heuristic", 0.0), (5, "heuristic", 0.4)]
+BILD_GRID = (2, 3, 4, 6, 10, 16)  # max_small_steps
 
 
 def sync(device):
@@ -149,7 +153,7 @@ class Runner:
                 dt = time.perf_counter() - t0
             return dt, out, self.counter.record(), None
         else:
-            gen = self.gens[method]
+            gen = self.gens[method if method in self.gens else "grid"]
             t0 = time.perf_counter()
             out = gen.generate(x, **kw)
             sync(self.device)
@@ -194,6 +198,30 @@ def tune_assisted(runner, prompts, log):
     return results
 
 
+def tune_bild(runner, prompts, log):
+    """Pick the fastest ``max_small_steps`` of BILD_GRID for each verification rule (median time ratio to
+    large greedy on the tuning prompts); adds "bild exact tuned" and "bild BiLD tuned" to the runner."""
+    from bild import BiLDGenerator
+
+    base = [runner.run("large greedy", x)[0] for x in prompts]
+    picked = {}
+    for name, verification in (("bild exact", "exact"), ("bild BiLD", "rollback")):
+        results = []
+        for k in BILD_GRID:
+            runner.gens["grid"] = BiLDGenerator(runner.small, runner.large, verification=verification,
+                                                max_small_steps=k)
+            ratios = [b / runner.run("grid", x)[0] for b, x in zip(base, prompts)]
+            results.append((k, statistics.median(ratios)))
+        k = max(results, key=lambda kv: kv[1])[0]
+        runner.gens[f"{name} tuned"] = BiLDGenerator(runner.small, runner.large, verification=verification,
+                                                     max_small_steps=k)
+        picked[f"{name} tuned"] = f"max_small_steps={k}; "
+        log(f"{name} tuning on {len(prompts)} prompt(s): "
+            + ", ".join(f"max_small_steps={k}: {sp:.2f}x" for k, sp in results) + f" -> {k}")
+    runner.gens.pop("grid", None)
+    return picked
+
+
 def run_batch(small, large, info, args, batch, device, log):
     is_ed = bool(large.config.is_encoder_decoder)
     prompts = make_prompts(info.vocab, args.prompts, args.prompt_len, batch_size=batch, seed=args.seed + 1,
@@ -219,6 +247,12 @@ def run_batch(small, large, info, args, batch, device, log):
         tune_prompts = make_prompts(info.vocab, args.tune_prompts, args.prompt_len, seed=args.seed + 2,
                                     device=device)
         tune_assisted(runner, tune_prompts, log)
+    picked = {}
+    if not args.no_tune_bild:
+        tune_prompts = make_prompts(info.vocab, args.tune_prompts, args.prompt_len, batch_size=batch,
+                                    seed=args.seed + 2, device=device)
+        picked = tune_bild(runner, tune_prompts, log)
+        methods += list(picked)
     warm = make_prompts(info.vocab, 1, args.prompt_len, batch_size=batch, seed=args.seed + 3, device=device)[0]
     for m in methods:
         runner.run(m, warm)
@@ -269,7 +303,7 @@ def run_batch(small, large, info, args, batch, device, log):
         same = sum(torch.equal(a, b) for a, b in zip(ref["out"], r["out"]))
         table.append(dict(
             method=m,
-            setting=label(runner.tuned) if m == "assisted tuned" else "",
+            setting=label(runner.tuned) if m == "assisted tuned" else picked.get(m, ""),
             speedup=speed,
             efficiency=statistics.median(r["eff"]),
             forward_share=statistics.median(r["fwd"]),
@@ -468,6 +502,7 @@ def main(argv=None):
     ap.add_argument("--prompt_len", type=int, default=16)
     ap.add_argument("--tune_prompts", type=int, default=2, help="prompts for the assisted-generation grid")
     ap.add_argument("--no_assisted", action="store_true")
+    ap.add_argument("--no_tune_bild", action="store_true", help="skip the max_small_steps grid for bild")
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--vocab", type=int, default=8000)

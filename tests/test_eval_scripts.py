@@ -427,7 +427,6 @@ def test_decoder_only_pair_strips_prompt(tmp_path):
 
     from bild.evaluation import runner
 
-    tok_dir = tmp_path / "tok"
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

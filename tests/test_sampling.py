@@ -36,8 +36,9 @@ def exact_joint(large) -> torch.Tensor:
     return lp.exp().reshape(V, V, V).sum(0)
 
 
-def sampled_joint(small, large, **engine) -> tuple[torch.Tensor, bild.GenerationStats]:
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=2, verification="exact", **engine)
+def sampled_joint(small, large, fallback_threshold=0.0, **engine) -> tuple[torch.Tensor, bild.GenerationStats]:
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=fallback_threshold, max_small_steps=2,
+                             verification="exact", **engine)
     torch.manual_seed(0)
     out = gen.generate(torch.tensor([PROMPT] * N), max_new_tokens=4, do_sample=True, temperature=TEMP, top_k=0)
     t2, t3 = out[:, len(PROMPT) + 1], out[:, len(PROMPT) + 2]
@@ -77,6 +78,20 @@ def test_speculative_sampling_preserves_the_large_distribution(pair, monkeypatch
     monkeypatch.setattr(bild.decoding, "verify_exact_sampling", accept_every_draft)
     bad, _ = sampled_joint(small, large)
     assert chi_square_pvalue(bad, truth) < 1e-10 and 0.5 * (bad / N - truth).abs().sum() > 0.1
+
+
+def test_batch_fill_after_fallback_keeps_sampling_exact(pair, monkeypatch):
+    """In a batch, rows that fell back keep drafting while others do (exact verification only)."""
+    small, large = pair
+    truth = exact_joint(large)
+    counts, st = sampled_joint(small, large, fallback_threshold=0.4)
+    assert st.fallbacks > 0
+    tv = 0.5 * (counts / N - truth).abs().sum()
+    assert chi_square_pvalue(counts, truth) > 1e-4 and tv < 0.05, tv
+    # control: without the fill, fewer tokens are drafted (so the fill did run above)
+    monkeypatch.setattr(bild.decoding.DraftVerifyLoop, "fill_batch_drafts", False)
+    _, st_off = sampled_joint(small, large, fallback_threshold=0.4)
+    assert st_off.fallbacks > 0 and st_off.drafted < st.drafted
 
 
 def test_uno_epsilon_zero_is_exact_and_positive_accepts_more(pair):

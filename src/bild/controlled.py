@@ -439,7 +439,7 @@ def build_controlled_pair(
         _apply_alpha(scaled, originals, final)
         converged = abs(agree - target) <= tolerance
 
-    del originals
+    originals.clear()  # free the weight copies (the closure above keeps the list)
     logit_scale, small_conf = 1.0, float("nan")
     if confidence is not None:
         agree2, _, _, logits = _agreement_with(small, large, prompts, calib_new_tokens, return_logits=True)

@@ -2,7 +2,9 @@
 
 One round, per row of the batch:
   draft     the small model writes tokens from its own cache until its top probability falls below
-            `fallback_threshold` (fallback: that token is dropped) or `max_small_steps` are written
+            `fallback_threshold` (fallback: that token is dropped) or `max_small_steps` are written;
+            in a batch under exact verification, a row that fell back drafts on while another row
+            drafts (those slots are computed anyway)
   verify    the large model reads every unchecked token in ONE forward pass
   accept    a verification rule (see `verification.py`) keeps a prefix of the draft and picks the
             large model's next token (rollback replaces the first rejected draft)
@@ -40,6 +42,8 @@ class DecodeOptions:
 
 class DraftVerifyLoop:
     """Runs one batched `generate` call. Tensor shapes: B rows, P prompt columns, V vocabulary."""
+
+    fill_batch_drafts = True  # see `_draft`; False drafts every row as it would alone (for measurements)
 
     def __init__(self, small: ModelAdapter | None, large: ModelAdapter, opts: DecodeOptions, generation_config,
                  logits_processor, stopping_criteria, streamer=None, stats: GenerationStats | None = None):
@@ -152,12 +156,19 @@ class DraftVerifyLoop:
         logits, offset, _, n = self._catch_up(self.small)
         logits = self._last(logits, offset, n)
         drafts, read, qs = [[] for _ in range(B)], [0] * B, []
-        active = torch.tensor([b > 0 for b in budget], device=dev)
+        active = torch.tensor([b > 0 for b in budget], device=dev)  # rows drafting this step
+        driving = active.clone()  # rows that have not fallen back: the batch drafts while one is left
+        # Exact verification, batch > 1: a row that fell back keeps drafting while another row drives.
+        # Its tokens fill slots the batched small step and verify pass compute anyway, and the exact
+        # check keeps the output unchanged. (BiLD's rollback rule would accept them: not done there.)
+        fill = self.fill_batch_drafts and B > 1 and self.opts.verification == "exact"
         for _ in range(max(budget)):
             probs = self._process_rows(lambda: [self._row(r, drafts[r]) for r in range(B)], logits).softmax(-1)
             tok = torch.multinomial(probs, 1).squeeze(-1) if self.do_sample else probs.argmax(-1)
-            fell_back = active & (probs.max(-1).values < thr)
-            take = active & ~fell_back
+            low = probs.max(-1).values < thr
+            fell_back = driving & low
+            driving = driving & ~low
+            take = active if fill and bool(driving.any()) else active & driving
             if self.do_sample and self.opts.verification == "exact":
                 qs.append(probs)
             self.stats.fallbacks += int(fell_back.sum())
@@ -168,7 +179,8 @@ class DraftVerifyLoop:
             active = take & torch.tensor([len(drafts[r]) < budget[r] for r in range(B)], device=dev)
             if self.eos is not None:
                 active &= ~torch.isin(tok, self.eos)
-            if not bool(active.any()):
+            driving &= active
+            if not bool(driving.any()):
                 break
             for r, a in enumerate(active.tolist()):
                 read[r] += a
