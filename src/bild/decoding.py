@@ -168,7 +168,7 @@ class DraftVerifyLoop:
             low = probs.max(-1).values < thr
             fell_back = driving & low
             driving = driving & ~low
-            take = active if fill and bool(driving.any()) else active & driving
+            take = active & (driving | driving.any()) if fill else active & driving
             if self.do_sample and self.opts.verification == "exact":
                 qs.append(probs)
             self.stats.fallbacks += int(fell_back.sum())
