@@ -28,13 +28,7 @@ from transformers import DynamicCache, StaticCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bild.controlled import build_controlled_pair  # noqa: E402
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from controlled_pair import DTYPES, sync  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 @torch.no_grad()

@@ -153,7 +153,7 @@ class Runner:
                 dt = time.perf_counter() - t0
             return dt, out, self.counter.record(), None
         else:
-            gen = self.gens[method if method in self.gens else "grid"]
+            gen = self.gens[method]
             t0 = time.perf_counter()
             out = gen.generate(x, **kw)
             sync(self.device)
@@ -175,13 +175,11 @@ def predicted(method, rec: CallRecord, stats, costs, costs_row, is_ed, batch):
     return predict_time(rec, costs)
 
 
-def tune_assisted(runner, prompts, log):
-    """Pick the fastest assisted setting (median time ratio to large greedy) on tuning prompts."""
+def tune_assisted(runner, prompts, base, log):
+    """Pick the fastest assisted setting (median time ratio to large greedy, whose times on the tuning
+    prompts are `base`)."""
     best = None
     results = []
-    base = {}
-    for i, x in enumerate(prompts):
-        base[i] = runner.run("large greedy", x)[0]
     for setting in [None] + TUNING_GRID:
         runner.tuned = setting
         ratios = []
@@ -198,12 +196,12 @@ def tune_assisted(runner, prompts, log):
     return results
 
 
-def tune_bild(runner, prompts, log):
+def tune_bild(runner, prompts, base, log):
     """Pick the fastest ``max_small_steps`` of BILD_GRID for each verification rule (median time ratio to
-    large greedy on the tuning prompts); adds "bild exact tuned" and "bild BiLD tuned" to the runner."""
+    large greedy, whose times on the tuning prompts are `base`); adds "bild exact tuned" and "bild BiLD
+    tuned" to the runner."""
     from bild import BiLDGenerator
 
-    base = [runner.run("large greedy", x)[0] for x in prompts]
     picked = {}
     for name, verification in (("bild exact", "exact"), ("bild BiLD", "rollback")):
         results = []
@@ -242,17 +240,18 @@ def run_batch(small, large, info, args, batch, device, log):
     costs_ref = costs
     runner = Runner(small, large, args, device)
     methods = ["large greedy", "bild exact", "bild BiLD"]
-    if batch == 1 and not args.no_assisted:
-        methods[1:1] = ["assisted default", "assisted tuned"]
-        tune_prompts = make_prompts(info.vocab, args.tune_prompts, args.prompt_len, seed=args.seed + 2,
-                                    device=device)
-        tune_assisted(runner, tune_prompts, log)
+    tune_assisted_here = batch == 1 and not args.no_assisted
     picked = {}
-    if not args.no_tune_bild:
+    if tune_assisted_here or not args.no_tune_bild:
         tune_prompts = make_prompts(info.vocab, args.tune_prompts, args.prompt_len, batch_size=batch,
                                     seed=args.seed + 2, device=device)
-        picked = tune_bild(runner, tune_prompts, log)
-        methods += list(picked)
+        base = [runner.run("large greedy", x)[0] for x in tune_prompts]
+        if tune_assisted_here:
+            methods[1:1] = ["assisted default", "assisted tuned"]
+            tune_assisted(runner, tune_prompts, base, log)
+        if not args.no_tune_bild:
+            picked = tune_bild(runner, tune_prompts, base, log)
+            methods += list(picked)
     warm = make_prompts(info.vocab, 1, args.prompt_len, batch_size=batch, seed=args.seed + 3, device=device)[0]
     for m in methods:
         runner.run(m, warm)
