@@ -44,7 +44,10 @@ def reference_generate(small, large, prompt: list[int], max_new_tokens: int, fal
         kept = []
         for tok in drafts:
             p = probs(large, out + kept)
-            ok = (_ce(float(p[tok])) <= rollback_threshold) if verification == "rollback" else tok == int(p.argmax())
+            if verification == "rollback":  # BiLD's rule; a draft equal to the large argmax is always kept
+                ok = _ce(float(p[tok])) <= rollback_threshold or tok == int(p.argmax())
+            else:
+                ok = tok == int(p.argmax())
             if not ok:
                 break
             kept.append(tok)

@@ -159,13 +159,13 @@ def test_engine_stats_match_forward_hooks(llama_pair):
     small, large, _ = llama_pair
     x = make_prompts(512, 1, 10, batch_size=2)[0]
     for verification in ("exact", "rollback"):
-        gen = bild.BiLDGenerator(small, large, verification=verification)
+        gen = bild.BiLDGenerator(small, large, verification=verification, costs=0.1)  # given: no timing forwards
         with ForwardCounter(small=small, large=large) as fc:
             gen.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False)
         rec = fc.record()
         st = gen.stats
         assert st.small_forwards == rec.small_forwards and st.large_forwards == rec.large_forwards
-        assert list(st.verify_lengths) == rec.verify_lengths
+        assert list(st.verify_widths) == rec.verify_lengths  # what each batched forward computed per row
         # the stats-based record has the same calls (small steps as 1-token forwards)
         from_stats = to_call_record(st)
         assert from_stats.small_forwards == rec.small_forwards

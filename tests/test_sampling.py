@@ -60,7 +60,7 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(sstats.chisquare(obs.numpy(), exp.numpy()).pvalue)
 
 
-def accept_every_draft(drafts, n_draft, p, q, uno_epsilon=0.0):
+def accept_every_draft(drafts, n_draft, p, q, *_):
     """A broken rule: keep all drafts, then sample the next token from p."""
     rows = torch.arange(p.shape[0])
     return n_draft.clone(), torch.multinomial(p[rows, n_draft], 1).squeeze(-1)
@@ -91,7 +91,8 @@ def test_batch_fill_after_fallback_keeps_sampling_exact(pair, monkeypatch):
     # control: without the fill, fewer tokens are drafted (so the fill did run above)
     monkeypatch.setattr(bild.decoding.DraftVerifyLoop, "fill_batch_drafts", False)
     _, st_off = sampled_joint(small, large, fallback_threshold=0.4)
-    assert st_off.fallbacks > 0 and st_off.drafted < st.drafted
+    assert st_off.fallbacks > 0 and st_off.fill_drafted == 0 and st_off.drafted < st.drafted + st.fill_drafted
+    assert st.fill_drafted > 0
 
 
 def test_uno_epsilon_zero_is_exact_and_positive_accepts_more(pair):
@@ -126,15 +127,16 @@ def test_uno_acceptance_dominates_exact_row_by_row():
     assert abs(float(uno.float().mean()) - 0.25 / 0.70) < 0.01
 
 
-@pytest.mark.parametrize("eps", [0.0, 0.2])
-def test_rejection_resamples_from_residual_or_p(eps):
+@pytest.mark.parametrize("eps,resample", [(0.0, "residual"), (0.2, "target"), (0.2, "residual")])
+def test_rejection_resamples_from_residual_or_p(eps, resample):
+    """Lossless (eps 0) and Decoding-OPT resample from norm(max(0, p - q)); Decoding-UNO from p."""
     drafts, n, P, Q, p, q = synthetic()
     torch.manual_seed(1)
-    n_acc, nxt = verify_exact_sampling(drafts, n, P, Q, eps)
+    n_acc, nxt = verify_exact_sampling(drafts, n, P, Q, eps, resample)
     rejected = nxt[n_acc == 0]
     counts = torch.bincount(rejected, minlength=4).double()
     residual = (p - q).clamp(min=0)
-    target = p if eps > 0 else residual / residual.sum()
-    other = residual / residual.sum() if eps > 0 else p
+    target = p if resample == "target" else residual / residual.sum()
+    other = residual / residual.sum() if resample == "target" else p
     assert chi_square_pvalue(counts, target) > 1e-4
     assert chi_square_pvalue(counts, other) < 1e-10

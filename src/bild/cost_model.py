@@ -344,8 +344,9 @@ def to_call_record(stats_like, *, small_prefills: int | None = None, large_prefi
 
     * a :class:`CallRecord` (returned unchanged);
     * an engine's stats (``bild.GenerationStats`` or its ``as_dict()``): ``small_forwards``
-      and ``large_forwards`` count every forward, prefills included; ``verify_lengths`` lists
-      the tokens of each large forward after the prefill.  Large prefills =
+      and ``large_forwards`` count every forward, prefills included; ``verify_widths`` (or, in
+      a record without it, ``verify_lengths``) lists the tokens per row of each large forward
+      after the prefill.  Large prefills =
       ``large_forwards - len(verify_lengths)``; small prefills default to 1 per large prefill
       (one per generate call), and every other small forward is counted as a 1-token step;
     * a hand-made record with ``small_steps`` (an int, or a list of tokens per step),
@@ -359,7 +360,9 @@ def to_call_record(stats_like, *, small_prefills: int | None = None, large_prefi
     """
     if isinstance(stats_like, CallRecord):
         return stats_like
-    verify = [int(x) for x in (_get(stats_like, "verify_lengths") or [])]
+    # an engine's stats: the padded width of each verify pass (`verify_lengths` lists each row's own tokens)
+    widths = _get(stats_like, "verify_widths")
+    verify = [int(x) for x in (widths if widths is not None else _get(stats_like, "verify_lengths") or [])]
     prefills = _get(stats_like, "prefills")
 
     def prefill_list(value, fallback):

@@ -1,10 +1,10 @@
 """The draft-then-verify loop shared by BiLD, speculative decoding and Decoding-UNO.
 
 One round, per row of the batch:
-  draft     the small model writes tokens from its own cache until its top probability falls below
-            `fallback_threshold` (fallback: that token is dropped) or `max_small_steps` are written;
-            in a batch under exact verification, a row that fell back drafts on while another row
-            drafts (those slots are computed anyway)
+  draft     the small model writes tokens from its own cache while the draft policy (`policies.py`)
+            says so: BiLD's fallback drops a low-confidence token and hands over, the budget caps the
+            draft's length; in a batch under exact verification, a row that stopped drafts on while
+            another row drafts (those "batch fill" slots are computed anyway)
   verify    the large model reads every unchecked token in ONE forward pass
   accept    a verification rule (see `verification.py`) keeps a prefix of the draft and picks the
             large model's next token (rollback replaces the first rejected draft)
@@ -21,23 +21,26 @@ import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
 from .adapters import ModelAdapter
+from .policies import DraftPolicy, RoundRecord
 from .stats import GenerationStats
 from .verification import verify_exact_greedy, verify_exact_sampling, verify_rollback
 
 
 @dataclass
 class DecodeOptions:
-    fallback_threshold: float = 0.6
+    fallback_threshold: float | str = "auto"
     rollback_threshold: float = 5.0
-    max_small_steps: int = 10
+    max_small_steps: int | str = "auto"
     verification: str = "rollback"  # "rollback" | "exact"
     uno_epsilon: float = 0.0
     draft_schedule: str = "constant"  # "constant" | "heuristic"
+    opt_epsilon: float = 0.0
+    costs: object = "auto"  # see BiLDGenerator
 
     @property
     def uses_small(self) -> bool:
         """A fallback threshold of 1 (or more) means the large model writes every token."""
-        return self.fallback_threshold < 1.0
+        return self.fallback_threshold == "auto" or self.fallback_threshold < 1.0
 
 
 class DraftVerifyLoop:
@@ -45,9 +48,14 @@ class DraftVerifyLoop:
 
     fill_batch_drafts = True  # see `_draft`; False drafts every row as it would alone (for measurements)
 
-    def __init__(self, small: ModelAdapter | None, large: ModelAdapter, opts: DecodeOptions, generation_config,
-                 logits_processor, stopping_criteria, streamer=None, stats: GenerationStats | None = None):
+    def __init__(self, small: ModelAdapter | None, large: ModelAdapter, opts: DecodeOptions, policy: DraftPolicy,
+                 generation_config, logits_processor, stopping_criteria, streamer=None,
+                 stats: GenerationStats | None = None, batch_slot: tuple[int, int] | None = None):
         self.small, self.large, self.opts = small if opts.uses_small else None, large, opts
+        self.policy = policy
+        # (row, batch size) when this loop decodes one row of a larger batch: logits processors built for
+        # the whole batch (e.g. encoder-side ones) then see that row at its place in the batch
+        self.batch_slot = batch_slot
         self.do_sample = bool(generation_config.do_sample)
         self.processors = logits_processor if logits_processor is not None else []
         # length and eos are enforced exactly by the loop; other criteria are checked token by token
@@ -92,7 +100,6 @@ class DraftVerifyLoop:
         self.scores = [[] for _ in range(B)]
         self.raw = [[] for _ in range(B)]
         self.sources = self.stats.token_sources = [[] for _ in range(B)]
-        self.budget = [self.opts.max_small_steps] * B
         self.large.start(B, dev, encoder_kwargs[1] if encoder_kwargs else None)
         if self.small is not None:
             self.small.start(B, dev, encoder_kwargs[0] if encoder_kwargs else None)
@@ -111,67 +118,94 @@ class DraftVerifyLoop:
 
     # -- one round ----------------------------------------------------------------------------------
     def _round(self) -> None:
+        """Draft, verify, accept, commit; then the policy learns what the large model judged."""
         o, B, dev = self.opts, self.B, self.seqs.device
-        remaining = [self.max_new - (c - self.P) for c in self.cur]
-        budget = [0 if self.done[r] else max(0, min(self.budget[r], remaining[r] - 1)) for r in range(B)]
-        drafting = self.small is not None and any(budget)
-        drafts, q, read = self._draft(budget) if drafting else ([[] for _ in range(B)], None, None)
+        remaining = [0 if self.done[r] else max(0, self.max_new - (c - self.P) - 1) for r, c in enumerate(self.cur)]
+        budget = self.policy.budgets(remaining) if self.small is not None else [0] * B
+        drafting = any(budget)
+        d = self._draft(budget) if drafting else None
+        drafts = d.drafts if drafting else [[] for _ in range(B)]
         p_logits, p_raw = self._verify(drafts)
         n_draft = torch.tensor([len(x) for x in drafts], device=dev)
-        d = torch.full((B, p_logits.shape[1] - 1), self.pad, dtype=torch.long, device=dev)
+        dt = torch.full((B, p_logits.shape[1] - 1), self.pad, dtype=torch.long, device=dev)
         for r, x in enumerate(drafts):
             if x:
-                d[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
-        p = p_logits.softmax(-1) if self.do_sample or o.verification == "rollback" else p_logits
-        if not any(drafts):  # nothing to check: the large model writes the next token
+                dt[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
+        if not drafting:  # nothing to check: the large model writes the next token
             n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
         elif o.verification == "rollback":
-            n_acc, nxt = verify_rollback(d, n_draft, p, o.rollback_threshold, self.do_sample)
+            n_acc, nxt = verify_rollback(dt, n_draft, p_logits.softmax(-1), o.rollback_threshold, self.do_sample)
         elif self.do_sample:
-            n_acc, nxt = verify_exact_sampling(d, n_draft, p, q, o.uno_epsilon)
+            n_acc, nxt = verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), d.q, o.uno_epsilon or o.opt_epsilon,
+                                               "target" if o.uno_epsilon else "residual")
         else:
-            n_acc, nxt = verify_exact_greedy(d, n_draft, p)
+            n_acc, nxt = verify_exact_greedy(dt, n_draft, p_logits)
         n_acc, nxt = n_acc.tolist(), nxt.tolist()
-        new = []
-        for r in range(B):
-            k, a = len(drafts[r]), n_acc[r]
-            new.append([] if self.done[r] else drafts[r][:a] + [nxt[r]])
-            self.stats.drafted += k
-            self.stats.accepted += a
-            self.stats.rollbacks += int(a < k)
-            if o.draft_schedule == "heuristic" and k:
-                self.budget[r] = self.budget[r] + 2 if a == k == budget[r] else max(1, self.budget[r] - 1)
+        new = [[] if self.done[r] else drafts[r][: n_acc[r]] + [nxt[r]] for r in range(B)]
         before = list(self.cur)
-        self._commit(new, p_logits, p_raw, n_acc)
+        committed = self._commit(new, p_logits, p_raw, from_small=n_acc)
         self._keep(self.large, [before[r] + n_acc[r] for r in range(B)])
         if drafting:
-            self._keep(self.small, [before[r] + min(read[r], n_acc[r]) for r in range(B)])
+            self._keep(self.small, [before[r] + min(d.read[r], n_acc[r]) for r in range(B)])
+        self._count(budget, drafts, d.own if drafting else [0] * B, n_acc, committed)
+        if drafting:
+            own = torch.tensor(d.own, device=dev)
+            judged = torch.minimum(torch.minimum(torch.tensor(n_acc, device=dev) + 1, own),
+                                   torch.tensor(committed, device=dev))
+            self.policy.learn(RoundRecord(
+                conf=d.conf, first_conf=d.first_conf, drafted=own, judged=judged,
+                accepted=torch.minimum(torch.tensor(n_acc, device=dev), judged),
+                committed=torch.tensor(committed, device=dev), small_steps=d.steps, width=p_logits.shape[1] - 1))
 
-    def _draft(self, budget: list[int]):
-        """Small model drafts up to budget[r] tokens per row, stopping a row at fallback or eos.
+    def _count(self, budget, drafts, own, n_acc, committed) -> None:
+        """Statistics of a round (definitions in `stats.py`). Only committed tokens count: a row that
+        stopped part-way through its accepted drafts counts the drafts before the stop."""
+        st = self.stats
+        st.rounds += 1
+        st.draft_budgets.append(max(budget))
+        st.draftless_rounds += not any(drafts)
+        for r in range(self.B):
+            k, a, c = own[r], n_acc[r], committed[r]
+            if not drafts[r]:
+                continue
+            judged = min(a + 1, k, c)  # own drafts up to and including the first rejection, within the commit
+            st.drafted += k
+            st.judged += judged
+            st.accepted += min(a, judged)
+            st.rollbacks += int(a < k and a < c)
+            st.fill_drafted += len(drafts[r]) - k
+            st.fill_accepted += max(0, min(a, c) - k)
 
-        Returns the drafts, q [B, K, V] (probabilities each draft was drawn from; exact sampling only)
-        and how many drafts of each row the small model has read into its cache."""
-        B, thr, dev = self.B, self.opts.fallback_threshold, self.seqs.device
+    def _draft(self, budget: list[int]) -> "Draft":
+        """Small model drafts up to budget[r] tokens per row; the policy stops a row (fallback, or enough).
+
+        In a batch under exact verification a row that stopped keeps drafting while another row still
+        drafts ("batch fill": those slots are computed anyway, and the exact check keeps the output).
+        BiLD's rollback rule would accept them, so it does not fill."""
+        B, dev = self.B, self.seqs.device
         logits, offset, _, n = self._catch_up(self.small)
         logits = self._last(logits, offset, n)
-        drafts, read, qs = [[] for _ in range(B)], [0] * B, []
+        drafts, read, qs, confs = [[] for _ in range(B)], [0] * B, [], []
+        own = torch.zeros(B, dtype=torch.long, device=dev)  # each row's own drafts (before its stop)
         active = torch.tensor([b > 0 for b in budget], device=dev)  # rows drafting this step
-        driving = active.clone()  # rows that have not fallen back: the batch drafts while one is left
-        # Exact verification, batch > 1: a row that fell back keeps drafting while another row drives.
-        # Its tokens fill slots the batched small step and verify pass compute anyway, and the exact
-        # check keeps the output unchanged. (BiLD's rollback rule would accept them: not done there.)
+        driving = active.clone()  # rows writing their own draft: the batch drafts while one is left
         fill = self.fill_batch_drafts and B > 1 and self.opts.verification == "exact"
-        for _ in range(max(budget)):
+        first_conf, steps = None, 1
+        for j in range(max(budget)):
             probs = self._process_rows(lambda: [self._row(r, drafts[r]) for r in range(B)], logits).softmax(-1)
             tok = torch.multinomial(probs, 1).squeeze(-1) if self.do_sample else probs.argmax(-1)
-            low = probs.max(-1).values < thr
-            fell_back = driving & low
-            driving = driving & ~low
-            take = active & (driving | driving.any()) if fill else active & driving
+            conf = probs.max(-1).values
+            if first_conf is None:
+                first_conf = torch.where(active, conf, torch.full_like(conf, float("nan")))
+            keep, more = self.policy.step(j, conf, driving & active)
+            mine = active & driving & keep
+            self.stats.fallbacks += int((active & driving & ~keep).sum())
+            own += mine
+            driving = mine & more
+            take = mine | (active & driving.any()) if fill else mine
             if self.do_sample and self.opts.verification == "exact":
                 qs.append(probs)
-            self.stats.fallbacks += int(fell_back.sum())
+            confs.append(conf)
             tok_l, take_l = tok.tolist(), take.tolist()
             for r in range(B):
                 if take_l[r]:
@@ -185,7 +219,10 @@ class DraftVerifyLoop:
             for r, a in enumerate(active.tolist()):
                 read[r] += a
             logits = self.small.feed(tok[:, None], active[:, None], keep=1)[:, -1]
-        return drafts, (torch.stack(qs, 1) if qs else None), read
+            steps += 1
+        K = max(len(x) for x in drafts)
+        conf = torch.stack(confs, 1)[:, :K] if K else torch.zeros(B, 0, device=dev)
+        return Draft(drafts, torch.stack(qs, 1) if qs else None, read, own.tolist(), conf, first_conf, steps)
 
     def _verify(self, drafts: list[list[int]]):
         """Large model reads each row's last committed token and its drafts in ONE forward pass.
@@ -193,8 +230,9 @@ class DraftVerifyLoop:
         Returns processed and raw logits [B, K+1, V]: column j is the distribution for draft j, column
         len(drafts[r]) the one after row r's last draft."""
         K = max(len(x) for x in drafts)
-        logits, offset, m, _ = self._catch_up(self.large, drafts)
-        self.stats.verify_lengths.append(logits.shape[1] + offset)
+        logits, offset, m, n = self._catch_up(self.large, drafts)
+        self.stats.verify_widths.append(logits.shape[1] + offset)
+        self.stats.verify_lengths.extend(x for x in n if x)
         B, V = self.B, logits.shape[-1]
         idx = torch.tensor([[min(max(m[r] - 1 + j - offset, 0), logits.shape[1] - 1) for j in range(K + 1)]
                             for r in range(B)], device=logits.device)
@@ -223,6 +261,10 @@ class DraftVerifyLoop:
         if not len(self.processors):
             return scores
         rows = rows()
+        if self.batch_slot is not None:  # one row of a batch: give the processors the whole batch's shape
+            r, B = self.batch_slot
+            full = self.processors(rows[0].expand(B, -1), scores.expand(B, -1).clone())
+            return full[r : r + 1]
         lengths = [len(x) for x in rows]
         if len(set(lengths)) == 1:
             return self.processors(torch.stack(rows), scores)
@@ -281,26 +323,53 @@ class DraftVerifyLoop:
             counts.append(int(self.seq_valid[r, : read[r]].sum()))
         adapter.keep_first(torch.tensor(counts, device=adapter.n_valid.device))
 
-    def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor, drafted: list[int]) -> None:
+    def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor,
+                from_small: list[int]) -> list[int]:
         """Append each row's new tokens, stopping at eos, the length limit or a stopping criterion.
-        The first drafted[r] tokens of row r were written by the small model."""
+        The first from_small[r] tokens of row r were written by the small model. Returns the number of
+        tokens each row committed."""
+        committed = [0] * self.B
         for r in range(self.B):
             if self.done[r] or not new[r]:
                 continue
             for j, tok in enumerate(new[r]):
                 self.seqs[r, self.cur[r]] = tok
                 self.cur[r] += 1
-                self.stats.new_tokens += 1
-                self.sources[r].append("small" if j < drafted[r] else "large")
-                if self.keep_scores:
-                    self.scores[r].append(processed[r, j])
+                committed[r] += 1
+                self.sources[r].append("small" if j < from_small[r] else "large")
+                if self.keep_scores:  # a copy: a view would keep the round's whole [B, K+1, V] tensor alive
+                    self.scores[r].append(processed[r, j].clone())
                 if self.keep_logits:
-                    self.raw[r].append(raw[r, j])
+                    self.raw[r].append(raw[r, j].clone())
                 if self.streamer is not None:
                     self.streamer.put(torch.tensor([tok]))
                 stop = tok in self.eos_ids or self.cur[r] - self.P >= self.max_new
                 if not stop and len(self.stopping):
-                    stop = bool(self.stopping(self.seqs[r : r + 1, : self.cur[r]], None).any())
+                    stop = bool(self.stopping(self.seqs[r : r + 1, : self.cur[r]], processed[r : r + 1, j]).any())
                 if stop:
                     self.done[r] = True
                     break
+        self.stats.new_tokens += sum(committed)
+        return committed
+
+
+@dataclass
+class Draft:
+    """What `_draft` returns (B rows, K = longest draft).
+
+    drafts      per row, the drafted token ids (own drafts first, then batch-fill drafts)
+    q           [B, K, V] small-model probabilities each draft was drawn from (exact sampling only)
+    read        per row, drafts the small model has read into its cache
+    own         per row, drafts the row wrote before the policy stopped it (the rest is batch fill)
+    conf        [B, K] small model's top probability at each draft step
+    first_conf  [B] top probability at the first step (nan for rows that did not draft)
+    steps       small-model forwards this round
+    """
+
+    drafts: list[list[int]]
+    q: torch.Tensor | None
+    read: list[int]
+    own: list[int]
+    conf: torch.Tensor
+    first_conf: torch.Tensor
+    steps: int

@@ -13,39 +13,89 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
+import weakref
+
 from .adapters import ModelAdapter, encoder_row, vocab_width
+from .cost_model import CostTable, measure_costs
 from .decoding import DecodeOptions, DraftVerifyLoop
+from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
 from .stats import GenerationStats
 
 VERIFICATIONS = ("rollback", "exact")
 DRAFT_SCHEDULES = ("constant", "heuristic")
+AUTO = "auto"
 
 
-def check_options(fallback_threshold, rollback_threshold, max_small_steps, verification="rollback",
-                  uno_epsilon=0.0, draft_schedule="constant") -> DecodeOptions:
+def check_options(fallback_threshold=AUTO, rollback_threshold=5.0, max_small_steps=AUTO, verification="rollback",
+                  uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO) -> DecodeOptions:
     """Validate the engine's own arguments; raise ValueError naming the argument and what is allowed."""
     def number(name, x):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
             raise ValueError(f"`{name}` must be a number, got {x!r}")
-    number("fallback_threshold", fallback_threshold)
-    if not 0.0 <= fallback_threshold <= 1.0:
-        raise ValueError(f"`fallback_threshold` must be in [0, 1], got {fallback_threshold}")
+    if fallback_threshold != AUTO:
+        if isinstance(fallback_threshold, str):
+            raise ValueError(f"`fallback_threshold` must be 'auto' or a number in [0, 1], got {fallback_threshold!r}")
+        number("fallback_threshold", fallback_threshold)
+        if not 0.0 <= fallback_threshold <= 1.0:
+            raise ValueError(f"`fallback_threshold` must be 'auto' or in [0, 1], got {fallback_threshold}")
+        fallback_threshold = float(fallback_threshold)
     number("rollback_threshold", rollback_threshold)
     if rollback_threshold < 0:
         raise ValueError(f"`rollback_threshold` must be >= 0 or float('inf'), got {rollback_threshold}")
-    if isinstance(max_small_steps, bool) or not isinstance(max_small_steps, int) or max_small_steps < 1:
-        raise ValueError(f"`max_small_steps` must be an integer >= 1, got {max_small_steps!r}")
+    if max_small_steps != AUTO and (isinstance(max_small_steps, bool) or not isinstance(max_small_steps, int)
+                                    or max_small_steps < 1):
+        raise ValueError(f"`max_small_steps` must be 'auto' or an integer >= 1, got {max_small_steps!r}")
     if verification not in VERIFICATIONS:
         raise ValueError(f"`verification` must be one of {VERIFICATIONS}, got {verification!r}")
-    number("uno_epsilon", uno_epsilon)
-    if uno_epsilon < 0:
-        raise ValueError(f"`uno_epsilon` must be >= 0, got {uno_epsilon}")
-    if uno_epsilon > 0 and verification != "exact":
-        raise ValueError("`uno_epsilon` > 0 needs verification='exact' (Decoding-UNO relaxes the exact check)")
+    for name, eps in (("uno_epsilon", uno_epsilon), ("opt_epsilon", opt_epsilon)):
+        number(name, eps)
+        if eps < 0:
+            raise ValueError(f"`{name}` must be >= 0, got {eps}")
+        if eps > 0 and verification != "exact":
+            raise ValueError(f"`{name}` > 0 needs verification='exact' (it relaxes the exact check)")
+    if uno_epsilon > 0 and opt_epsilon > 0:
+        raise ValueError("pass one of `uno_epsilon` (Decoding-UNO) and `opt_epsilon` (Decoding-OPT), not both")
     if draft_schedule not in DRAFT_SCHEDULES:
         raise ValueError(f"`draft_schedule` must be one of {DRAFT_SCHEDULES}, got {draft_schedule!r}")
-    return DecodeOptions(float(fallback_threshold), float(rollback_threshold), max_small_steps, verification,
-                         float(uno_epsilon), draft_schedule)
+    if draft_schedule == "heuristic" and AUTO in (fallback_threshold, max_small_steps):
+        raise ValueError("`draft_schedule`='heuristic' needs numbers for `fallback_threshold` and `max_small_steps` "
+                         "(its budget starts at, and is capped by, max_small_steps)")
+    if not (costs == AUTO or isinstance(costs, (DraftCosts, CostTable))
+            or (isinstance(costs, (int, float)) and not isinstance(costs, bool) and costs > 0)):
+        raise ValueError(f"`costs` must be 'auto', a cost ratio > 0 (small step / large step), a "
+                         f"bild.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}")
+    return DecodeOptions(fallback_threshold, float(rollback_threshold), max_small_steps, verification,
+                         float(uno_epsilon), draft_schedule, float(opt_epsilon), costs)
+
+
+def make_policy(opts: DecodeOptions) -> DraftPolicy:
+    """The draft policy the options ask for: adaptive when either knob is 'auto'."""
+    fb, steps = opts.fallback_threshold, opts.max_small_steps
+    if AUTO in (fb, steps):
+        return AdaptivePolicy(None if fb == AUTO else fb, None if steps == AUTO else steps)
+    if opts.draft_schedule == "heuristic":
+        return HeuristicPolicy(fb, steps)
+    return ThresholdPolicy(fb, steps)
+
+
+def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, prompt_len: int,
+                  max_new: int) -> DraftCosts | None:
+    """The policy's cost model: given, or measured once per batch size (kept on the policy)."""
+    if not policy.needs_costs:
+        return None
+    if isinstance(costs, DraftCosts):
+        return costs
+    if isinstance(costs, CostTable):
+        return DraftCosts.from_table(costs)
+    if costs != AUTO:
+        return DraftCosts.from_ratio(costs)
+    measured = policy.__dict__.setdefault("measured_costs", {})
+    if batch_size not in measured:
+        table = measure_costs(small, large, prompt_len=max(1, min(prompt_len, 128)), new_tokens=max_new,
+                              batch_size=batch_size, repeats=3, warmup=1, forward_lens=[1, 2, 3, 5, 9, 17],
+                              prefill_lens=[1])
+        measured[batch_size] = DraftCosts.from_table(table)
+    return measured[batch_size]
 
 
 def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
@@ -83,25 +133,41 @@ def check_generation_config(gc: GenerationConfig, batch_size: int | None = None,
         raise ValueError("`streamer` supports batch size 1 only, as in transformers")
 
 
+# policies of `bild.generate` calls, per (large model, small model, options): they keep learning across calls
+_POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _policy_for(small_model, large_model, opts: DecodeOptions) -> DraftPolicy:
+    per_large = _POLICIES.setdefault(large_model, {})
+    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule,
+           opts.verification, opts.rollback_threshold)
+    return per_large.setdefault(key, make_policy(opts))
+
+
 def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-             small_model=None, fallback_threshold: float = 0.6, rollback_threshold: float = 5.0,
-             max_small_steps: int = 10, verification: str = "rollback", uno_epsilon: float = 0.0,
-             draft_schedule: str = "constant", inputs_tensor=None, bild_streamer=None, bild_stats=None,
-             **model_kwargs):
+             small_model=None, fallback_threshold: float | str = AUTO, rollback_threshold: float = 5.0,
+             max_small_steps: int | str = AUTO, verification: str = "rollback", uno_epsilon: float = 0.0,
+             draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, inputs_tensor=None,
+             bild_streamer=None, bild_stats=None, bild_policy=None, **model_kwargs):
     """Draft-then-verify decoding as a transformers `custom_generate` callable.
 
-    ``large.generate(ids, custom_generate=bild.generate, small_model=small, fallback_threshold=0.6, ...)``
+    ``large.generate(ids, custom_generate=bild.generate, small_model=small, ...)``
 
     transformers calls this with its prepared `input_ids` (decoder start ids for encoder-decoder
     models), logits processors, stopping criteria and generation config. Pass `bild_stats=GenerationStats()`
-    to read the counters back. transformers does not forward `streamer` to custom callables; use
-    `BiLDGenerator.generate` (or `bild_streamer=`) to stream.
+    to read the counters back. The adaptive policy's state is kept per (large model, small model, options)
+    across calls; pass `bild_policy=` to use your own. transformers does not forward `streamer` to custom
+    callables; use `BiLDGenerator.generate` (or `bild_streamer=`) to stream.
     """
     opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
-                         draft_schedule)
+                         draft_schedule, opt_epsilon, costs)
     check_pair(small_model, model)
     gc = generation_config
     check_generation_config(gc, input_ids.shape[0], bild_streamer)
+    if not gc.do_sample and (opts.uno_epsilon or opts.opt_epsilon):
+        raise ValueError("`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
+                         "exactly the large model's argmax")
+    policy = bild_policy if bild_policy is not None else _policy_for(small_model, model, opts)
     stats = bild_stats if bild_stats is not None else GenerationStats()
     stats.__dict__.update(GenerationStats().__dict__)  # reset in place: callers hold this object
     max_new = gc.max_length - input_ids.shape[1]
@@ -115,22 +181,36 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         enc_small = small.encode(inputs_tensor, attention_mask) if opts.uses_small else None
         enc = (enc_small, enc_large)
         attention_mask = None  # the decoder prompt (start ids) has no padding
-    if input_ids.shape[0] > 1 and not (large.supports_holes and (small.supports_holes or not opts.uses_small)):
-        # no masked cache slots for this family: decode row by row on the shared encoder outputs
-        rows, sources = [], []
-        for r in range(input_ids.shape[0]):
+    B = input_ids.shape[0]
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    holes_ok = large.supports_holes and (small.supports_holes or not opts.uses_small)
+
+    def loop(batch, prompt_len, slot=None, streamer=None):
+        if opts.uses_small:  # otherwise the loop never consults the policy
+            policy.begin(batch, resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new))
+        return DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
+                               batch_slot=slot)
+
+    if not holes_ok and (B > 1 or padded):
+        # no masked cache slots for this family: decode row by row (padding removed), on the shared encoder
+        # outputs for encoder-decoder models
+        rows, sources, lens = [], [], []
+        for r in range(B):
+            keep = attention_mask[r].bool() if attention_mask is not None else slice(None)
+            row_ids = input_ids[r][keep][None]
             row_enc = None if enc is None else tuple(None if e is None else encoder_row(e, r) for e in enc)
-            loop = DraftVerifyLoop(small, large, opts, gc, logits_processor, stopping_criteria, None, stats)
-            rows.append(loop.run(input_ids[r : r + 1], None if attention_mask is None else attention_mask[r : r + 1],
-                                 max_new, row_enc))
+            lp = loop(1, row_ids.shape[1], slot=(r, B) if B > 1 else None)
+            rows.append(lp.run(row_ids, None, max_new, row_enc))
+            lens.append(row_ids.shape[1])
             sources += stats.token_sources
         stats.token_sources = sources
-        sequences, scores, raw = _stack_rows(rows, loop.pad)
+        sequences, scores, raw = _stack_rows(input_ids, rows, lens, lp.pad)
     else:
-        loop = DraftVerifyLoop(small, large, opts, gc, logits_processor, stopping_criteria, bild_streamer, stats)
-        sequences, scores, raw = loop.run(input_ids, attention_mask, max_new, enc)
+        lp = loop(B, input_ids.shape[1], streamer=bild_streamer)
+        sequences, scores, raw = lp.run(input_ids, attention_mask, max_new, enc)
     stats.small_forwards, stats.large_forwards = small.forwards, large.forwards
     stats.small_tokens_fed, stats.large_tokens_fed = small.tokens_fed, large.tokens_fed
+    stats.policy = policy.describe() if opts.uses_small else {"policy": "large model only"}
     if not gc.return_dict_in_generate:
         return sequences
     steps = sequences.shape[1] - input_ids.shape[1]
@@ -142,11 +222,15 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     return GenerateDecoderOnlyOutput(**out)
 
 
-def _stack_rows(rows, pad: int):
-    width = max(s.shape[1] for s, _, _ in rows)
-    seqs = torch.full((len(rows), width), pad, dtype=torch.long, device=rows[0][0].device)
-    for r, (s, _, _) in enumerate(rows):
-        seqs[r, : s.shape[1]] = s[0]
+def _stack_rows(input_ids, rows, prompt_lens: list[int], pad: int):
+    """Rows decoded one by one -> the batch layout transformers returns: each row's (padded) prompt, then
+    its new tokens, then padding."""
+    P = input_ids.shape[1]
+    new = [seq[0, n:] for (seq, _, _), n in zip(rows, prompt_lens)]
+    seqs = torch.full((len(rows), P + max(x.numel() for x in new)), pad, dtype=torch.long, device=input_ids.device)
+    seqs[:, :P] = input_ids
+    for r, x in enumerate(new):
+        seqs[r, P : P + x.numel()] = x
     return seqs, [x[1][0] for x in rows], [x[2][0] for x in rows]
 
 
@@ -164,28 +248,46 @@ class BiLDGenerator:
     Args:
         small_model, large_model: `PreTrainedModel`s with a language-modelling head, both decoder-only
             or both encoder-decoder, with the same vocabulary and special tokens.
-        fallback_threshold: in [0, 1]. The small model hands over to the large one when its top
-            probability drops below this. 0 never falls back (fixed drafts of `max_small_steps`);
-            1 means the large model writes every token (output equals `large_model.generate`).
+        fallback_threshold: "auto" (default) or a number in [0, 1]. "auto": the adaptive draft policy
+            decides per token when the small model hands over (see `bild.policies.AdaptivePolicy`). A
+            number is BiLD's rule: hand over when the small model's top probability drops below it. 0 never
+            falls back (fixed drafts of `max_small_steps`); 1 means the large model writes every token
+            (output equals `large_model.generate`).
         rollback_threshold: >= 0 or `float("inf")`. With verification="rollback", a drafted token whose
-            cross-entropy -log p_large(token) exceeds this is replaced by the large model's token. inf
-            never rolls back; 0 rolls back every token the large model is not certain of.
-        max_small_steps: >= 1. Most tokens drafted before the large model checks them.
+            cross-entropy -log p_large(token) exceeds this is replaced by the large model's token (with
+            greedy decoding a draft equal to the large model's argmax is always kept). inf never rolls back.
+        max_small_steps: "auto" (default: the adaptive policy picks the draft length from the measured
+            costs and acceptance, at most 32) or an integer >= 1: most tokens drafted per round.
         verification: "rollback" (BiLD, default) or "exact" (speculative decoding: greedy output equals
             the large model's, sampling follows its distribution exactly).
-        uno_epsilon: >= 0, only with "exact" and sampling: Decoding-UNO's slack (0 = lossless).
-        draft_schedule: "constant" (default) or "heuristic" (grow the draft budget by 2 after a fully
-            accepted draft, shrink it by 1 after a rejection, as transformers' assisted generation does).
+        uno_epsilon / opt_epsilon: >= 0, one of them, only with "exact" and sampling: Yin et al.'s slack
+            (accept with min(1, (p + eps) / q)); on rejection UNO resamples from p, OPT from
+            norm(max(0, p - q)). 0 is lossless speculative sampling for both.
+        draft_schedule: "constant" (default) or "heuristic" (with numeric thresholds: the budget shrinks
+            by 1 after a rejection and grows by 2 after a fully accepted draft, capped by max_small_steps).
+        costs: what the adaptive policy assumes a model call costs: "auto" (default: measured once per
+            batch size on first use; outputs of verification="rollback" can then differ between machines
+            and runs), a cost ratio c (small step / large step; a verify pass costs one large step, the
+            papers' GPU assumption), a `bild.cost_model.CostTable` or a `bild.policies.DraftCosts`.
+            With costs given, the same calls on a fresh generator make the same decisions.
+
+    The draft policy (`self.policy`) keeps learning across calls; `reset_policy()` forgets.
     """
 
-    def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel, fallback_threshold: float = 0.6,
-                 rollback_threshold: float = 5.0, max_small_steps: int = 10, verification: str = "rollback",
-                 uno_epsilon: float = 0.0, draft_schedule: str = "constant"):
+    def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
+                 fallback_threshold: float | str = AUTO, rollback_threshold: float = 5.0,
+                 max_small_steps: int | str = AUTO, verification: str = "rollback", uno_epsilon: float = 0.0,
+                 draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO):
         self.options = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification,
-                                     uno_epsilon, draft_schedule)
+                                     uno_epsilon, draft_schedule, opt_epsilon, costs)
         check_pair(small_model, large_model)
         self.small_model, self.large_model = small_model, large_model
+        self.policy = make_policy(self.options)
         self.stats = GenerationStats()
+
+    def reset_policy(self) -> None:
+        """Forget what the draft policy learned (measured costs are kept)."""
+        self.policy.reset()
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
                  streamer=None, **kwargs):
@@ -198,7 +300,8 @@ class BiLDGenerator:
             inputs, generation_config=generation_config, custom_generate=generate, small_model=self.small_model,
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
-            draft_schedule=o.draft_schedule, bild_streamer=streamer, bild_stats=self.stats, **kwargs)
+            draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, bild_streamer=streamer,
+            bild_stats=self.stats, bild_policy=self.policy, **kwargs)
 
 
 def _batch_size(inputs, kwargs) -> int | None:

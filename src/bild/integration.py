@@ -1,10 +1,10 @@
 """Entry used by the `custom_generate/` folder (Hub repo or local path)."""
 from __future__ import annotations
 
-from .generator import BiLDGenerator
+from .generator import BiLDGenerator, _policy_for
 
 _ENGINE_ARGS = ("fallback_threshold", "rollback_threshold", "max_small_steps", "verification", "uno_epsilon",
-                "draft_schedule")
+                "draft_schedule", "opt_epsilon", "costs")
 # `generate` arguments transformers passes through that mean "not used" when None
 _DROP_IF_NONE = ("generation_config", "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn",
                  "synced_gpus", "assistant_model", "streamer", "negative_prompt_ids", "negative_prompt_attention_mask")
@@ -18,4 +18,6 @@ def generate_from_hub(model, small_model=None, **kwargs):
             kwargs.pop(k)
     if kwargs.get("assistant_model") is not None:
         raise ValueError("`assistant_model` cannot be combined with BiLD's custom_generate: pass `small_model`")
-    return BiLDGenerator(small_model, model, **engine).generate(**kwargs)
+    gen = BiLDGenerator(small_model, model, **engine)
+    gen.policy = _policy_for(small_model, model, gen.options)  # keeps learning across calls, as `bild.generate`
+    return gen.generate(**kwargs)

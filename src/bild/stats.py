@@ -7,36 +7,56 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class GenerationStats:
     """What one `generate` call did. Token counts are summed over the rows of a batch; forward counts
-    count batched calls once.
+    count batched calls once. Only committed tokens count: nothing after a row's eos or stopping criterion.
 
     new_tokens       tokens written to the output (all rows)
     small_forwards   small-model forward calls (prefill included)
     large_forwards   large-model forward calls (prefill included)
-    fallbacks        draft steps where the small model's top probability fell below `fallback_threshold`
-    rollbacks        verifications that rejected a drafted token (the large model's token replaced it)
-    drafted          drafted tokens sent to the large model for verification
-    accepted         drafted tokens kept after verification
-    verify_lengths   tokens per row fed to the large model in each verify pass (prefill excluded)
+    rounds           draft-verify rounds (after the prefill); one per large forward after it
+    draftless_rounds rounds in which no row drafted (the large model wrote one token per row)
+    draft_budgets    per round, the largest draft budget the policy granted a row (0 = no draft)
+    fallbacks        draft steps where the policy dropped a drafted token and stopped the row's draft
+                     (BiLD: top probability below `fallback_threshold`)
+    drafted          a row's own drafts sent to the large model (batch-fill drafts excluded)
+    judged           own drafts the large model judged: in each row and round, up to and including the
+                     first rejected one (the drafts after it are discarded unjudged)
+    accepted         own drafts kept (and committed)
+    rollbacks        row-rounds that ended in a rejected draft (the large model's token replaced it): the
+                     number of rejections of Leviathan et al. / Yin et al.
+    fill_drafted / fill_accepted   batch-fill drafts (exact verification, batch > 1: a row that stopped
+                     drafts on while another row drafts) sent / kept
+    verify_lengths   tokens each live row fed to each verify pass (its last committed token + its drafts),
+                     one entry per row and pass
+    verify_widths    padded width of each verify pass (what the batched forward computes per row)
     small_tokens_fed / large_tokens_fed   token positions each model read (prompt included, padding excluded)
     token_sources    per row, "small" or "large" for each new token: which model wrote it
+    policy           what the draft policy had in force at the end of the call (see `bild.policies`)
     """
 
     new_tokens: int = 0
     small_forwards: int = 0
     large_forwards: int = 0
+    rounds: int = 0
+    draftless_rounds: int = 0
+    draft_budgets: list[int] = field(default_factory=list)
     fallbacks: int = 0
-    rollbacks: int = 0
     drafted: int = 0
+    judged: int = 0
     accepted: int = 0
+    rollbacks: int = 0
+    fill_drafted: int = 0
+    fill_accepted: int = 0
     verify_lengths: list[int] = field(default_factory=list)
+    verify_widths: list[int] = field(default_factory=list)
     small_tokens_fed: int = 0
     large_tokens_fed: int = 0
     token_sources: list[list[str]] = field(default_factory=list)
+    policy: dict = field(default_factory=dict)
 
     @property
     def acceptance_rate(self) -> float:
-        """Fraction of drafted tokens the large model kept."""
-        return self.accepted / self.drafted if self.drafted else 0.0
+        """The papers' alpha: accepted / judged own drafts."""
+        return self.accepted / self.judged if self.judged else 0.0
 
     @property
     def tokens_per_large_call(self) -> float:

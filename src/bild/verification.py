@@ -35,9 +35,14 @@ def _choose(dist: torch.Tensor, do_sample: bool) -> torch.Tensor:
 
 def verify_rollback(drafts, n_draft, p, threshold: float, do_sample: bool):
     """BiLD (Kim et al. 2023): reject at the first draft whose cross-entropy -log p(x) under the large
-    model exceeds `threshold`; the large model's own token (argmax, or a sample of p) goes there."""
+    model exceeds `threshold`; the large model's own token (argmax, or a sample of p) goes there.
+    With greedy decoding a draft equal to the large model's argmax is always kept (as BiLD's code
+    does): rolling it back would write the same token again."""
     p_draft = p[:, :-1].gather(-1, drafts[..., None]).squeeze(-1)
-    n_accept = _first_rejection(-torch.log(p_draft) <= threshold, n_draft)
+    ok = -torch.log(p_draft) <= threshold
+    if not do_sample:
+        ok |= drafts == p[:, :-1].argmax(-1)
+    n_accept = _first_rejection(ok, n_draft)
     return n_accept, _choose(_at(p, n_accept), do_sample)
 
 
@@ -49,20 +54,21 @@ def verify_exact_greedy(drafts, n_draft, p):
     return n_accept, _at(best, n_accept)
 
 
-def verify_exact_sampling(drafts, n_draft, p, q, uno_epsilon: float = 0.0):
-    """Speculative sampling (Leviathan et al. 2023, Alg. 1), with Decoding-UNO's slack (Yin et al. 2024).
+def verify_exact_sampling(drafts, n_draft, p, q, epsilon: float = 0.0, resample: str = "residual"):
+    """Speculative sampling (Leviathan et al. 2023, Alg. 1) and Yin et al.'s (2024) biased variants.
 
-    Accept draft x with probability min(1, (p(x) + eps) / q(x)). On rejection, eps = 0 samples from
-    norm(max(0, p - q)) (lossless: the output follows p exactly); eps > 0 samples from p, as in UNO.
+    Accept draft x with probability min(1, (p(x) + eps) / q(x)). On rejection, `resample="residual"`
+    samples from norm(max(0, p - q)): lossless at eps = 0 (the output follows p exactly) and
+    Decoding-OPT for eps > 0; `resample="target"` samples from p: Decoding-UNO (eps > 0).
     After a fully accepted draft, one more token is sampled from p.
     """
     p_draft = p[:, :-1].gather(-1, drafts[..., None]).squeeze(-1)
     q_draft = q.gather(-1, drafts[..., None]).squeeze(-1)
-    ratio = ((p_draft + uno_epsilon) / q_draft).clamp(max=1.0)
+    ratio = ((p_draft + epsilon) / q_draft).clamp(max=1.0)
     n_accept = _first_rejection(torch.rand_like(ratio) < ratio, n_draft)
     p_next = _at(p, n_accept)
     rejected = n_accept < n_draft
-    if uno_epsilon == 0.0 and bool(rejected.any()):
+    if resample == "residual" and bool(rejected.any()):
         q_pad = torch.cat([q, torch.zeros_like(q[:, :1])], dim=1)  # no q after the last draft
         residual = (p_next - _at(q_pad, n_accept)).clamp(min=0)
         mass = residual.sum(-1, keepdim=True)

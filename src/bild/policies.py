@@ -1,0 +1,318 @@
+"""Draft policies: when the small model stops drafting, and how long a draft may be.
+
+The loop consults one `DraftPolicy` per generate call:
+
+    begin(batch_size, costs)   start of a call (the policy's learned state persists across calls)
+    budgets(remaining)         per row, how many tokens it may draft this round (0 = no draft)
+    step(j, conf)              after draft step j: keep this token? draft another one? (per row)
+    learn(record)              after the verify pass: what the large model judged (a `RoundRecord`)
+
+Three policies:
+    ThresholdPolicy    the BiLD paper's rule: fall back when the small model's top probability is below
+                       `fallback_threshold`; at most `max_small_steps` drafts.
+    HeuristicPolicy    the same fallback, with transformers' assisted-generation schedule for the draft
+                       budget (+2 after a fully accepted draft, -1 after a rejection), capped.
+    AdaptivePolicy     the default ("auto"): learns the acceptance probability of a draft per bin of the
+                       small model's confidence and picks, per token, the choice that maximises expected
+                       new tokens per unit of model time (costs measured once, or given). See its docstring.
+
+Costs are `DraftCosts`: a small step and a verify pass over k drafts, in units of one large step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+# -- costs ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DraftCosts:
+    """Model-call costs in units of one large-model decoding step (at the batch size in use).
+
+    small      one small-model decoding step
+    verify[k]  one large forward over k drafts plus the last committed token (verify[0] = 1.0);
+               beyond the table, extrapolated linearly from its last two entries
+    """
+
+    small: float
+    verify: tuple[float, ...]
+
+    def verify_cost(self, k: int) -> float:
+        v = self.verify
+        if k < len(v):
+            return v[k]
+        slope = v[-1] - v[-2] if len(v) > 1 else 0.0
+        return v[-1] + slope * (k - len(v) + 1)
+
+    @classmethod
+    def from_ratio(cls, cost_ratio: float) -> "DraftCosts":
+        """The papers' model: a small step costs `cost_ratio` large steps, a verify pass costs one large
+        step whatever its width (true on a GPU for short drafts, not on a CPU)."""
+        return cls(float(cost_ratio), (1.0, 1.0))
+
+    @classmethod
+    def from_table(cls, table, max_drafts: int = 32) -> "DraftCosts":
+        """From a measured `bild.cost_model.CostTable` (seconds per call)."""
+        step = table.large(1)
+        return cls(table.small(1) / step, tuple(table.large(k + 1) / step for k in range(max_drafts + 1)))
+
+    def as_dict(self) -> dict:
+        return {"small": round(self.small, 4), "verify": [round(x, 3) for x in self.verify[:17]]}
+
+
+def expected_tokens(alpha: float, k: int) -> float:
+    """Expected tokens of a round with k drafts of i.i.d. acceptance alpha: (1 - a^(k+1)) / (1 - a)."""
+    return float(k + 1) if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+def best_draft_length(alpha: float, costs: DraftCosts, cap: int) -> tuple[int, float]:
+    """(k, rate) maximising expected tokens per unit of cost, rate = tokens / (k c_small + verify[k]),
+    over k = 1..cap (the papers' expected-length formula with the measured verify cost)."""
+    rates = [(expected_tokens(alpha, k) / (k * costs.small + costs.verify_cost(k)), k) for k in range(1, cap + 1)]
+    rate, k = max(rates)
+    return k, rate
+
+
+# -- what a round did -------------------------------------------------------------------------------
+@dataclass
+class RoundRecord:
+    """One round, per row (B rows, K draft slots). Tensors live on the loop's device.
+
+    conf       [B, K] small model's top probability at each own draft (columns >= drafted[r] unused)
+    first_conf [B]    top probability at the row's first draft step, kept or not (nan: no step ran)
+    drafted    [B]    own drafts sent to the large model (batch-fill drafts excluded)
+    judged     [B]    own drafts the large model judged: up to and including the first rejection, and
+                      no further than what the row committed
+    accepted   [B]    own drafts committed
+    committed  [B]    tokens committed this round (drafts and the large model's token)
+    small_steps       small-model forwards this round;  width: drafts per row in the verify pass (K)
+    """
+
+    conf: torch.Tensor
+    first_conf: torch.Tensor
+    drafted: torch.Tensor
+    judged: torch.Tensor
+    accepted: torch.Tensor
+    committed: torch.Tensor
+    small_steps: int
+    width: int
+
+
+# -- policies ---------------------------------------------------------------------------------------
+class DraftPolicy:
+    """Interface. Subclasses override what they need; the default drafts nothing."""
+
+    needs_costs = False
+
+    def begin(self, batch_size: int, costs: DraftCosts | None = None) -> None:
+        self.batch_size = batch_size
+
+    def budgets(self, remaining: list[int]) -> list[int]:
+        """remaining[r]: drafts row r may still write this call (0 for finished rows)."""
+        return [0] * len(remaining)
+
+    def step(self, j: int, conf: torch.Tensor, live: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """conf [B]: top probability of the token drafted at step j (0-based); live [B]: rows still writing
+        their own draft (the others' answers are ignored). Returns (keep [B], more [B]):
+        keep=False drops the token and ends the row's draft (a fallback); more=False keeps it and ends."""
+        ones = torch.ones_like(conf, dtype=torch.bool)
+        return ones, ones
+
+    def learn(self, record: RoundRecord) -> None:
+        pass
+
+    def reset(self) -> None:
+        """Forget what was learned."""
+
+    def describe(self) -> dict:
+        return {"policy": type(self).__name__}
+
+
+class ThresholdPolicy(DraftPolicy):
+    """BiLD's fixed rule: drop the token and fall back when conf < `fallback_threshold`; at most
+    `max_small_steps` drafts per round."""
+
+    def __init__(self, fallback_threshold: float, max_small_steps: int):
+        self.threshold, self.max_steps = fallback_threshold, max_small_steps
+
+    def budgets(self, remaining):
+        return [min(self.max_steps, n) for n in remaining]
+
+    def step(self, j, conf, live):
+        return conf >= self.threshold, torch.ones_like(conf, dtype=torch.bool)
+
+    def describe(self):
+        return {"policy": "threshold", "fallback_threshold": self.threshold, "max_small_steps": self.max_steps}
+
+
+class HeuristicPolicy(ThresholdPolicy):
+    """The threshold rule with transformers' assisted-generation schedule: a row's budget starts at
+    `max_small_steps`, shrinks by 1 after a rejection and grows by 2 after a fully accepted draft, never
+    above `max_small_steps` (the cap) nor below 1."""
+
+    def begin(self, batch_size, costs=None):
+        super().begin(batch_size, costs)
+        self.budget = [self.max_steps] * batch_size
+
+    def budgets(self, remaining):
+        return [min(b, n) for b, n in zip(self.budget, remaining)]
+
+    def learn(self, rec):
+        for r, (k, a, j) in enumerate(zip(rec.drafted.tolist(), rec.accepted.tolist(), rec.judged.tolist())):
+            if k and a == k == self.budget[r]:
+                self.budget[r] = min(self.max_steps, self.budget[r] + 2)
+            elif k and j > a:
+                self.budget[r] = max(1, self.budget[r] - 1)
+
+    def describe(self):
+        return {**super().describe(), "policy": "heuristic", "budgets": list(self.budget)}
+
+
+class AdaptivePolicy(DraftPolicy):
+    """Drafts while drafting pays, per token, from what verification has shown (the default, "auto").
+
+    What it learns (kept across calls until `reset()`):
+      acceptance   a(c): probability that the large model accepts a draft whose small-model top probability
+                   falls in confidence bin c (10 bins), counted over judged drafts only, with a prior of 0.3
+                   pseudo-drafts at the bin's centre (a calibrated draft);
+      alpha        the overall acceptance rate (the papers' alpha), from the same counts;
+      rate R       new tokens per unit of model cost achieved recently (moving sums), at least 1 (plain
+                   large-model decoding is always available).
+    How it decides, with costs c_small and verify[k] (`DraftCosts`, in large steps):
+      draft length the cap k* maximises (1 - alpha^(k+1)) / (1 - alpha) / (k c_small + verify[k]) over
+                   k <= max_small_steps (or 32 with "auto");
+      per token    (renewal-reward / Dinkelbach: a round is worth its expected tokens minus R times its
+                   cost) after drafting token j+1 with prefix-acceptance A = prod of a over kept drafts:
+                   keep it if A a(c) >= R/B * (verify[j+1] - verify[j]) (it adds A a(c) expected tokens and
+                   widens the verify pass); draft another if the batch's expected gain of the next token,
+                   sum_r A_r a_r^2, is at least R (c_small + verify[j+2] - verify[j+1]);
+      on / off     drafting is off while neither the formula's best rate beats plain decoding (rate > 1) nor
+                   the first draft step is worth its cost (E_c[max(0, a(c) - R dv)] > R c_small over the
+                   confidences seen at first steps). While off, a probe round every `probe_every` rounds
+                   (doubling to 64 while probes fail) drafts `probe_length` tokens with no stopping rule,
+                   so the estimates keep learning; the first rounds of a fresh policy are probes too.
+    With a numeric `fallback_threshold` the per-token rule is BiLD's (conf < threshold falls back) and
+    only the draft length is chosen; with a numeric `max_small_steps` that is the cap.
+
+    Decisions depend only on the counts and the costs, never on wall-clock time inside a run: with costs
+    given, the same calls on a fresh policy make the same decisions.
+    """
+
+    needs_costs = True
+    BINS = 10
+    AUTO_CAP = 32
+    PRIOR = 0.3  # pseudo-drafts per bin
+
+    def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
+                 probe_length: int = 4, probe_every: int = 8, warmup_drafts: int = 12):
+        self.threshold, self.cap = fallback_threshold, max_small_steps or self.AUTO_CAP
+        self.probe_length, self.probe_every, self.warmup = min(probe_length, self.cap), probe_every, warmup_drafts
+        self.reset()
+
+    def reset(self):
+        centres = (torch.arange(self.BINS, dtype=torch.float64) + 0.5) / self.BINS
+        self.seen = torch.full((self.BINS,), self.PRIOR, dtype=torch.float64)  # prior: a calibrated draft
+        self.acc = centres * self.PRIOR
+        self.first = torch.zeros(self.BINS, dtype=torch.float64)  # confidences at first draft steps
+        self.judged_total = 0
+        self.tokens, self.cost = 1.0, 1.0  # moving sums behind the rate R
+        self.on, self.length = True, min(self.cap, 4)
+        self.interval, self.wait = self.probe_every, 0
+        self.probing = True
+
+    # -- estimates ----------------------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        return float(self.acc.sum() / self.seen.sum())
+
+    @property
+    def rate(self) -> float:
+        return max(1.0, self.tokens / self.cost)
+
+    def _a(self, conf: torch.Tensor) -> torch.Tensor:
+        """Estimated acceptance of drafts with these confidences."""
+        est = (self.acc / self.seen).to(conf.device, torch.float32)
+        return est[(conf * self.BINS).long().clamp(0, self.BINS - 1)]
+
+    def _dv(self, j: int) -> float:
+        """Extra verify cost of the (j+1)-th draft."""
+        return self.costs.verify_cost(j + 1) - self.costs.verify_cost(j)
+
+    # -- interface ----------------------------------------------------------------------------------
+    def begin(self, batch_size, costs=None):
+        super().begin(batch_size, costs)
+        if costs is None:
+            raise ValueError("AdaptivePolicy needs costs")
+        self.costs = costs
+        self._decide()
+
+    def budgets(self, remaining):
+        self.probing = self.judged_total < self.warmup or (not self.on and self.wait <= 0)
+        if not self.on and not self.probing:
+            self.wait -= 1
+        n = self.probe_length if self.probing else self.length if self.on else 0
+        self.A = None
+        return [min(n, x) for x in remaining]
+
+    def step(self, j, conf, live):
+        ones = torch.ones_like(conf, dtype=torch.bool)
+        if self.probing:
+            return ones, ones
+        if self.threshold is not None:
+            return conf >= self.threshold, ones
+        A = live.float() if j == 0 or self.A is None else self.A * live
+        a = self._a(conf)
+        R, B = self.rate, self.batch_size
+        keep = A * a >= R / B * self._dv(j)
+        A = torch.where(keep, A * a, torch.zeros_like(A))
+        self.A = A
+        gain = (A * a).sum()  # expected tokens the batch's next draft step adds (a as its own predictor)
+        more = (gain >= R * (self.costs.small + self._dv(j + 1))) & keep
+        return keep, more
+
+    def learn(self, rec):
+        K = rec.conf.shape[1]
+        if K:
+            cols = torch.arange(K, device=rec.conf.device)[None]
+            judged = cols < rec.judged[:, None]
+            bins = (rec.conf * self.BINS).long().clamp(0, self.BINS - 1)[judged].cpu()
+            ok = (cols < rec.accepted[:, None])[judged].cpu().double()
+            self.seen += torch.bincount(bins, minlength=self.BINS).double()
+            self.acc += torch.bincount(bins, weights=ok, minlength=self.BINS)
+            self.judged_total += int(judged.sum())
+            if self.seen.sum() > 4096:  # keep adapting: old evidence fades
+                self.seen, self.acc = self.seen / 2, self.acc / 2
+        fc = rec.first_conf[~torch.isnan(rec.first_conf)].cpu()
+        if fc.numel():
+            self.first = 0.98 * self.first + torch.bincount(
+                (fc * self.BINS).long().clamp(0, self.BINS - 1), minlength=self.BINS).double()
+        round_cost = rec.small_steps * self.costs.small + self.costs.verify_cost(rec.width)
+        self.tokens = 0.9 * self.tokens + float(rec.committed.sum())
+        self.cost = 0.9 * self.cost + round_cost
+        was_probe = self.probing
+        self._decide()
+        if was_probe and not self.on:
+            self.interval = min(64, self.interval * 2)
+            self.wait = self.interval
+        elif self.on:
+            self.interval = self.probe_every
+
+    def _decide(self):
+        """Draft length and on/off from the current estimates."""
+        self.length, best = best_draft_length(self.alpha, self.costs, self.cap)
+        first_value = 0.0
+        if self.first.sum() > 0:
+            a = self.acc / self.seen
+            R = self.rate
+            first_value = float((self.first / self.first.sum() * (a - R * self._dv(0)).clamp(min=0)).sum()
+                                - R * self.costs.small)
+        self.on = best > 1.0 or first_value > 0
+
+    def describe(self):
+        return {"policy": "adaptive", "drafting": self.on, "draft_length": self.length,
+                "alpha": round(self.alpha, 4), "rate": round(self.rate, 3), "probe_every": self.interval,
+                "fallback_threshold": "auto" if self.threshold is None else self.threshold,
+                "acceptance_by_confidence": [round(x, 3) for x in (self.acc / self.seen).tolist()],
+                "costs": self.costs.as_dict() if getattr(self, "costs", None) else None}
