@@ -26,8 +26,13 @@ def _ce(p: float) -> float:
 
 def reference_generate(small, large, prompt: list[int], max_new_tokens: int, fallback_threshold: float,
                        rollback_threshold: float, max_small_steps: int, verification: str = "rollback",
-                       eos: int = 2, encoder_ids: list[int] | None = None) -> list[int]:
-    """Returns the new tokens of one row (greedy)."""
+                       eos: int = 2, encoder_ids: list[int] | None = None, counts: dict | None = None) -> list[int]:
+    """Returns the new tokens of one row (greedy). `counts` (a dict) receives the statistics as the README
+    defines them: drafted, judged (up to and including the first rejection), accepted, rollbacks (rounds
+    ending in a rejection), fallbacks; only what was committed counts."""
+    c = counts if counts is not None else {}
+    for key in ("drafted", "judged", "accepted", "rollbacks", "fallbacks"):
+        c.setdefault(key, 0)
     base = [] if encoder_ids is not None else list(prompt)
     probs = lambda m, new: _next_probs(m, base + new, encoder_ids)  # noqa: E731
     out = [int(probs(large, []).argmax())]
@@ -37,6 +42,7 @@ def reference_generate(small, large, prompt: list[int], max_new_tokens: int, fal
         while fallback_threshold < 1 and len(drafts) < budget:
             q = probs(small, out + drafts)
             if q.max() < fallback_threshold:
+                c["fallbacks"] += 1
                 break  # fallback: the low-confidence token is dropped
             drafts.append(int(q.argmax()))
             if drafts[-1] == eos:
@@ -51,9 +57,18 @@ def reference_generate(small, large, prompt: list[int], max_new_tokens: int, fal
             if not ok:
                 break
             kept.append(tok)
+        n_acc = len(kept)
         kept.append(int(probs(large, out + kept).argmax()))  # the large model's correction, or one more token
+        committed = 0
         for tok in kept:
             out.append(tok)
+            committed += 1
             if tok == eos or len(out) == max_new_tokens:
                 break
+        if drafts:
+            judged = min(n_acc + 1, len(drafts), committed)
+            c["drafted"] += len(drafts)
+            c["judged"] += judged
+            c["accepted"] += min(n_acc, judged)
+            c["rollbacks"] += int(n_acc < len(drafts) and n_acc < committed)
     return out

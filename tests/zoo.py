@@ -30,7 +30,8 @@ FF = 64
 SPECIAL = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 SLIDING_WINDOW = 4
 SHARPNESS = 2.0
-DEPTH_SCALE = 0.7
+DEPTH_SCALE = 0.7  # decoder-only
+DEPTH_SCALE_ED = 0.4  # encoder-decoder: at 0.7 the 1-layer encoder + decoder almost never agrees with the large pair
 
 # -- generic field values (set only where the config class has the field) -------------------------------
 _LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers", "encoder_layers",
@@ -57,6 +58,7 @@ _GENERIC = dict(
     kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
     # sliding window
     sliding_window=SLIDING_WINDOW,
+    use_cache=True,  # MPT's config defaults to use_cache=False, which the engine refuses
     **SPECIAL,
 )
 _PER_LAYER_FIELDS = ("layer_types", "mlp_layer_types", "layers_block_type", "block_types", "attention_types")
@@ -71,6 +73,7 @@ class Spec:
     per_layer: dict = dataclasses.field(default_factory=dict)  # field -> list for the LARGE model (3 layers)
     init_factor: float | None = None  # T5-style `initializer_factor`
     layers_fn: object = None  # callable(layers) -> dict of extra overrides that depend on the depth
+    small_layers: int = 1  # 2 where a 1-layer model of the family cannot be built
 
 
 def _fields(cfg_cls) -> set[str]:
@@ -104,6 +107,8 @@ def _config(spec: Spec, layers: int, large_layers: int = 3):
         kw["initializer_factor"] = spec.init_factor
     if "forced_eos_token_id" in fields:
         kw["forced_eos_token_id"] = None
+    if "kv_lora_rank" in fields:  # multi-head latent attention: no grouped kv heads (GQA breaks the padded path)
+        kw["num_key_value_heads"] = HEADS
     kw.update(spec.extra)
     if spec.layers_fn is not None:
         kw.update(spec.layers_fn(layers))
@@ -122,16 +127,19 @@ def _config(spec: Spec, layers: int, large_layers: int = 3):
 SPECS: dict[str, Spec] = {}
 
 
-def _add(name, model_type, class_name, kind="decoder", per_layer=None, init_factor=None, layers_fn=None, **extra):
-    SPECS[name] = Spec(model_type, class_name, kind, extra, dict(per_layer or {}), init_factor, layers_fn)
+def _add(name, model_type, class_name, kind="decoder", per_layer=None, init_factor=None, layers_fn=None, small_layers=1,
+         **extra):
+    SPECS[name] = Spec(model_type, class_name, kind, extra, dict(per_layer or {}), init_factor, layers_fn, small_layers)
 
 
 SW3 = ["sliding_attention", "full_attention", "sliding_attention"]  # small model (= layer 0) is sliding too
 SW = dict(per_layer=dict(layer_types=SW3))
 QWEN_SW = dict(use_sliding_window=True, max_window_layers=0, per_layer=dict(layer_types=SW3))
-HYBRID = ["full_attention", "linear_attention", "full_attention"]  # the small model needs an attention layer
+# hybrids: the small model is 2 layers deep, so that it has both kinds of layer (a linear-attention /
+# convolution / state-space layer first, then an attention layer; a model without attention layer cannot run)
+HYBRID = ["linear_attention", "full_attention", "linear_attention"]
 GATED_DELTA = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
-                   per_layer=dict(layer_types=HYBRID))
+                   per_layer=dict(layer_types=HYBRID), small_layers=2)
 MAMBA2 = dict(mamba_n_heads=4, mamba_d_state=16, mamba_chunk_size=8)
 MLA_NO_GQA = dict(num_key_value_heads=HEADS)  # multi-head latent attention: kv heads must equal heads
 BERT = dict(is_decoder=True)
@@ -190,8 +198,8 @@ _add("xglm", "xglm", "XGLMForCausalLM")
 _add("biogpt", "biogpt", "BioGptForCausalLM")
 _add("persimmon", "persimmon", "PersimmonForCausalLM")
 _add("gpt_neox_japanese", "gpt_neox_japanese", "GPTNeoXJapaneseForCausalLM")
-_add("lfm2", "lfm2", "Lfm2ForCausalLM", per_layer=dict(layer_types=["conv", "full_attention", "conv"]))
-_add("lfm2_moe", "lfm2_moe", "Lfm2MoeForCausalLM", num_dense_layers=1,
+_add("lfm2", "lfm2", "Lfm2ForCausalLM", per_layer=dict(layer_types=["conv", "full_attention", "conv"]), small_layers=2)
+_add("lfm2_moe", "lfm2_moe", "Lfm2MoeForCausalLM", num_dense_layers=1, small_layers=2,
      per_layer=dict(layer_types=["conv", "full_attention", "conv"]))
 _add("lfm3", "lfm3", "Lfm3ForCausalLM")
 _add("afmoe", "afmoe", "AfmoeForCausalLM", **SW)
@@ -243,7 +251,7 @@ _add("longcat_flash", "longcat_flash", "LongcatFlashForCausalLM", head_dim=4, ex
 _add("mellum", "mellum", "MellumForCausalLM", **SW)
 _add("mimo_v2_flash", "mimo_v2_flash", "MiMoV2FlashForCausalLM", **SW)
 _add("minicpm3", "minicpm3", "MiniCPM3ForCausalLM")
-_add("minimax", "minimax", "MiniMaxForCausalLM", per_layer=dict(layer_types=HYBRID))
+_add("minimax", "minimax", "MiniMaxForCausalLM", per_layer=dict(layer_types=HYBRID), small_layers=2)
 _add("minimax_m2", "minimax_m2", "MiniMaxM2ForCausalLM")
 _add("minimax_m3_vl_text", "minimax_m3_vl_text", "MiniMaxM3VLForCausalLM")
 _add("ministral", "ministral", "MinistralForCausalLM", **SW)
@@ -259,32 +267,33 @@ _add("vaultgemma", "vaultgemma", "VaultGemmaForCausalLM", **SW)
 _add("youtu", "youtu", "YoutuForCausalLM")
 _add("cpmant", "cpmant", "CpmAntForCausalLM")
 # state-space / linear-attention / recurrent layers (engine refusals expected)
-_add("jamba", "jamba", "JambaForCausalLM", attn_layer_period=2, attn_layer_offset=0, mamba_d_state=8)
-_add("bamba", "bamba", "BambaForCausalLM", layers_fn=lambda n: dict(attn_layer_indices=[i for i in (0, 2) if i < n]),
-     **MAMBA2)
-_add("granitemoehybrid", "granitemoehybrid", "GraniteMoeHybridForCausalLM",
-     per_layer=dict(layer_types=["attention", "mamba", "attention"]), **MAMBA2)
+_add("jamba", "jamba", "JambaForCausalLM", attn_layer_period=2, attn_layer_offset=1, mamba_d_state=8, small_layers=2)
+_add("bamba", "bamba", "BambaForCausalLM", attn_layer_indices=[1], small_layers=2, **MAMBA2)
+_add("granitemoehybrid", "granitemoehybrid", "GraniteMoeHybridForCausalLM", small_layers=2,
+     per_layer=dict(layer_types=["mamba", "attention", "mamba"]), **MAMBA2)
 _add("falcon_h1", "falcon_h1", "FalconH1ForCausalLM", mamba_d_ssm=64, **MAMBA2)
-_add("nemotron_h", "nemotron_h", "NemotronHForCausalLM")
+_add("nemotron_h", "nemotron_h", "NemotronHForCausalLM", small_layers=2,
+     per_layer=dict(layers_block_type=["linear_attention", "full_attention", "moe"]))
 _add("mamba", "mamba", "MambaForCausalLM")
 _add("mamba2", "mamba2", "Mamba2ForCausalLM", num_heads=4, head_dim=16, n_groups=1, state_size=16, chunk_size=8)
 _add("falcon_mamba", "falcon_mamba", "FalconMambaForCausalLM")
 _add("rwkv", "rwkv", "RwkvForCausalLM", attention_hidden_size=D, intermediate_size=FF, context_length=128,
-     rescale_every=0)
+     rescale_every=0, small_layers=2)  # RWKV's init divides by num_hidden_layers - 1
 _add("recurrent_gemma", "recurrent_gemma", "RecurrentGemmaForCausalLM", attention_window_size=SLIDING_WINDOW,
-     per_layer=dict(block_types=["recurrent", "attention", "recurrent"]))
+     per_layer=dict(block_types=["recurrent", "attention", "recurrent"]), small_layers=2)
 _add("qwen3_next", "qwen3_next", "Qwen3NextForCausalLM", **GATED_DELTA)
 _add("qwen3_5_text", "qwen3_5_text", "Qwen3_5ForCausalLM", **GATED_DELTA)
 _add("qwen3_5_moe_text", "qwen3_5_moe_text", "Qwen3_5MoeForCausalLM", **GATED_DELTA)
-_add("qwen4_exp_text", "qwen4_exp_text", "Qwen4ExpForCausalLM", **GATED_DELTA)
 _add("olmo_hybrid", "olmo_hybrid", "OlmoHybridForCausalLM", **GATED_DELTA)
 _add("kimi_linear", "kimi_linear", "KimiLinearForCausalLM", linear_head_dim=8, linear_num_heads=4,
-     per_layer=dict(layer_types=HYBRID))
-_add("bailing_hybrid", "bailing_hybrid", "BailingHybridForCausalLM", per_layer=dict(layer_types=HYBRID))
+     per_layer=dict(layer_types=HYBRID), small_layers=2)
+_add("bailing_hybrid", "bailing_hybrid", "BailingHybridForCausalLM", per_layer=dict(layer_types=HYBRID),
+     small_layers=2)
 _add("zaya", "zaya", "ZayaForCausalLM", num_experts_per_tok=1)
-_add("zamba", "zamba", "ZambaForCausalLM", per_layer=dict(layers_block_type=["hybrid", "mamba", "hybrid"]))
-_add("zamba2", "zamba2", "Zamba2ForCausalLM", n_mamba_heads=4, mamba_d_state=16, adapter_rank=8,
-     per_layer=dict(layers_block_type=["hybrid", "mamba", "hybrid"]))
+_add("zamba", "zamba", "ZambaForCausalLM", per_layer=dict(layers_block_type=["mamba", "hybrid", "mamba"]),
+     small_layers=2)
+_add("zamba2", "zamba2", "Zamba2ForCausalLM", n_mamba_heads=4, mamba_d_state=16, adapter_rank=8, small_layers=2,
+     per_layer=dict(layers_block_type=["mamba", "hybrid", "mamba"]))
 _add("reformer", "reformer", "ReformerModelWithLMHead", is_decoder=True, axial_pos_embds=False,
      local_attn_chunk_length=SLIDING_WINDOW, layers_fn=lambda n: dict(attn_layers=["local"] * n))
 # BERT-style encoders with a causal LM head (is_decoder=True), XLM/XLNet
@@ -326,7 +335,9 @@ _add("bigbird_pegasus", "bigbird_pegasus", "BigBirdPegasusForConditionalGenerati
 _add("marian", "marian", "MarianMTModel", "encoder-decoder", decoder_vocab_size=V)
 _add("m2m_100", "m2m_100", "M2M100ForConditionalGeneration", "encoder-decoder")
 _add("nllb-moe", "nllb-moe", "NllbMoeForConditionalGeneration", "encoder-decoder")
-_add("blenderbot", "blenderbot", "BlenderbotForConditionalGeneration", "encoder-decoder")
+_add("blenderbot", "blenderbot", "BlenderbotForConditionalGeneration", "encoder-decoder")  # encoder_no_repeat_ngram 3
+_add("blenderbot_enc_ngram1", "blenderbot", "BlenderbotForConditionalGeneration", "encoder-decoder",
+     encoder_no_repeat_ngram_size=1)  # bans every encoder token: makes the encoder-side processor visible
 _add("blenderbot-small", "blenderbot-small", "BlenderbotSmallForConditionalGeneration", "encoder-decoder")
 _add("led", "led", "LEDForConditionalGeneration", "encoder-decoder", attention_window=SLIDING_WINDOW)
 _add("prophetnet", "prophetnet", "ProphetNetForConditionalGeneration", "encoder-decoder")
@@ -340,15 +351,47 @@ def _build(spec: Spec, layers: int):
 
 
 ZOO: dict = {name: (lambda layers, _s=spec: _build(_s, layers)) for name, spec in SPECS.items()}
-ZOO_INFO = {name: dict(model_type=s.model_type, model_class=s.class_name, kind=s.kind) for name, s in SPECS.items()}
-SKIPPED: dict[str, str] = {}
+ZOO_INFO = {name: dict(model_type=s.model_type, model_class=s.class_name, kind=s.kind, small_layers=s.small_layers)
+            for name, s in SPECS.items()}
+
+_MULTIMODAL = "multimodal / speech model: the LM needs pixel or audio inputs or a composite config"
+SKIPPED: dict[str, str] = {  # model types of transformers' causal-LM / seq2seq-LM auto mappings not in the zoo
+    **{t: "alias of a zoo class (same model class as another entry)" for t in ("gpt-sw3", "internlm3", "iquestcoder")},
+    **{t: "composite config (text_config inside); its text-only type is in the zoo" for t in
+       ("llama4", "qwen3_5", "qwen3_5_moe", "dots3_note")},
+    **{t: _MULTIMODAL for t in (
+        "fuyu", "gemma3", "gemma3n", "gemma4", "gemma4_unified", "got_ocr2", "mllama", "phi4_multimodal", "emu3",
+        "musicgen", "musicgen_melody", "audioflamingo3", "glmasr", "granite_speech", "granite_speech_plus",
+        "moss_transcribe_diarize", "musicflamingo", "nemo_speechlm", "qwen2_audio", "qwen3_asr", "vibevoice_asr",
+        "voxtral", "voxtral_realtime")},
+    "encoder-decoder": "EncoderDecoderModel wraps two separate configs (encoder + decoder); not a family",
+    "t5gemma": "encoder/decoder sub-configs (T5GemmaModuleConfig); building one from a flat config takes > 20 s "
+               "(times out in the generic builder)",
+    "t5gemma2": "as t5gemma (vision tower + sub-configs)",
+    "blt": "byte latent transformer with a patcher model; a generate call did not finish in 20 s",
+    "gemma3n_text": "per-layer inputs and KV-sharing layers: every parameter shape depends on the depth and the "
+                    "cache layer set ('layer types producing a cache') must be consistent; no small/large pair",
+    "gemma4_text": "head shapes of the last (full-attention) layer differ from a 1-layer model's; generate fails "
+                   "on the 3-layer config (state dict load: size mismatch)",
+    "gemma4_unified_text": "as gemma4_text",
+    "gemma4_assistant": "assistant (MTP) head for gemma4: needs the target model's hidden states",
+    "gemma4_unified_assistant": "as gemma4_assistant",
+    "cohere_compass_text": "retrieval (pooling) model: KeyError on every attention layer type",
+    "qwen4_exp_text": "indexer / n-gram embedding hyper-parameters (ngram vocab 20M) make a tiny config impractical",
+    "xlstm": "mLSTM kernels need chunk-size / head-dim combinations a 32-wide model does not satisfy "
+             "(shape error in the native step kernel)",
+    "xmod": "needs a language adapter chosen by `set_default_language` before every forward",
+}
 
 
 def make_zoo_pair(name: str, seed: int = 0, large_layers: int = 3, sharpness: float = SHARPNESS,
-                  depth_scale: float = DEPTH_SCALE):
-    """(small, large): a `large_layers`-layer model and a 1-layer copy of its embeddings, first layer and head."""
+                  depth_scale: float | None = None):
+    """(small, large): a `large_layers`-layer model and a 1-layer copy of its embeddings, first layer and head
+    (2 layers for the few families in which a 1-layer model cannot be built or has no attention layer)."""
     builder = ZOO[name]
     cls, cfg = builder(large_layers)
+    if depth_scale is None:
+        depth_scale = DEPTH_SCALE_ED if cfg.is_encoder_decoder else DEPTH_SCALE
     torch.manual_seed(seed)
     large = cls(cfg).eval()
     with torch.no_grad():
@@ -360,7 +403,7 @@ def make_zoo_pair(name: str, seed: int = 0, large_layers: int = 3, sharpness: fl
             layer = re.search(r"\.(\d+)\.", pname)
             if layer and int(layer.group(1)) >= 1 and param.dim() >= 2:
                 param.mul_(depth_scale)
-    _, small_cfg = builder(1)
+    _, small_cfg = builder(SPECS[name].small_layers if name in SPECS else 1)
     small = cls(small_cfg).eval()
     own = small.state_dict()  # parameters whose shape depends on the depth (rare) stay as initialised
     small.load_state_dict({k: v for k, v in large.state_dict().items() if k in own and own[k].shape == v.shape},

@@ -92,7 +92,7 @@ def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, pro
     measured = policy.__dict__.setdefault("measured_costs", {})
     if batch_size not in measured:
         table = measure_costs(small, large, prompt_len=max(1, min(prompt_len, 128)), new_tokens=max_new,
-                              batch_size=batch_size, repeats=3, warmup=1, forward_lens=[1, 2, 3, 5, 9, 17],
+                              batch_size=batch_size, repeats=5, warmup=1, forward_lens=[1, 2, 3, 5, 9, 17],
                               prefill_lens=[1])
         measured[batch_size] = DraftCosts.from_table(table)
     return measured[batch_size]

@@ -54,9 +54,15 @@ class DraftCosts:
 
     @classmethod
     def from_table(cls, table, max_drafts: int = 32) -> "DraftCosts":
-        """From a measured `bild.cost_model.CostTable` (seconds per call)."""
+        """From a measured `bild.cost_model.CostTable` (seconds per call). Verify passes are fitted by
+        verify[k] = 1 + s k (least squares, s >= 0) through the one-token step: timing noise between single
+        widths would otherwise look like a marginal cost and cut drafts short or make them long."""
         step = table.large(1)
-        return cls(table.small(1) / step, tuple(table.large(k + 1) / step for k in range(max_drafts + 1)))
+        pts = [(n - 1, t / step - 1.0) for n, t in table.large_forward.items() if n >= 2]
+        ks = torch.tensor([k for k, _ in pts] or [1], dtype=torch.float64)
+        extra = torch.tensor([v for _, v in pts] or [0.0], dtype=torch.float64)
+        slope = max(0.0, float((ks * extra).sum() / (ks * ks).sum()))
+        return cls(table.small(1) / step, tuple(1.0 + slope * k for k in range(max_drafts + 1)))
 
     def as_dict(self) -> dict:
         return {"small": round(self.small, 4), "verify": [round(x, 3) for x in self.verify[:17]]}
