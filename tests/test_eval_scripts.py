@@ -470,3 +470,13 @@ def test_accelerate_state_single_process():
         assert state.gather_object([{"id": 1}]) == [{"id": 1}]
         assert state.is_main_process and state.num_processes == 1
         state.wait_for_everyone()
+
+
+def test_bild_and_exact_modes_default_to_the_adaptive_policy(tiny, tmp_path, fake_engine):
+    for mode, verification in (("bild", "rollback"), ("exact", "exact")):
+        results = load_script("run_bild_translation").main(common_args(
+            tiny, "translation", tmp_path / mode, "--mode", mode, "--limit", "1"))
+        created = fake_engine.created[-1]
+        assert created["fallback_threshold"] == "auto" and created["max_small_steps"] == "auto"
+        assert created["verification"] == verification
+        assert results["fallback_threshold"] == "auto" and results["max_small_steps"] == "auto"

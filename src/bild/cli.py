@@ -1,6 +1,7 @@
 """``bild`` console script.
 
-    bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold F] [--rollback_threshold R]
+    bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold auto|F] [--max_small_steps auto|N]
+              [--rollback_threshold R] [--verification rollback|exact]
     bild pair build | info | gen-data | train     (see ``python -m bild.pair -h``)
 
 ``bild demo`` loads the offline SmolLM2 pair (:mod:`bild.pair`; built into the cache folder on
@@ -38,14 +39,24 @@ def render(tokenizer, ids: Sequence[int], sources: Sequence[str], color: bool) -
     return "".join(parts)
 
 
+def _auto(kind):
+    """argparse type: 'auto' or a number of `kind`."""
+    def parse(text):
+        return "auto" if text == "auto" else kind(text)
+    parse.__name__ = f"auto or {kind.__name__}"
+    return parse
+
+
 def demo(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bild demo", description="BiLD with the offline SmolLM2 pair")
     p.add_argument("--prompt", default=None, help="instruction (chat-formatted automatically)")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to --prompt")
     p.add_argument("--max_new_tokens", type=int, default=48)
-    p.add_argument("--fallback_threshold", type=float, default=0.5)
+    p.add_argument("--fallback_threshold", type=_auto(float), default="auto",
+                   help="'auto' (adaptive draft policy, default) or a number in [0, 1]")
     p.add_argument("--rollback_threshold", type=float, default=3.0)
-    p.add_argument("--max_small_steps", type=int, default=10)
+    p.add_argument("--max_small_steps", type=_auto(int), default="auto", help="'auto' (default) or an integer >= 1")
+    p.add_argument("--verification", choices=["rollback", "exact"], default="rollback")
     p.add_argument("--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
@@ -72,11 +83,14 @@ def demo(argv: Sequence[str] | None = None) -> int:
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     n_prompt = enc.input_ids.shape[1]
     gen = BiLDGenerator(pr.small, pr.large, fallback_threshold=a.fallback_threshold,
-                        rollback_threshold=a.rollback_threshold, max_small_steps=a.max_small_steps)
+                        rollback_threshold=a.rollback_threshold, max_small_steps=a.max_small_steps,
+                        verification=a.verification)
     kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
-        # warm-up (first calls allocate); then time both on the same prompt
+        # warm-up (first calls allocate; the adaptive policy measures its costs and starts learning, as in
+        # any first call of a session); then time both on the same prompt
         pr.large.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
+        gen.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
         t = time.perf_counter()
         ref = pr.large.generate(**enc, **kw)
         t_large = time.perf_counter() - t
@@ -107,6 +121,11 @@ def demo(argv: Sequence[str] | None = None) -> int:
     print(f"BiLD:        {t_bild:.2f}s for {n_new} tokens ({1000 * t_bild / max(n_new, 1):.0f} ms/token)")
     print(f"speedup:     {t_large / t_bild:.2f}x  (large forwards {st.large_forwards}, small forwards "
           f"{st.small_forwards}, fallbacks {st.fallbacks}, rollbacks {st.rollbacks})")
+    pol = st.policy
+    if pol.get("policy") == "adaptive":
+        print(f"policy:      adaptive, drafting {'on' if pol['drafting'] else 'off (probing)'}, draft length "
+              f"{pol['draft_length']}, acceptance {pol['alpha']:.2f}, small step = {pol['costs']['small']:.2f} "
+              f"large steps, rounds without a draft {st.draftless_rounds}/{st.rounds}")
     return 0
 
 

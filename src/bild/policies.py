@@ -34,10 +34,19 @@ class DraftCosts:
     small      one small-model decoding step
     verify[k]  one large forward over k drafts plus the last committed token (verify[0] = 1.0);
                beyond the table, extrapolated linearly from its last two entries
+    overhead   what a drafting round costs beyond its model calls (sampling, bookkeeping, cache
+               rollback), compared with a plain large step
     """
 
     small: float
     verify: tuple[float, ...]
+    overhead: float = 0.0
+
+    # A drafting round's overhead beyond its model calls, in large steps, for measured tables: on the
+    # 2-core CPU a round cost 0.4-0.46 large steps more than its predicted model calls
+    # (benchmarks/adaptive_policy.py, tokens per call against measured speed, 2026-11-23); 0.25 leaves
+    # room for faster machines where Python overhead weighs less. Unmeasured on a GPU.
+    ROUND_OVERHEAD = 0.25
 
     def verify_cost(self, k: int) -> float:
         v = self.verify
@@ -49,7 +58,7 @@ class DraftCosts:
     @classmethod
     def from_ratio(cls, cost_ratio: float) -> "DraftCosts":
         """The papers' model: a small step costs `cost_ratio` large steps, a verify pass costs one large
-        step whatever its width (true on a GPU for short drafts, not on a CPU)."""
+        step whatever its width (true on a GPU for short drafts, not on a CPU), and nothing else counts."""
         return cls(float(cost_ratio), (1.0, 1.0))
 
     @classmethod
@@ -62,10 +71,11 @@ class DraftCosts:
         ks = torch.tensor([k for k, _ in pts] or [1], dtype=torch.float64)
         extra = torch.tensor([v for _, v in pts] or [0.0], dtype=torch.float64)
         slope = max(0.0, float((ks * extra).sum() / (ks * ks).sum()))
-        return cls(table.small(1) / step, tuple(1.0 + slope * k for k in range(max_drafts + 1)))
+        return cls(table.small(1) / step, tuple(1.0 + slope * k for k in range(max_drafts + 1)), cls.ROUND_OVERHEAD)
 
     def as_dict(self) -> dict:
-        return {"small": round(self.small, 4), "verify": [round(x, 3) for x in self.verify[:17]]}
+        return {"small": round(self.small, 4), "verify": [round(x, 3) for x in self.verify[:17]],
+                "overhead": self.overhead}
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -74,9 +84,10 @@ def expected_tokens(alpha: float, k: int) -> float:
 
 
 def best_draft_length(alpha: float, costs: DraftCosts, cap: int) -> tuple[int, float]:
-    """(k, rate) maximising expected tokens per unit of cost, rate = tokens / (k c_small + verify[k]),
+    """(k, rate) maximising expected tokens per unit of cost, rate = tokens / (k c_small + verify[k] + overhead),
     over k = 1..cap (the papers' expected-length formula with the measured verify cost)."""
-    rates = [(expected_tokens(alpha, k) / (k * costs.small + costs.verify_cost(k)), k) for k in range(1, cap + 1)]
+    rates = [(expected_tokens(alpha, k) / (k * costs.small + costs.verify_cost(k) + costs.overhead), k)
+             for k in range(1, cap + 1)]
     rate, k = max(rates)
     return k, rate
 
@@ -195,7 +206,7 @@ class AdaptivePolicy(DraftPolicy):
                    widens the verify pass); draft another if the batch's expected gain of the next token,
                    sum_r A_r a_r^2, is at least R (c_small + verify[j+2] - verify[j+1]);
       on / off     drafting is off while neither the formula's best rate beats plain decoding (rate > 1) nor
-                   the first draft step is worth its cost (E_c[max(0, a(c) - R dv)] > R c_small over the
+                   the first draft step is worth its cost (E_c[max(0, a(c) - R dv)] > R (c_small + overhead) over the
                    confidences seen at first steps). While off, a probe round every `probe_every` rounds
                    (doubling to 64 while probes fail) drafts `probe_length` tokens with no stopping rule,
                    so the estimates keep learning; the first rounds of a fresh policy are probes too.
@@ -294,7 +305,7 @@ class AdaptivePolicy(DraftPolicy):
         if fc.numel():
             self.first = 0.98 * self.first + torch.bincount(
                 (fc * self.BINS).long().clamp(0, self.BINS - 1), minlength=self.BINS).double()
-        round_cost = rec.small_steps * self.costs.small + self.costs.verify_cost(rec.width)
+        round_cost = rec.small_steps * self.costs.small + self.costs.verify_cost(rec.width) + self.costs.overhead
         self.tokens = 0.9 * self.tokens + float(rec.committed.sum())
         self.cost = 0.9 * self.cost + round_cost
         was_probe = self.probing
@@ -313,7 +324,7 @@ class AdaptivePolicy(DraftPolicy):
             a = self.acc / self.seen
             R = self.rate
             first_value = float((self.first / self.first.sum() * (a - R * self._dv(0)).clamp(min=0)).sum()
-                                - R * self.costs.small)
+                                - R * (self.costs.small + self.costs.overhead))
         self.on = best > 1.0 or first_value > 0
 
     def describe(self):

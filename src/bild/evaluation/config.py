@@ -45,9 +45,9 @@ class EvalConfig:
     large: str | None = field(default=None, metadata={"help": "large model: local path or Hub id"})
     small: str | None = field(default=None, metadata={"help": "small model: local path or Hub id"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer path or Hub id (default: the large model's, else the small model's)"})
-    fallback_threshold: float = field(default=0.5, metadata={"help": "BiLD fallback threshold, in [0, 1]"})
+    fallback_threshold: float | str = field(default="auto", metadata={"help": "BiLD fallback threshold: 'auto' (adaptive policy) or a number in [0, 1]"})
     rollback_threshold: float = field(default=5.0, metadata={"help": "BiLD rollback threshold, >= 0 or 'inf'"})
-    max_small_steps: int = field(default=10, metadata={"help": "max tokens the small model drafts per round (>= 1)"})
+    max_small_steps: int | str = field(default="auto", metadata={"help": "max tokens the small model drafts per round: 'auto' or an integer >= 1"})
     paper_setting: str | None = field(default=None, metadata={"help": "apply the config file's paper_settings entry: unaligned or aligned"})
     paper_settings: dict = field(default_factory=dict, metadata={"help": "file only: the paper's checkpoints and thresholds"})
     # --- data ----------------------------------------------------------------------------------
@@ -106,18 +106,22 @@ _INT_KEYS = {"max_small_steps", "limit", "max_source_length", "max_target_length
 _FLOAT_KEYS = {"fallback_threshold", "rollback_threshold"}
 
 
-def format_threshold(value: float) -> str:
-    """Compact text for a threshold: 0.6 -> '0.6', 3.0 -> '3', inf -> 'inf'."""
+def format_threshold(value: float | str) -> str:
+    """Compact text for a threshold: 0.6 -> '0.6', 3.0 -> '3', inf -> 'inf', 'auto' -> 'auto'."""
+    if value == "auto":
+        return "auto"
     if math.isinf(value):
         return "inf"
     return f"{value:g}"
 
 
-def parse_threshold(text: Any) -> float:
-    """Parse a threshold that may be written 'inf' / 'infinity'."""
+def parse_threshold(text: Any) -> float | str:
+    """Parse a threshold that may be written 'inf' / 'infinity', or 'auto' (the adaptive policy)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)
     value = str(text).strip().lower()
+    if value == "auto":
+        return "auto"
     if value in ("inf", "infinity", "+inf"):
         return math.inf
     return float(value)
@@ -130,6 +134,8 @@ def _coerce(key: str, value: Any) -> Any:
     try:
         if key in _FLOAT_KEYS:
             return parse_threshold(value)
+        if key == "max_small_steps" and str(value).strip().lower() == "auto":
+            return "auto"
         if key in _INT_KEYS:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
@@ -250,8 +256,8 @@ def validate(cfg: EvalConfig) -> None:
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     validate_thresholds(cfg.fallback_threshold, cfg.rollback_threshold)
-    if cfg.max_small_steps < 1:
-        raise ConfigError(f"--max_small_steps must be >= 1, got {cfg.max_small_steps}")
+    if cfg.max_small_steps != "auto" and cfg.max_small_steps < 1:
+        raise ConfigError(f"--max_small_steps must be 'auto' or >= 1, got {cfg.max_small_steps}")
     for key in ("batch_size", "max_source_length", "max_target_length"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
@@ -284,11 +290,11 @@ def validate(cfg: EvalConfig) -> None:
         raise ConfigError(f"{missing} is required to read the '{cfg.translation_field}' field of {cfg.dataset_name}")
 
 
-def validate_thresholds(fallback: float, rollback: float) -> None:
-    """Fallback must lie in [0, 1]; rollback must be >= 0 (infinity allowed, NaN not)."""
-    if math.isnan(fallback) or not 0.0 <= fallback <= 1.0:
-        raise ConfigError(f"--fallback_threshold must be in [0, 1], got {fallback}")
-    if math.isnan(rollback) or rollback < 0:
+def validate_thresholds(fallback: float | str, rollback: float) -> None:
+    """Fallback must be 'auto' or lie in [0, 1]; rollback must be >= 0 (infinity allowed, NaN not)."""
+    if fallback != "auto" and (math.isnan(fallback) or not 0.0 <= fallback <= 1.0):
+        raise ConfigError(f"--fallback_threshold must be 'auto' or in [0, 1], got {fallback}")
+    if rollback == "auto" or math.isnan(rollback) or rollback < 0:
         raise ConfigError(f"--rollback_threshold must be >= 0 or 'inf', got {rollback}")
 
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import ConfigError, EvalConfig, differing_keys, resolve_config
+from .config import ConfigError, EvalConfig, differing_keys, format_threshold, resolve_config
 from .data import Example, load_examples
 from .distributed import LocalState, get_state
 from .metrics import quality, summarize_records
@@ -214,7 +214,8 @@ def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], device: st
     }
     results.update(summarize_records(records, cfg.mode))
     if cfg.mode in ("bild", "exact"):
-        results["fallback_threshold"] = "inf" if math.isinf(cfg.fallback_threshold) else cfg.fallback_threshold
+        results["fallback_threshold"] = format_threshold(cfg.fallback_threshold) if isinstance(
+            cfg.fallback_threshold, str) or math.isinf(cfg.fallback_threshold) else cfg.fallback_threshold
         results["rollback_threshold"] = "inf" if math.isinf(cfg.rollback_threshold) else cfg.rollback_threshold
         results["max_small_steps"] = cfg.max_small_steps
     results.update(
