@@ -179,3 +179,17 @@ def test_epsilon_with_greedy_decoding_is_refused(eps):
     gen = bild.BiLDGenerator(small, large, verification="exact", **{eps: 0.2})
     with pytest.raises(ValueError, match="do_sample"):
         gen.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+
+
+def test_useless_draft_at_defaults_costs_nothing_in_quality():
+    """An unrelated small model: the adaptive policy turns drafting off, and its probe rounds are judged
+    exactly under greedy decoding, so even BiLD with rollback_threshold=inf (which keeps every draft it
+    judges) returns the large model's greedy output, with most rounds drafting nothing."""
+    _, large = make_pair("llama", seed=0)
+    small, _ = make_pair("llama", seed=1)
+    ids, mask = make_inputs("llama", 2, seed=5)
+    gen = bild.BiLDGenerator(small, large, rollback_threshold=float("inf"), costs=0.3)
+    for _ in range(3):
+        out = gen.generate(ids, attention_mask=mask, max_new_tokens=40)
+        assert torch.equal(out, large.generate(ids, attention_mask=mask, max_new_tokens=40))
+    assert not gen.policy.on and gen.stats.draftless_rounds > 0.8 * gen.stats.rounds

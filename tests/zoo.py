@@ -201,7 +201,8 @@ _add("gpt_neox_japanese", "gpt_neox_japanese", "GPTNeoXJapaneseForCausalLM")
 _add("lfm2", "lfm2", "Lfm2ForCausalLM", per_layer=dict(layer_types=["conv", "full_attention", "conv"]), small_layers=2)
 _add("lfm2_moe", "lfm2_moe", "Lfm2MoeForCausalLM", num_dense_layers=1, small_layers=2,
      per_layer=dict(layer_types=["conv", "full_attention", "conv"]))
-_add("lfm3", "lfm3", "Lfm3ForCausalLM")
+_add("lfm3", "lfm3", "Lfm3ForCausalLM", small_layers=2,
+     per_layer=dict(layer_types=["conv", "sliding_attention", "full_attention"]))
 _add("afmoe", "afmoe", "AfmoeForCausalLM", **SW)
 _add("apertus", "apertus", "ApertusForCausalLM")
 _add("arcee", "arcee", "ArceeForCausalLM")
@@ -311,7 +312,8 @@ _add("xlnet", "xlnet", "XLNetLMHeadModel")
 # decoders of speech / vision models, used as text LMs
 _add("whisper_decoder", "whisper", "WhisperForCausalLM")
 _add("trocr", "trocr", "TrOCRForCausalLM")
-_add("git", "git", "GitForCausalLM")
+_add("git", "git", "GitForCausalLM", vision_config=dict(hidden_size=D, intermediate_size=FF, num_hidden_layers=1,
+                                                   num_attention_heads=HEADS, image_size=32, patch_size=16))
 _add("moshi", "moshi", "MoshiForCausalLM")
 # decoder-only halves of encoder-decoder families
 _add("bart_causal", "bart", "BartForCausalLM", is_encoder_decoder=False)
@@ -341,7 +343,10 @@ _add("blenderbot_enc_ngram1", "blenderbot", "BlenderbotForConditionalGeneration"
 _add("blenderbot-small", "blenderbot-small", "BlenderbotSmallForConditionalGeneration", "encoder-decoder")
 _add("led", "led", "LEDForConditionalGeneration", "encoder-decoder", attention_window=SLIDING_WINDOW)
 _add("prophetnet", "prophetnet", "ProphetNetForConditionalGeneration", "encoder-decoder")
-_add("fsmt", "fsmt", "FSMTForConditionalGeneration", "encoder-decoder", src_vocab_size=V, tgt_vocab_size=V)
+_add("fsmt", "fsmt", "FSMTForConditionalGeneration", "encoder-decoder", src_vocab_size=V, tgt_vocab_size=V,
+     num_beams=1)  # FSMTConfig defaults to num_beams=5 (beam search), which the engine refuses
+_add("fsmt_default_beams", "fsmt", "FSMTForConditionalGeneration", "encoder-decoder", src_vocab_size=V,
+     tgt_vocab_size=V)
 _add("seamless_m4t", "seamless_m4t", "SeamlessM4TForTextToText", "encoder-decoder")
 _add("seamless_m4t_v2", "seamless_m4t_v2", "SeamlessM4Tv2ForTextToText", "encoder-decoder")
 

@@ -5,9 +5,15 @@ The adapter owns the KV cache and a per-row mask over cache slots. In a batch, r
 tokens than others in a forward leave masked "holes" in the cache; rejected draft tokens are masked
 out and, once they are at the end of every row, cropped. Nothing kept is ever recomputed.
 
-Holes need a model that takes explicit `position_ids` (decoder-only Llama, GPT-2, GPT-NeoX, OPT, ...).
-Encoder-decoder decoders (T5, BART, Marian) derive positions from the slot index, so they run
-without holes; the generator runs their batches row by row (`supports_holes` is False).
+Holes need a model that takes explicit `position_ids` and whose every cache layer is a plain
+`DynamicLayer` (decoder-only Llama, GPT-2, GPT-NeoX, OPT, ...). The generator decodes the others row by
+row, with each row's padding removed (`supports_holes` is False):
+- encoder-decoder decoders (T5, BART, Marian): positions come from the slot index;
+- no `position_ids` argument (Bloom, MPT);
+- sliding-window layers (Mistral, Qwen2/3, Gemma 2/3, Phi-3, Starcoder2, Cohere2, ...) and gpt-neo's local
+  attention: masked slots would use up the window; linear-attention / convolution layers (LFM2): masked
+  slots would enter the state.
+Models without a KV cache (openai-gpt) are refused (`check_model`).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ class ModelAdapter:
         self.model = model
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
         params = inspect.signature(model.forward).parameters
-        self.supports_holes = not self.is_encoder_decoder and "position_ids" in params
+        self.supports_holes = not self.is_encoder_decoder and "position_ids" in params and _plain_attention(model)
         self._logits_to_keep = "logits_to_keep" in params
         self.tokens_fed = 0
         self.forwards = 0
@@ -94,6 +100,27 @@ class ModelAdapter:
             self.cache.crop(-drop)
             self.mask = self.mask[:, :new_len]
         self.dense = bool(self.mask.all())
+
+
+def _plain_attention(model: PreTrainedModel) -> bool:
+    """Every layer a full-attention `DynamicLayer`: masked cache slots are then ignored exactly."""
+    cfg = model.config
+    layers = DynamicCache(config=cfg).layers
+    if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return False  # sliding-window, linear-attention / convolution layers
+    return "local" not in (getattr(cfg, "attention_layers", None) or [])  # gpt-neo's slot-indexed local window
+
+
+def check_model(model: PreTrainedModel, role: str) -> None:
+    """Refuse, before any work, a model the engine cannot decode correctly."""
+    name = type(model).__name__
+    params = inspect.signature(model.forward).parameters
+    if "past_key_values" not in params:
+        raise ValueError(f"`{role}` ({name}) has no KV cache (its forward takes no `past_key_values`): the engine "
+                         "feeds each model only the tokens it has not read, so it cannot decode this model")
+    if model.config.model_type in ("prophetnet", "xlm-prophetnet"):
+        raise ValueError(f"`{role}` ({name}) predicts n-grams over a decoder that takes one cached token at a time; "
+                         "verifying several drafts in one forward is not possible with it")
 
 
 def encoder_row(encoder_kwargs: dict, row: int) -> dict:

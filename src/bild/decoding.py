@@ -131,9 +131,11 @@ class DraftVerifyLoop:
         for r, x in enumerate(drafts):
             if x:
                 dt[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
+        # a probe round of the adaptive policy (drafting off, measuring) is judged by the exact rule under
+        # greedy decoding: it measures acceptance without letting in a token the large model would not write
         if not drafting:  # nothing to check: the large model writes the next token
             n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
-        elif o.verification == "rollback":
+        elif o.verification == "rollback" and not (self.policy.probing and not self.do_sample):
             n_acc, nxt = verify_rollback(dt, n_draft, p_logits.softmax(-1), o.rollback_threshold, self.do_sample)
         elif self.do_sample:
             n_acc, nxt = verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), d.q, o.uno_epsilon or o.opt_epsilon,

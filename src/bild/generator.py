@@ -15,7 +15,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 
 import weakref
 
-from .adapters import ModelAdapter, encoder_row, vocab_width
+from .adapters import ModelAdapter, check_model, encoder_row, vocab_width
 from .cost_model import CostTable, measure_costs
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
@@ -105,6 +105,7 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
     if bool(small.config.is_encoder_decoder) != bool(large.config.is_encoder_decoder):
         raise ValueError("`small_model` and the large model must both be decoder-only or both encoder-decoder")
     for role, m in (("small_model", small), ("large_model", large)):
+        check_model(m, role)
         if getattr(m, "_is_stateful", False) or not m._supports_default_dynamic_cache():
             raise ValueError(f"`{role}` ({type(m).__name__}) keeps a recurrent or custom cache that cannot be "
                              "cropped on rollback; use a model with a standard KV cache")

@@ -122,6 +122,7 @@ class DraftPolicy:
     """Interface. Subclasses override what they need; the default drafts nothing."""
 
     needs_costs = False
+    probing = False  # this round only measures (the loop then judges greedy drafts exactly)
 
     def begin(self, batch_size: int, costs: DraftCosts | None = None) -> None:
         self.batch_size = batch_size
@@ -237,7 +238,7 @@ class AdaptivePolicy(DraftPolicy):
         self.tokens, self.cost = 1.0, 1.0  # moving sums behind the rate R
         self.on, self.length = True, min(self.cap, 4)
         self.interval, self.wait = self.probe_every, 0
-        self.probing = True
+        self.probing = False
 
     # -- estimates ----------------------------------------------------------------------------------
     @property
