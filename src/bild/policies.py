@@ -43,10 +43,9 @@ class DraftCosts:
     overhead: float = 0.0
 
     # A drafting round's overhead beyond its model calls, in large steps, for measured tables: on the
-    # 2-core CPU a round cost 0.4-0.46 large steps more than its predicted model calls
-    # (benchmarks/adaptive_policy.py, tokens per call against measured speed, 2026-11-23); 0.25 leaves
-    # room for faster machines where Python overhead weighs less. Unmeasured on a GPU.
-    ROUND_OVERHEAD = 0.25
+    # 2-core CPU a round cost 0.40-0.46 large steps more than its predicted model calls
+    # (benchmarks/adaptive_policy.py, tokens per call against measured speed, 2026-11-23). Unmeasured on a GPU.
+    ROUND_OVERHEAD = 0.4
 
     def verify_cost(self, k: int) -> float:
         v = self.verify
