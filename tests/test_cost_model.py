@@ -160,6 +160,8 @@ def test_engine_stats_match_forward_hooks(llama_pair):
     x = make_prompts(512, 1, 10, batch_size=2)[0]
     for verification in ("exact", "rollback"):
         gen = bild.BiLDGenerator(small, large, verification=verification, costs=0.1)  # given: no timing forwards
+        # warm-up: a model's first batched call runs the masked-slot probe (two small forwards, once per model)
+        gen.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=2, do_sample=False)
         with ForwardCounter(small=small, large=large) as fc:
             gen.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False)
         rec = fc.record()
