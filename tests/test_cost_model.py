@@ -162,6 +162,7 @@ def test_engine_stats_match_forward_hooks(llama_pair):
         gen = bild.BiLDGenerator(small, large, verification=verification, costs=0.1)  # given: no timing forwards
         # warm-up: a model's first batched call runs the masked-slot probe (two small forwards, once per model)
         gen.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=2, do_sample=False)
+        assert small._bild_holes_ok and large._bild_holes_ok
         with ForwardCounter(small=small, large=large) as fc:
             gen.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False)
         rec = fc.record()

@@ -33,10 +33,16 @@ class ModelAdapter:
         self.model = model
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
         params = inspect.signature(model.forward).parameters
-        self.supports_holes = not self.is_encoder_decoder and "position_ids" in params and _plain_attention(model)
+        self._takes_positions = not self.is_encoder_decoder and "position_ids" in params
         self._logits_to_keep = "logits_to_keep" in params
         self.tokens_fed = 0
         self.forwards = 0
+
+    @property
+    def supports_holes(self) -> bool:
+        """Masked cache slots are ignored exactly (see the module docstring). Asked only for batches or
+        padded prompts: the first time it runs a two-forward probe on the model (cached on the model)."""
+        return self._takes_positions and _plain_attention(self.model)
 
     # -- setup --------------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device, encoder_kwargs: dict | None = None) -> None:
@@ -65,7 +71,7 @@ class ModelAdapter:
 
         Returns float32 logits [B, keep, V] of the last `keep` positions.
         """
-        if not self.supports_holes and not bool(valid.all()):
+        if not bool(valid.all()) and not self.supports_holes:
             raise RuntimeError("this model cannot take masked slots; run its batch row by row")
         pos = self.n_valid[:, None] + valid.long().cumsum(-1) - 1
         self.mask = torch.cat([self.mask, valid], dim=1)
@@ -77,7 +83,7 @@ class ModelAdapter:
             kwargs.update(self.encoder_kwargs, decoder_input_ids=ids)
         else:
             kwargs.update(input_ids=ids, attention_mask=None if self.dense else self.mask.long())
-            if self.supports_holes:
+            if self._takes_positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
         out = self.model(**kwargs)
         self.n_valid = self.n_valid + valid.sum(-1)

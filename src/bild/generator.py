@@ -184,7 +184,6 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         attention_mask = None  # the decoder prompt (start ids) has no padding
     B = input_ids.shape[0]
     padded = attention_mask is not None and not bool(attention_mask.all())
-    holes_ok = large.supports_holes and (small.supports_holes or not opts.uses_small)
 
     def loop(batch, prompt_len, slot=None, streamer=None):
         if opts.uses_small:  # otherwise the loop never consults the policy
@@ -192,7 +191,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         return DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
                                batch_slot=slot)
 
-    if not holes_ok and (B > 1 or padded):
+    if (B > 1 or padded) and not (large.supports_holes and (small.supports_holes or not opts.uses_small)):
         # no masked cache slots for this family: decode row by row (padding removed), on the shared encoder
         # outputs for encoder-decoder models
         rows, sources, lens = [], [], []
