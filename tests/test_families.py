@@ -22,8 +22,8 @@ REFUSED = {
                               "kimi_linear", "minimax", "nemotron_h", "olmo_hybrid", "qwen3_5_moe_text",
                               "qwen3_5_text", "qwen3_next", "recurrent_gemma", "zamba", "zamba2", "zaya")},
     "prophetnet": "one cached token", "prophetnet_causal": "one cached token",
-    "fsmt": "positions from the token ids", "fsmt_default_beams": "positions from the token ids",
-    "cpmant": "multi-token verify", "moshi": "sliding-window decoder gives other tokens",
+    "fsmt": "builds the causal mask only without a cache", "fsmt_default_beams": "builds the causal mask only without a cache",
+    "cpmant": "multi-token verify", "moshi": "full causal mask over sliding-window cache layers",
 }
 
 

@@ -161,11 +161,11 @@ _REFUSED_TYPES = {
                   "cannot be verified in one forward",
     "xlm-prophetnet": "it predicts n-grams over a decoder that takes one cached token at a time, so several "
                       "drafts cannot be verified in one forward",
-    "fsmt": "its decoder derives positions from the token ids (padding ids skipped), so a cached decoder does not "
-            "reproduce its own greedy output here",
+    "fsmt": "its decoder builds the causal mask only without a cache, so the tokens of a cached multi-token "
+            "verify pass see each other",
     "cpmant": "its attention over the cache fails on a multi-token verify pass",
-    "moshi": "its sliding-window decoder gives other tokens than its own generate under the draft-verify loop, "
-             "even one row at a time (cause not found)",
+    "moshi": "its decoder applies a full causal mask over sliding-window cache layers, so even its own generate "
+             "differs with and without a cache",
 }
 
 
