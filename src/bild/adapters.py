@@ -17,6 +17,7 @@ Models without a KV cache (openai-gpt) are refused (`check_model`).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -38,7 +39,7 @@ class ModelAdapter:
         self.tokens_fed = 0
         self.forwards = 0
 
-    @property
+    @functools.cached_property
     def supports_holes(self) -> bool:
         """Masked cache slots are ignored exactly (see the module docstring). Asked only for batches or
         padded prompts: the first time it runs a two-forward probe on the model (cached on the model)."""

@@ -131,10 +131,10 @@ class DraftVerifyLoop:
         for r, x in enumerate(drafts):
             if x:
                 dt[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
-        # a probe round of the adaptive policy (drafting off, measuring) is judged by the exact rule under
-        # greedy decoding: it measures acceptance without letting in a token the large model would not write
         if not drafting:  # nothing to check: the large model writes the next token
             n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
+        # a probe round of the adaptive policy (drafting off, measuring) is judged by the exact rule under
+        # greedy decoding: it measures acceptance without letting in a token the large model would not write
         elif o.verification == "rollback" and not (self.policy.probing and not self.do_sample):
             n_acc, nxt = verify_rollback(dt, n_draft, p_logits.softmax(-1), o.rollback_threshold, self.do_sample)
         elif self.do_sample:
@@ -149,17 +149,19 @@ class DraftVerifyLoop:
         self._keep(self.large, [before[r] + n_acc[r] for r in range(B)])
         if drafting:
             self._keep(self.small, [before[r] + min(d.read[r], n_acc[r]) for r in range(B)])
-        self._count(budget, drafts, d.own if drafting else [0] * B, n_acc, committed)
+        own = d.own if drafting else [0] * B
+        # own drafts judged: up to and including the first rejection, within what the row committed
+        judged = [min(a + 1, k, c) for a, k, c in zip(n_acc, own, committed)]
+        accepted = [min(a, j) for a, j in zip(n_acc, judged)]
+        self._count(budget, drafts, own, judged, accepted, n_acc, committed)
         if drafting:
-            own = torch.tensor(d.own, device=dev)
-            judged = torch.minimum(torch.minimum(torch.tensor(n_acc, device=dev) + 1, own),
-                                   torch.tensor(committed, device=dev))
+            as_t = lambda x: torch.tensor(x, device=dev)  # noqa: E731
             self.policy.learn(RoundRecord(
-                conf=d.conf, first_conf=d.first_conf, drafted=own, judged=judged,
-                accepted=torch.minimum(torch.tensor(n_acc, device=dev), judged),
-                committed=torch.tensor(committed, device=dev), small_steps=d.steps, width=p_logits.shape[1] - 1))
+                conf=d.conf, first_conf=d.first_conf, drafted=as_t(own), judged=as_t(judged),
+                accepted=as_t(accepted), committed=as_t(committed), small_steps=d.steps,
+                width=p_logits.shape[1] - 1))
 
-    def _count(self, budget, drafts, own, n_acc, committed) -> None:
+    def _count(self, budget, drafts, own, judged, accepted, n_acc, committed) -> None:
         """Statistics of a round (definitions in `stats.py`). Only committed tokens count: a row that
         stopped part-way through its accepted drafts counts the drafts before the stop."""
         st = self.stats
@@ -167,13 +169,12 @@ class DraftVerifyLoop:
         st.draft_budgets.append(max(budget))
         st.draftless_rounds += not any(drafts)
         for r in range(self.B):
-            k, a, c = own[r], n_acc[r], committed[r]
             if not drafts[r]:
                 continue
-            judged = min(a + 1, k, c)  # own drafts up to and including the first rejection, within the commit
+            k, a, c = own[r], n_acc[r], committed[r]
             st.drafted += k
-            st.judged += judged
-            st.accepted += min(a, judged)
+            st.judged += judged[r]
+            st.accepted += accepted[r]
             st.rollbacks += int(a < k and a < c)
             st.fill_drafted += len(drafts[r]) - k
             st.fill_accepted += max(0, min(a, c) - k)
