@@ -3,7 +3,7 @@
     python benchmarks/adaptive_policy.py                      # the three pairs at batch 1, the 0.9 pair at batch 8
     python benchmarks/adaptive_policy.py --pairs under_high --batch_size 1 --prompts 4
 
-Pairs (``bild.controlled.build_controlled_pair``: a random Llama-like large model, hidden 512 x 16 layers,
+Pairs (``bild.pairs.controlled.build_controlled_pair``: a random Llama-like large model, hidden 512 x 16 layers,
 vocab 8000, and a small model made of its first layer; the later layers are scaled until the greedy
 agreement is the target; the shared LM head is then rescaled, which changes no argmax, so that the small
 model's mean top probability is the target confidence):
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from controlled_pair import assistant_config  # noqa: E402
 
 from bild import BiLDGenerator  # noqa: E402
-from bild.controlled import build_controlled_pair, make_prompts  # noqa: E402
+from bild.pairs.controlled import build_controlled_pair, make_prompts  # noqa: E402
 
 PAIRS = {"under_high": (0.9, 0.27), "under_low": (0.4, 0.15), "over_low": (0.4, 0.9), "calibrated": (0.9, 0.9)}
 FIXED = (2, 4, 6, 10)

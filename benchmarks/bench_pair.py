@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bild import BiLDGenerator  # noqa: E402
-from bild.pair import chat_prompt, format_instruction, load_pair, read_jsonl, shared_data_dir, task_for_file  # noqa: E402
+from bild.pairs.smollm2 import chat_prompt, format_instruction, load_pair, read_jsonl, shared_data_dir, task_for_file  # noqa: E402
 
 DEFAULT_SETS = ("iwslt2017_de_en", "wmt14_de_en", "xsum")
 

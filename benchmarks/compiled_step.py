@@ -27,7 +27,7 @@ from transformers import DynamicCache, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bild.controlled import build_controlled_pair  # noqa: E402
+from bild.pairs.controlled import build_controlled_pair  # noqa: E402
 from controlled_pair import DTYPES, sync  # noqa: E402  (this folder is on sys.path when run as a script)
 
 

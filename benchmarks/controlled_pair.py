@@ -6,7 +6,7 @@ vs bild (exact speculative decoding and BiLD), side by side in ONE process.
     python benchmarks/controlled_pair.py --agreement 0.4 --family t5 --hidden 256 --layers 8
     python benchmarks/controlled_pair.py --agreement 0.9 --device cuda --dtype bfloat16
 
-The pair (``bild.controlled.build_controlled_pair``) is a random Llama-like (or T5) large model and
+The pair (``bild.pairs.controlled.build_controlled_pair``) is a random Llama-like (or T5) large model and
 a small model made of its first layer, with the large model's later layers scaled so that the
 greedy agreement between the two is the requested value (measured, and printed, on the
 calibration prompts and on the benchmark prompts).  Prompts are random token ids; every method
@@ -31,7 +31,7 @@ Columns:
   fwd%        share of the measured time spent inside model forwards, timed by hooks in the same run
               (CPU only; the complement is what the method does around its forwards)
   eff         engine efficiency: the time the method's model calls alone would take (cost model:
-              ``bild.cost_model``; forwards timed with caches in place, median of repeats) over the
+              ``bild.analysis.cost_model``; forwards timed with caches in place, median of repeats) over the
               measured time, median over prompts.  bild: predicted from ``gen.stats``; the
               transformers methods: from the forwards seen by forward hooks
   tok/call    new tokens per row per large-model forward (prefill included; hooks; a forward over B rows
@@ -63,8 +63,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from bild.controlled import build_controlled_pair, make_prompts, measure_agreement  # noqa: E402
-from bild.cost_model import CallRecord, ForwardCounter, best_fixed_draft, measure_costs, predict_time  # noqa: E402
+from bild.pairs.controlled import build_controlled_pair, make_prompts, measure_agreement  # noqa: E402
+from bild.analysis.cost_model import CallRecord, ForwardCounter, best_fixed_draft, measure_costs, predict_time  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}

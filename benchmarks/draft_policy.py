@@ -18,8 +18,8 @@ import statistics
 import torch
 
 import bild
-from bild.controlled import build_controlled_pair, make_prompts
-from bild.cost_model import measure_costs, predict_time
+from bild.pairs.controlled import build_controlled_pair, make_prompts
+from bild.analysis.cost_model import measure_costs, predict_time
 from bild.decoding import DraftVerifyLoop
 
 NEW, PROMPT = 64, 16

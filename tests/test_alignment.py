@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration  # noqa: E402
 
-from bild.alignment import (  # noqa: E402
+from bild.pairs.alignment import (  # noqa: E402
     AlignmentCollator,
     AlignmentDataset,
     align_small_model,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bild.controlled import build_controlled_pair, make_prompts, measure_agreement, set_alpha
+from bild.pairs.controlled import build_controlled_pair, make_prompts, measure_agreement, set_alpha
 
 TINY = dict(hidden=64, layers=4, vocab=512, calib_prompts=8, calib_new_tokens=48)
 TOL = 0.05

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bild.controlled import build_controlled_pair, make_prompts
-from bild.cost_model import (
+from bild.pairs.controlled import build_controlled_pair, make_prompts
+from bild.analysis.cost_model import (
     CallRecord,
     CostTable,
     ForwardCounter,
@@ -140,7 +140,7 @@ def test_measure_costs_tiny(llama_pair):
 
 
 def test_best_fixed_draft_uses_measured_verify_costs():
-    from bild.cost_model import best_fixed_draft
+    from bild.analysis.cost_model import best_fixed_draft
 
     costs = hand_costs()
     # a = 1: gamma drafts always accepted -> per token (gamma * 1 + large(gamma+1)) / (gamma+1)

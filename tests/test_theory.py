@@ -1,8 +1,8 @@
-"""bild.theory against independent references: exact enumeration of speculative decoding on tiny
+"""bild.analysis.theory against independent references: exact enumeration of speculative decoding on tiny
 Markov chains (Theorem 1), Monte Carlo of batch SD's first position (Alg. 4, Theorem 3) and of one
 step of Decoding-UNO / -OPT (Theorems 4-5), linear programs for Theorem 4's optimum.
 
-References use numpy (float64, numpy's own RNG) and plain Python loops; only bild.theory is imported.
+References use numpy (float64, numpy's own RNG) and plain Python loops; only bild.analysis.theory is imported.
 Notation: p = LARGE/target, q = SMALL/draft (Leviathan), as in bild.
 """
 from functools import lru_cache
@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import linprog
 from scipy.stats import chisquare
 
-from bild.theory import (accept_prob, batch_improvement, expected_rejections, first_position_rejection,
+from bild.analysis.theory import (accept_prob, batch_improvement, expected_rejections, first_position_rejection,
                          opt_distribution, optimal_loss, residual, residual_chain, tv_distance, tv_loss,
                          uno_distribution, uno_rejection)
 

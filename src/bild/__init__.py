@@ -1,9 +1,23 @@
-"""bild: Big Little Decoder, speculative decoding and Yin et al.'s Decoding-UNO/OPT for transformers models."""
-from . import theory
+"""bild: Big Little Decoder, speculative decoding and Yin et al.'s Decoding-UNO/OPT for transformers models.
+
+Layout: the engine is this package's top level (`generator` -> `decoding` -> `verification`, `policies`,
+`adapters`, `stats`); tooling lives in sub-packages: `bild.pairs` (model pairs), `bild.analysis` (cost
+model, theory), `bild.evaluation` (test-set runs).
+"""
+import sys as _sys
+
+from .analysis import cost_model, theory
 from .generator import BiLDGenerator, generate
+from .pairs import alignment, controlled, smollm2
 from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
 from .stats import GenerationStats, expected_speedup
 
+# module paths of version 0.2 (`bild.pair`, `bild.cost_model`, ...) keep working
+for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", controlled),
+                   ("cost_model", cost_model), ("theory", theory)):
+    _sys.modules[f"{__name__}.{_old}"] = _mod
+    globals()[_old] = _mod
+
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
            "AdaptivePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

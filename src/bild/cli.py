@@ -2,9 +2,9 @@
 
     bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold auto|F] [--max_small_steps auto|N]
               [--rollback_threshold R] [--verification rollback|exact]
-    bild pair build | info | gen-data | train     (see ``python -m bild.pair -h``)
+    bild pair build | info | gen-data | train     (see ``python -m bild.pairs.smollm2 -h``)
 
-``bild demo`` loads the offline SmolLM2 pair (:mod:`bild.pair`; built into the cache folder on
+``bild demo`` loads the offline SmolLM2 pair (:mod:`bild.pairs.smollm2`; built into the cache folder on
 first use), generates with BiLD, then with the large model alone on the same prompt, and prints
 the text, both latencies, the speedup and which tokens each model wrote.
 """
@@ -66,7 +66,7 @@ def demo(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from . import BiLDGenerator
-    from .pair import SAMPLE_PROMPT, chat_prompt, load_pair
+    from .pairs.smollm2 import SAMPLE_PROMPT, chat_prompt, load_pair
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd == "demo":
         return demo(rest)
     if cmd == "pair":
-        from .pair import main as pair_main
+        from .pairs.smollm2 import main as pair_main
 
         return pair_main(rest)
     print(f"unknown command {cmd!r}\n{usage}", file=sys.stderr)

@@ -16,7 +16,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 import weakref
 
 from .adapters import ModelAdapter, check_model, encoder_row, vocab_width
-from .cost_model import CostTable, measure_costs
+from .analysis.cost_model import CostTable, measure_costs
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
 from .stats import GenerationStats
@@ -63,7 +63,7 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=5.0, max_small_ste
     if not (costs == AUTO or isinstance(costs, (DraftCosts, CostTable))
             or (isinstance(costs, (int, float)) and not isinstance(costs, bool) and costs > 0)):
         raise ValueError(f"`costs` must be 'auto', a cost ratio > 0 (small step / large step), a "
-                         f"bild.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}")
+                         f"bild.analysis.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}")
     return DecodeOptions(fallback_threshold, float(rollback_threshold), max_small_steps, verification,
                          float(uno_epsilon), draft_schedule, float(opt_epsilon), costs)
 
@@ -268,7 +268,7 @@ class BiLDGenerator:
         costs: what the adaptive policy assumes a model call costs: "auto" (default: measured once per
             batch size on first use; outputs of verification="rollback" can then differ between machines
             and runs), a cost ratio c (small step / large step; a verify pass costs one large step, the
-            papers' GPU assumption), a `bild.cost_model.CostTable` or a `bild.policies.DraftCosts`.
+            papers' GPU assumption), a `bild.analysis.cost_model.CostTable` or a `bild.policies.DraftCosts`.
             With costs given, the same calls on a fresh generator make the same decisions.
 
     The draft policy (`self.policy`) keeps learning across calls; `reset_policy()` forgets.

@@ -62,7 +62,7 @@ class DraftCosts:
 
     @classmethod
     def from_table(cls, table, max_drafts: int = 32) -> "DraftCosts":
-        """From a measured `bild.cost_model.CostTable` (seconds per call). Verify passes are fitted by
+        """From a measured `bild.analysis.cost_model.CostTable` (seconds per call). Verify passes are fitted by
         verify[k] = 1 + s k (least squares, s >= 0) through the one-token step: timing noise between single
         widths would otherwise look like a marginal cost and cut drafts short or make them long."""
         step = table.large(1)

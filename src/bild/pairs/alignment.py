@@ -16,7 +16,7 @@ recipe for decoder-only and encoder-decoder models with HuggingFace ``Trainer``:
 
 Example::
 
-    from bild.alignment import align_small_model, load_prompts
+    from bild.pairs.alignment import align_small_model, load_prompts
     prompts = load_prompts("train.jsonl", field="source", limit=1000)
     align_small_model(small, large, tokenizer, prompts, output_dir="aligned-small")
 """

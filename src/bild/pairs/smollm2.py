@@ -7,14 +7,14 @@
 * **Small**: the same architecture with only a few of the large model's decoder layers (the
   embeddings, final norm and the tied LM head are the large model's, so both share the
   tokenizer and vocabulary), prediction-aligned to the large model with
-  :mod:`bild.alignment`.  Its own weights (the chosen layers + final norm, float16) are shipped
+  :mod:`bild.pairs.alignment`.  Its own weights (the chosen layers + final norm, float16) are shipped
   in ``assets/`` so the pair is ready without training.
 
 Command line::
 
-    python -m bild.pair build            # or: bild pair build
-    python -m bild.pair info
-    python -m bild.pair train --minutes 40 --out runs/draft   # re-create the shipped draft
+    python -m bild.pairs.smollm2 build            # or: bild pair build
+    python -m bild.pairs.smollm2 info
+    python -m bild.pairs.smollm2 train --minutes 40 --out runs/draft   # re-create the shipped draft
 
 The cache folder is ``$BILD_CACHE`` or ``~/.cache/bild/smollm2-pair``.
 """
@@ -114,14 +114,14 @@ def default_draft_weights() -> Path:
     env = os.environ.get("BILD_DRAFT_WEIGHTS")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "assets" / DRAFT_WEIGHTS_NAME
+    return Path(__file__).resolve().parents[3] / "assets" / DRAFT_WEIGHTS_NAME
 
 
 def shared_data_dir() -> Path | None:
     """``$BILD_DATA`` or ``../shared/data`` next to the project root, when present."""
     env = os.environ.get("BILD_DATA")
     cands = [Path(env)] if env else []
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     cands += [root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
     for c in cands:
         if c.is_dir():
@@ -345,7 +345,7 @@ def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLik
             return cache
     if not weights.exists():
         raise FileNotFoundError(
-            f"draft weights {weights} not found; train them with `python -m bild.pair train` "
+            f"draft weights {weights} not found; train them with `python -m bild.pairs.smollm2 train` "
             "or point BILD_DRAFT_WEIGHTS at a file")
     tok, large = load_large(cache)
     small = load_draft_from_weights(large, weights)
