@@ -41,8 +41,9 @@ Columns:
   ms/tok      median wall time per generated token and row
 
 At batch size > 1, transformers' assisted generation is not available (n/a) and the reference is
-batched large greedy.  Encoder-decoder batches run row by row inside bild (its adapters note why),
-which the cost model accounts for with batch-1 decoder costs.
+batched large greedy.  Families that bild decodes row by row (``bild.adapters.batch_layout``: BART-like
+encoder-decoders, sliding-window models) are accounted for with batch-1 decoder costs; T5 batches are
+batched ("aligned" layout).
 
 CPU timings on a shared machine are noisy: the script uses ``--threads`` (default 1) torch
 threads, which on a loaded 2-core machine is much more stable than 2.
@@ -63,6 +64,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bild.adapters import batch_layout  # noqa: E402
 from bild.pairs.controlled import build_controlled_pair, make_prompts, measure_agreement  # noqa: E402
 from bild.analysis.cost_model import CallRecord, ForwardCounter, best_fixed_draft, measure_costs, predict_time  # noqa: E402
 
@@ -163,12 +165,11 @@ class Runner:
         return time.perf_counter() - t0, out, self.counter.record(), stats
 
 
-def predicted(method, rec: CallRecord, stats, costs, costs_row, is_ed, batch):
+def predicted(method, rec: CallRecord, stats, costs, costs_row, row_by_row, batch):
     """Cost-model time of one run.  bild: from its stats; transformers: from the hook record."""
     if stats is not None:
-        if is_ed and batch > 1:
-            # bild decodes encoder-decoder batches row by row: batch-1 decoder calls, one batched
-            # encoder pass per model
+        if row_by_row:
+            # a family bild decodes row by row: batch-1 decoder calls, one batched encoder pass per model
             dec = predict_time(stats, costs_row, small_prefills=batch, large_prefills=batch, encoder_calls=(0, 0))
             return dec + costs.small_encoder + costs.large_encoder
         return predict_time(stats, costs)
@@ -229,7 +230,8 @@ def run_batch(small, large, info, args, batch, device, log):
     t0 = time.perf_counter()
     costs = measure_costs(small, large, prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=batch,
                           max_verify=12, repeats=args.cost_repeats)
-    costs_row = costs if batch == 1 or not is_ed else measure_costs(
+    row_by_row = is_ed and batch > 1 and batch_layout(large) == "rows"
+    costs_row = costs if not row_by_row else measure_costs(
         small, large, prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=1, max_verify=12,
         repeats=args.cost_repeats)
     log(f"\n== batch {batch}: {args.prompts} prompts x {args.new_tokens} new tokens; greedy agreement on these "
@@ -267,7 +269,7 @@ def run_batch(small, large, info, args, batch, device, log):
             # a quick cost table measured next to this prompt's runs, so that machine load drifting
             # between the table and the runs does not show up as (in)efficiency
             costs = measure_costs(small, large, batch_size=batch, **quick)
-            if is_ed and batch > 1:
+            if row_by_row:
                 costs_row = measure_costs(small, large, batch_size=1, **quick)
             else:
                 costs_row = costs
@@ -282,7 +284,7 @@ def run_batch(small, large, info, args, batch, device, log):
             r["out"].append(out)
             r["calls"].append(rec.large_forwards)
             r["small"].append(rec.small_forwards)
-            p = predicted(m, rec, stats, costs, costs_row, is_ed, batch)
+            p = predicted(m, rec, stats, costs, costs_row, row_by_row, batch)
             r["pred"].append(p)
             r["eff"].append(p / dt)
             if stats is not None:
@@ -290,7 +292,7 @@ def run_batch(small, large, info, args, batch, device, log):
                 # the engine's own counters against what the hooks saw
                 r["check"].append(stats.small_forwards == rec.small_forwards
                                   and stats.large_forwards == rec.large_forwards
-                                  and list(stats.verify_lengths) == list(rec.verify_lengths))
+                                  and list(stats.verify_widths) == list(rec.verify_lengths))
     runner.remove()
 
     ref = rows["large greedy"]

@@ -2,17 +2,22 @@
 
 The decoding loop sees every model through `ModelAdapter`: feed tokens, get logits, keep a prefix.
 The adapter owns the KV cache and a per-row mask over cache slots. In a batch, rows that take fewer
-tokens than others in a forward leave masked "holes" in the cache; rejected draft tokens are masked
-out and, once they are at the end of every row, cropped. Nothing kept is ever recomputed.
+tokens than others in a forward leave masked slots ("holes"); rejected draft tokens are masked out and,
+once they are at the end of every row, cropped. Nothing kept is ever recomputed.
 
-Holes need a model that takes explicit `position_ids` and whose every cache layer is a plain
-`DynamicLayer` (decoder-only Llama, GPT-2, GPT-NeoX, OPT, ...). The generator decodes the others row by
-row, with each row's padding removed (`supports_holes` is False):
-- encoder-decoder decoders (T5, BART, Marian): positions come from the slot index;
-- no `position_ids` argument (Bloom, MPT);
-- sliding-window layers (Mistral, Qwen2/3, Gemma 2/3, Phi-3, Starcoder2, Cohere2, ...) and gpt-neo's local
-  attention: masked slots would use up the window; linear-attention / convolution layers (LFM2): masked
-  slots would enter the state.
+How a model's batch is laid out (`batch_layout`, decided once per model by probes):
+- "holes": decoder-only models that take `position_ids` and have only full-attention `DynamicLayer`s,
+  and whose output a masked slot does not change (Llama, GPT-2, GPT-NeoX, OPT, ...);
+- "aligned": every row's tokens kept contiguous and ending at the last slot, the cache re-packed when rows
+  diverge. Exact where attention depends on slot distances only: T5 / mT5 / UMT5 / LongT5 / Switch's
+  relative bias, ALiBi over slots (MPT), masks' cumulative positions (Bloom);
+- "rows": the generator decodes the batch row by row, each row's padding removed:
+  - positions from the slot index or cache length, with no per-row position argument (BART, mBART,
+    Marian, Pegasus, M2M100, Blenderbot, Whisper's decoder; BartForCausalLM, TrOCR, GIT);
+  - sliding-window layers (Mistral, Qwen2/3, Gemma 2/3, Phi-3, Starcoder2, Cohere2, ...) and gpt-neo's
+    local attention: masked slots would use up the window; linear-attention / convolution layers
+    (LFM2): masked slots would enter the state.
+Both batched layouts re-pack the cache when masked slots pass 25 % of the longest row.
 Models without a KV cache (openai-gpt) are refused (`check_model`).
 """
 from __future__ import annotations
@@ -25,10 +30,21 @@ from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
 
 class ModelAdapter:
-    """Incremental decoding over one model's cache.
+    """Incremental decoding over one model's cache, for B rows that advance by different amounts.
 
-    State: `mask` [B, L] bool over cache slots, `n_valid` [B] number of tokens each row holds.
+    Device state: the cache and `mask` [B, L] bool over its slots. Host state (plain Python, so deciding what
+    to do never waits on the device): `slots[r]`, the slots holding row r's tokens in order, and `n_valid[r]`.
+
+    Layouts (`layout`, chosen per model by a probe, see the module docstring):
+      "holes"    masked slots may sit anywhere; positions go in through `position_ids`
+      "aligned"  every row's tokens are contiguous and end at the last slot before each forward (rows are
+                 re-packed, "compacted", when they diverge), so slot distances are token distances
+      "rows"     neither is exact for this model: the generator decodes its batches row by row
+    In both batched layouts, slots masked in every row are reclaimed: the cache never holds more than
+    `COMPACT_AT` x the longest row (plus a few slots) before it is re-packed.
     """
+
+    COMPACT_AT = 1.25  # re-pack when the cache holds more slots than this x the longest row's tokens
 
     def __init__(self, model: PreTrainedModel):
         self.model = model
@@ -38,12 +54,18 @@ class ModelAdapter:
         self._logits_to_keep = "logits_to_keep" in params
         self.tokens_fed = 0
         self.forwards = 0
+        self.compactions = 0
 
     @functools.cached_property
+    def layout(self) -> str:
+        """"holes", "aligned" or "rows". Asked only for batches or padded prompts: the first time, it runs
+        two-forward probes on the model (cached on the model)."""
+        return batch_layout(self.model)
+
+    @property
     def supports_holes(self) -> bool:
-        """Masked cache slots are ignored exactly (see the module docstring). Asked only for batches or
-        padded prompts: the first time it runs a two-forward probe on the model (cached on the model)."""
-        return self._takes_positions and _plain_attention(self.model)
+        """Rows of a batch can be decoded together (either batched layout)."""
+        return self.layout != "rows"
 
     # -- setup --------------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device, encoder_kwargs: dict | None = None) -> None:
@@ -56,8 +78,11 @@ class ModelAdapter:
         if hasattr(self.cache, "activate_past_recording"):  # sliding-window / linear-attention layers
             self.cache.activate_past_recording()
         self.encoder_kwargs = encoder_kwargs or {}
+        self.device = device
         self.mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
-        self.n_valid = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.slots: list[list[int]] = [[] for _ in range(batch_size)]
+        self.n_valid = [0] * batch_size
+        self.length = 0  # cache slots
         self.dense = True  # no masked slot anywhere: the model may skip building an attention mask
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
@@ -65,53 +90,123 @@ class ModelAdapter:
         enc = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         return {"encoder_outputs": enc, "attention_mask": attention_mask}
 
-    # -- the two operations the loop uses -----------------------------------------------------------
+    # -- the three operations the loop uses ---------------------------------------------------------
     @torch.no_grad()
-    def feed(self, ids: torch.Tensor, valid: torch.Tensor, keep: int) -> torch.Tensor:
-        """Append `ids` [B, n] to the cache; `valid` [B, n] marks real tokens (False = hole).
+    def feed(self, ids: torch.Tensor, valid: list[list[bool]], keep: int) -> torch.Tensor:
+        """Append `ids` [B, n] to the cache; `valid[r][j]` (host) marks real tokens (False = a masked slot).
 
         Returns float32 logits [B, keep, V] of the last `keep` positions.
         """
-        if not bool(valid.all()) and not self.supports_holes:
+        B, n = ids.shape
+        dense = all(all(v) for v in valid)
+        if not dense and self.layout == "rows":
             raise RuntimeError("this model cannot take masked slots; run its batch row by row")
-        pos = self.n_valid[:, None] + valid.long().cumsum(-1) - 1
-        self.mask = torch.cat([self.mask, valid], dim=1)
-        self.dense = self.dense and bool(valid.all())
+        if self.length and self._needs_repack():
+            self.compact()
+        v = torch.tensor(valid, dtype=torch.bool, device=self.device).reshape(B, n)
+        pos = torch.tensor(self.n_valid, device=self.device)[:, None] + v.long().cumsum(-1) - 1
+        self.mask = torch.cat([self.mask, v], dim=1)
+        self.dense = self.dense and dense
         kwargs = {"past_key_values": self.cache, "use_cache": True}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = keep
+        mask = None if self.dense else self.mask.long()
         if self.is_encoder_decoder:
-            kwargs.update(self.encoder_kwargs, decoder_input_ids=ids)
+            kwargs.update(self.encoder_kwargs, decoder_input_ids=ids, decoder_attention_mask=mask)
         else:
-            kwargs.update(input_ids=ids, attention_mask=None if self.dense else self.mask.long())
+            kwargs.update(input_ids=ids, attention_mask=mask)
             if self._takes_positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
         out = self.model(**kwargs)
-        self.n_valid = self.n_valid + valid.sum(-1)
-        self.tokens_fed += int(valid.sum())
+        for r, row in enumerate(valid):
+            got = [self.length + j for j, x in enumerate(row) if x]
+            self.slots[r] += got
+            self.n_valid[r] += len(got)
+            self.tokens_fed += len(got)
+        self.length += n
         self.forwards += 1
         return out.logits[:, -keep:].float()
 
-    def keep_first(self, counts: torch.Tensor) -> None:
-        """Roll back: row r keeps its first `counts[r]` tokens; later slots are masked, and slots masked
-        in every row at the end of the cache are cropped."""
-        counts = torch.minimum(counts, self.n_valid)
-        if bool((counts == self.n_valid).all()):
+    def keep_first(self, counts: list[int]) -> None:
+        """Roll back: row r keeps its first `counts[r]` tokens; later slots are masked, and slots masked in
+        every row at the end of the cache are cropped."""
+        counts = [min(c, n) for c, n in zip(counts, self.n_valid)]
+        if counts == self.n_valid:
             return
-        self.mask = self.mask & (self.mask.long().cumsum(-1) <= counts[:, None])
+        for r, c in enumerate(counts):
+            del self.slots[r][c:]
         self.n_valid = counts
-        live = self.mask.any(0).nonzero()
-        new_len = int(live[-1]) + 1 if live.numel() else 0
-        drop = self.mask.shape[1] - new_len
-        if drop > 0:
-            self.cache.crop(-drop)
+        self.mask = self.mask & (self.mask.long().cumsum(-1) <= torch.tensor(counts, device=self.device)[:, None])
+        new_len = max((s[-1] + 1 for s in self.slots if s), default=0)
+        if new_len < self.length:
+            self.cache.crop(new_len - self.length)
             self.mask = self.mask[:, :new_len]
-        self.dense = bool(self.mask.all())
+            self.length = new_len
+        self.dense = all(len(s) == self.length for s in self.slots)
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Row r continues from what row rows[r] holds (cache, mask, bookkeeping): batch speculative
+        decoding hands every draft of a prompt the chosen draft's state."""
+        idx = torch.tensor(rows, device=self.device)
+        self.cache.reorder_cache(idx)
+        self.mask = self.mask.index_select(0, idx)
+        self.slots = [list(self.slots[i]) for i in rows]
+        self.n_valid = [self.n_valid[i] for i in rows]
+        self.dense = all(len(s) == self.length for s in self.slots)
+
+    # -- compaction ---------------------------------------------------------------------------------
+    def _needs_repack(self) -> bool:
+        """Before a forward: "aligned" needs every row contiguous and ending at the last slot; any layout
+        re-packs when masked slots exceed the allowance."""
+        longest = max(self.n_valid)
+        if self.length > self.COMPACT_AT * longest + 4:
+            return True
+        if self.dense or self.layout != "aligned":
+            return False
+        return any(s and (s[-1] != self.length - 1 or s[-1] - s[0] + 1 != len(s)) for s in self.slots)
+
+    def compact(self) -> None:
+        """Re-pack the cache: each row's tokens keep their order and move to the end (masked slots first),
+        and slots masked in every row are dropped. Slot count becomes the longest row's token count."""
+        L = max(self.n_valid)
+        order = torch.argsort(self.mask.long(), dim=1, stable=True)[:, self.length - L:]  # [B, L]
+        for layer in _self_attention_layers(self.cache):
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            Bk, H, _, D = layer.keys.shape
+            gather = order[:, None, :, None].expand(Bk, H, L, D)
+            layer.keys = layer.keys.gather(2, gather)
+            layer.values = layer.values.gather(2, order[:, None, :, None].expand(Bk, H, L, layer.values.shape[-1]))
+        self.mask = self.mask.gather(1, order)
+        self.slots = [list(range(L - n, L)) for n in self.n_valid]
+        self.length = L
+        self.dense = all(n == L for n in self.n_valid)
+        self.compactions += 1
+
+
+def _self_attention_layers(cache) -> list:
+    """The cache layers that hold the decoder's own tokens (not an encoder-decoder's cross-attention)."""
+    return (cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache).layers
+
+
+def batch_layout(model: PreTrainedModel) -> str:
+    """How a batch of this model is decoded (cached on the model as `_bild_layout`)."""
+    cached = getattr(model, "_bild_layout", None)
+    if cached is None:
+        if not _plain_attention(model):
+            cached = "rows"
+        elif not model.config.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters \
+                and _holes_are_ignored(model):
+            cached = "holes"
+        else:
+            cached = "aligned" if _alignment_is_exact(model) else "rows"
+        model._bild_layout = cached
+    return cached
 
 
 def _plain_attention(model: PreTrainedModel) -> bool:
-    """Every layer a full-attention `DynamicLayer`, and masked slots inside a sequence change nothing
-    (`_holes_are_ignored`): masked cache slots are then ignored exactly."""
+    """Every layer a full-attention `DynamicLayer` with no window applied by slot index: slots can then be
+    masked or moved (the probes below check that the model agrees)."""
     cfg = model.config
     layers = DynamicCache(config=cfg).layers
     if any(type(layer).__name__ != "DynamicLayer" for layer in layers):
@@ -120,7 +215,7 @@ def _plain_attention(model: PreTrainedModel) -> bool:
         return False  # gpt-neo's slot-indexed local window
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         return False  # a window applied through the mask on plain layers (Moshi): it counts slots
-    return _holes_are_ignored(model)
+    return True
 
 
 @torch.no_grad()
@@ -156,6 +251,36 @@ def _holes_are_ignored(model: PreTrainedModel) -> bool:
     return ok
 
 
+@torch.no_grad()
+def _alignment_is_exact(model: PreTrainedModel) -> bool:
+    """The "aligned" layout as the engine runs it, on two rows: row 0 feeds [t1 t2 t1], row 1 [t1 t2 _]
+    (a masked slot at the end); the cache is re-packed (row 1 becomes [_ t1 t2]); both feed [t3 t4]. Row 1's
+    last logits must equal those of [t1 t2], [t3 t4] alone. True for relative-position models (T5's bias
+    sees slot distances, which re-packing keeps equal to token distances; ALiBi over slots), false where
+    positions come from the slot index (BART, Marian, Pegasus: learned or sinusoidal positions from the
+    cache length). Checked once per model."""
+    vocab, dev = int(model.config.vocab_size), model.device
+    t = [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, 5)]
+    try:
+        enc = None
+        if model.config.is_encoder_decoder:
+            enc = ModelAdapter(model).encode(torch.tensor([t[:3]] * 2, device=dev), None)
+
+        def run(first, valid):
+            a = ModelAdapter(model)
+            a.__dict__["layout"] = "aligned"
+            B = len(first)
+            a.start(B, dev, None if enc is None else {k: _rows(v, B) for k, v in enc.items()})
+            a.feed(torch.tensor(first, device=dev), valid, keep=1)
+            return a.feed(torch.tensor([t[2:]] * B, device=dev), [[True, True]] * B, keep=1)[-1, -1]
+        plain = run([t[:2]], [[True, True]])
+        packed = run([t[:2] + [t[0]]] * 2, [[True, True, True], [True, True, False]])
+    except Exception:  # noqa: BLE001 - a model that cannot run this cannot take the layout
+        return False
+    tol = (1e-3 if model.dtype == torch.float32 else 3e-2) * float(plain.abs().max().clamp(min=1.0))
+    return bool(torch.allclose(plain, packed, rtol=0, atol=tol))
+
+
 # families checked and found wrong under the draft-verify loop (tests/test_families.py), with the reason
 _REFUSED_TYPES = {
     "prophetnet": "it predicts n-grams over a decoder that takes one cached token at a time, so several drafts "
@@ -168,6 +293,15 @@ _REFUSED_TYPES = {
     "moshi": "its decoder applies a full causal mask over sliding-window cache layers, so even its own generate "
              "differs with and without a cache",
 }
+
+
+def _rows(x, n: int):
+    """The first n rows of an encoder output / mask (None stays None)."""
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x[:n]
+    return type(x)(last_hidden_state=x.last_hidden_state[:n])
 
 
 def check_model(model: PreTrainedModel, role: str) -> None:

@@ -23,7 +23,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from .adapters import ModelAdapter
 from .policies import DraftPolicy, RoundRecord
 from .stats import GenerationStats
-from .verification import verify_exact_greedy, verify_exact_sampling, verify_rollback
+from .verification import verify_batch_drafts, verify_exact_greedy, verify_exact_sampling, verify_rollback
 
 
 @dataclass
@@ -36,6 +36,7 @@ class DecodeOptions:
     draft_schedule: str = "constant"  # "constant" | "heuristic"
     opt_epsilon: float = 0.0
     costs: object = "auto"  # see BiLDGenerator
+    num_drafts: int = 1  # Yin et al.'s batch speculative decoding: M drafts per prompt (sampling, exact)
 
     @property
     def uses_small(self) -> bool:
@@ -53,6 +54,7 @@ class DraftVerifyLoop:
                  stats: GenerationStats | None = None, batch_slot: tuple[int, int] | None = None):
         self.small, self.large, self.opts = small if opts.uses_small else None, large, opts
         self.policy = policy
+        self.M = opts.num_drafts  # rows r*M .. r*M+M-1 hold prompt r (batch speculative decoding)
         # (row, batch size) when this loop decodes one row of a larger batch: logits processors built for
         # the whole batch (e.g. encoder-side ones) then see that row at its place in the batch
         self.batch_slot = batch_slot
@@ -91,9 +93,9 @@ class DraftVerifyLoop:
             self.eos = self.eos.to(dev)
         self.seqs = torch.full((B, P + max_new_tokens), self.pad, dtype=torch.long, device=dev)
         self.seqs[:, :P] = input_ids
-        self.seq_valid = torch.ones(B, P + max_new_tokens, dtype=torch.bool, device=dev)
-        if attention_mask is not None:
-            self.seq_valid[:, :P] = attention_mask.bool()
+        # prompt padding, on the host (read once): which prompt columns hold a token, per row
+        self.prompt_valid = ([[True] * P for _ in range(B)] if attention_mask is None
+                             else [[bool(x) for x in row] for row in attention_mask.tolist()])
         self.cur = [P] * B  # committed length per row
         self.fed = {id(a): [0] * B for a in (self.small, self.large) if a is not None}
         self.done = [False] * B
@@ -107,8 +109,8 @@ class DraftVerifyLoop:
         logits, offset, _, n = self._catch_up(self.large)  # prefill
         logits = self._last(logits, offset, n)
         processed = self._process_rows(lambda: [self._row(r) for r in range(B)], logits)
-        first = self._choose(processed)
-        self._commit([[int(first[r])] for r in range(B)], processed[:, None], logits[:, None], [0] * B)
+        first = self._choose(processed[:: self.M]).repeat_interleave(self.M).tolist()  # one token per prompt
+        self._commit([[first[r]] for r in range(B)], processed[:, None], logits[:, None], [0] * B)
         while not all(self.done):
             self._round()
         if self.streamer is not None:
@@ -118,31 +120,26 @@ class DraftVerifyLoop:
 
     # -- one round ----------------------------------------------------------------------------------
     def _round(self) -> None:
-        """Draft, verify, accept, commit; then the policy learns what the large model judged."""
-        o, B, dev = self.opts, self.B, self.seqs.device
+        """Draft, verify, accept, commit; then the policy learns what the large model judged.
+        Host reads: one per draft step (in `_draft`) and one for the verdict."""
+        B, dev = self.B, self.seqs.device
         remaining = [0 if self.done[r] else max(0, self.max_new - (c - self.P) - 1) for r, c in enumerate(self.cur)]
         budget = self.policy.budgets(remaining) if self.small is not None else [0] * B
         drafting = any(budget)
         d = self._draft(budget) if drafting else None
         drafts = d.drafts if drafting else [[] for _ in range(B)]
         p_logits, p_raw = self._verify(drafts)
-        n_draft = torch.tensor([len(x) for x in drafts], device=dev)
-        dt = torch.full((B, p_logits.shape[1] - 1), self.pad, dtype=torch.long, device=dev)
-        for r, x in enumerate(drafts):
-            if x:
-                dt[r, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
-        if not drafting:  # nothing to check: the large model writes the next token
-            n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
-        # a probe round of the adaptive policy (drafting off, measuring) is judged by the exact rule under
-        # greedy decoding: it measures acceptance without letting in a token the large model would not write
-        elif o.verification == "rollback" and not (self.policy.probing and not self.do_sample):
-            n_acc, nxt = verify_rollback(dt, n_draft, p_logits.softmax(-1), o.rollback_threshold, self.do_sample)
-        elif self.do_sample:
-            n_acc, nxt = verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), d.q, o.uno_epsilon or o.opt_epsilon,
-                                               "target" if o.uno_epsilon else "residual")
-        else:
-            n_acc, nxt = verify_exact_greedy(dt, n_draft, p_logits)
-        n_acc, nxt = n_acc.tolist(), nxt.tolist()
+        n_acc, nxt, pick = self._accept(drafts, p_logits, d.q if drafting else None)
+        if pick is not None:  # batch speculative decoding: every draft of a prompt continues the chosen one
+            idx = torch.tensor(pick, device=dev)
+            p_logits, p_raw = p_logits.index_select(0, idx), p_raw.index_select(0, idx)
+            drafts = [drafts[c] for c in pick]
+            for adapter in (self.large, self.small if drafting else None):
+                if adapter is not None:
+                    adapter.select_rows(pick)
+            if drafting:
+                d.read, d.own, d.conf, d.first_conf = ([x[c] for c in pick] for x in (d.read, d.own, d.conf,
+                                                                                      d.first_conf))
         new = [[] if self.done[r] else drafts[r][: n_acc[r]] + [nxt[r]] for r in range(B)]
         before = list(self.cur)
         committed = self._commit(new, p_logits, p_raw, from_small=n_acc)
@@ -153,13 +150,42 @@ class DraftVerifyLoop:
         # own drafts judged: up to and including the first rejection, within what the row committed
         judged = [min(a + 1, k, c) for a, k, c in zip(n_acc, own, committed)]
         accepted = [min(a, j) for a, j in zip(n_acc, judged)]
-        self._count(budget, drafts, own, judged, accepted, n_acc, committed)
+        one = slice(None, None, self.M)  # with num_drafts, the M rows of a prompt now hold the same tokens
+        self._count(budget[one], drafts[one], own[one], judged[one], accepted[one], n_acc[one], committed[one])
         if drafting:
-            as_t = lambda x: torch.tensor(x, device=dev)  # noqa: E731
-            self.policy.learn(RoundRecord(
-                conf=d.conf, first_conf=d.first_conf, drafted=as_t(own), judged=as_t(judged),
-                accepted=as_t(accepted), committed=as_t(committed), small_steps=d.steps,
-                width=p_logits.shape[1] - 1))
+            self.policy.learn(RoundRecord(conf=d.conf[one], first_conf=d.first_conf[one], drafted=own[one],
+                                          judged=judged[one], accepted=accepted[one], committed=committed[one],
+                                          small_steps=d.steps, width=p_logits.shape[1] - 1))
+
+    def _accept(self, drafts: list[list[int]], p_logits: torch.Tensor, q: torch.Tensor | None):
+        """The verification rule (`verification.py`) over the round's drafts. Returns host lists n_acc[r]
+        (drafts kept) and nxt[r] (the large model's token after them), and `pick`: None, or with num_drafts
+        the row whose draft each row continues (all rows of a prompt the chosen one)."""
+        o, B, M, dev = self.opts, self.B, self.M, p_logits.device
+        K = p_logits.shape[1] - 1
+        dt = torch.tensor([x + [self.pad] * (K - len(x)) for x in drafts], dtype=torch.long, device=dev).reshape(B, K)
+        n_draft = torch.tensor([len(x) for x in drafts], device=dev)
+        if M > 1:  # Yin et al. Alg. 4: the rule works per prompt, over its M rows
+            G, V = B // M, p_logits.shape[-1]
+            p = p_logits.softmax(-1).reshape(G, M, K + 1, V)
+            qm = q.reshape(G, M, K, V) if K else p[:, :, :0]
+            chosen, n_acc, nxt = verify_batch_drafts(dt.reshape(G, M, K), n_draft.reshape(G, M), p, qm)
+            chosen, n_acc, nxt = torch.stack([chosen, n_acc, nxt]).tolist()  # the round's one read
+            pick = [g * M + chosen[g] for g in range(G) for _ in range(M)]
+            return [n_acc[r // M] for r in range(B)], [nxt[r // M] for r in range(B)], pick
+        if not K:  # nothing to check: the large model writes the next token
+            n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
+        # a probe round of the adaptive policy (drafting off, measuring) is judged by the exact rule under
+        # greedy decoding: it measures acceptance without letting in a token the large model would not write
+        elif o.verification == "rollback" and not (self.policy.probing and not self.do_sample):
+            n_acc, nxt = verify_rollback(dt, n_draft, p_logits.softmax(-1), o.rollback_threshold, self.do_sample)
+        elif self.do_sample:
+            n_acc, nxt = verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), q, o.uno_epsilon or o.opt_epsilon,
+                                               "target" if o.uno_epsilon else "residual")
+        else:
+            n_acc, nxt = verify_exact_greedy(dt, n_draft, p_logits)
+        n_acc, nxt = torch.stack([n_acc, nxt]).tolist()  # the round's one read of the verdict
+        return n_acc, nxt, None
 
     def _count(self, budget, drafts, own, judged, accepted, n_acc, committed) -> None:
         """Statistics of a round (definitions in `stats.py`). Only committed tokens count: a row that
@@ -168,7 +194,7 @@ class DraftVerifyLoop:
         st.rounds += 1
         st.draft_budgets.append(max(budget))
         st.draftless_rounds += not any(drafts)
-        for r in range(self.B):
+        for r in range(len(drafts)):
             if not drafts[r]:
                 continue
             k, a, c = own[r], n_acc[r], committed[r]
@@ -184,48 +210,50 @@ class DraftVerifyLoop:
 
         In a batch under exact verification a row that stopped keeps drafting while another row still
         drafts ("batch fill": those slots are computed anyway, and the exact check keeps the output).
-        BiLD's rollback rule would accept them, so it does not fill."""
+        BiLD's rollback rule would accept them, so it does not fill. Every row feeds a token at every step
+        (a row that stopped feeds one that `_keep` drops), so draft steps add no masked slot. One host read
+        per step: the tokens, the policy's answers and the confidences, together."""
         B, dev = self.B, self.seqs.device
         logits, offset, _, n = self._catch_up(self.small)
         logits = self._last(logits, offset, n)
-        drafts, read, qs, confs = [[] for _ in range(B)], [0] * B, [], []
-        own = torch.zeros(B, dtype=torch.long, device=dev)  # each row's own drafts (before its stop)
-        active = torch.tensor([b > 0 for b in budget], device=dev)  # rows drafting this step
-        driving = active.clone()  # rows writing their own draft: the batch drafts while one is left
+        drafts, read, qs = [[] for _ in range(B)], [0] * B, []
+        conf_h: list[list[float]] = [[] for _ in range(B)]
+        own = [0] * B  # each row's own drafts (before its stop)
+        active = [b > 0 for b in budget]  # rows drafting this step
+        driving = list(active)  # rows writing their own draft: the batch drafts while one is left
         fill = self.fill_batch_drafts and B > 1 and self.opts.verification == "exact"
         first_conf, steps = None, 1
         for j in range(max(budget)):
             probs = self._process_rows(lambda: [self._row(r, drafts[r]) for r in range(B)], logits).softmax(-1)
             tok = torch.multinomial(probs, 1).squeeze(-1) if self.do_sample else probs.argmax(-1)
             conf = probs.max(-1).values
+            live = torch.tensor([d and a for d, a in zip(driving, active)], device=dev)
+            keep, more = self.policy.step(j, conf, live)
+            tok_l, keep_l, more_l, conf_l = torch.stack([tok.double(), keep.double(), more.double(),
+                                                         conf.double()]).tolist()  # the step's one read
             if first_conf is None:
-                first_conf = torch.where(active, conf, torch.full_like(conf, float("nan")))
-            keep, more = self.policy.step(j, conf, driving & active)
-            mine = active & driving & keep
-            self.stats.fallbacks += int((active & driving & ~keep).sum())
-            own += mine
-            driving = mine & more
-            take = mine | (active & driving.any()) if fill else mine
+                first_conf = [c if a else None for c, a in zip(conf_l, active)]
+            mine = [a and d and k > 0 for a, d, k in zip(active, driving, keep_l)]
+            self.stats.fallbacks += sum(a and d and not k for a, d, k in zip(active, driving, keep_l))
+            driving = [m and x > 0 for m, x in zip(mine, more_l)]
+            any_driving = any(driving)
             if self.do_sample and self.opts.verification == "exact":
                 qs.append(probs)
-            confs.append(conf)
-            tok_l, take_l = tok.tolist(), take.tolist()
             for r in range(B):
-                if take_l[r]:
-                    drafts[r].append(tok_l[r])
-            active = take & torch.tensor([len(drafts[r]) < budget[r] for r in range(B)], device=dev)
-            if self.eos is not None:
-                active &= ~torch.isin(tok, self.eos)
-            driving &= active
-            if not bool(driving.any()):
+                own[r] += mine[r]
+                take = mine[r] or (fill and active[r] and any_driving)
+                if take:
+                    drafts[r].append(int(tok_l[r]))
+                    conf_h[r].append(conf_l[r])
+                active[r] = take and len(drafts[r]) < budget[r] and int(tok_l[r]) not in self.eos_ids
+                driving[r] = driving[r] and active[r]
+            if not any(driving):
                 break
-            for r, a in enumerate(active.tolist()):
-                read[r] += a
-            logits = self.small.feed(tok[:, None], active[:, None], keep=1)[:, -1]
+            for r in range(B):
+                read[r] += active[r]
+            logits = self.small.feed(tok[:, None], [[True]] * B, keep=1)[:, -1]
             steps += 1
-        K = max(len(x) for x in drafts)
-        conf = torch.stack(confs, 1)[:, :K] if K else torch.zeros(B, 0, device=dev)
-        return Draft(drafts, torch.stack(qs, 1) if qs else None, read, own.tolist(), conf, first_conf, steps)
+        return Draft(drafts, torch.stack(qs, 1) if qs else None, read, own, conf_h, first_conf, steps)
 
     def _verify(self, drafts: list[list[int]]):
         """Large model reads each row's last committed token and its drafts in ONE forward pass.
@@ -302,29 +330,27 @@ class DraftVerifyLoop:
         n = [m[r] + k[r] for r in range(B)]
         width = max(n)
         ids = torch.full((B, width), self.pad, dtype=torch.long, device=dev)
-        val = torch.zeros(B, width, dtype=torch.bool, device=dev)
+        valid = [[False] * width for _ in range(B)]
         for r in range(B):
             if m[r]:
                 ids[r, : m[r]] = self.seqs[r, fed[r] : self.cur[r]]
-                val[r, : m[r]] = self.seq_valid[r, fed[r] : self.cur[r]]
+                valid[r][: m[r]] = [c >= self.P or self.prompt_valid[r][c] for c in range(fed[r], self.cur[r])]
             if k[r]:
                 ids[r, m[r] : n[r]] = torch.tensor(extra[r], dtype=torch.long, device=dev)
-                val[r, m[r] : n[r]] = True
+                valid[r][m[r] : n[r]] = [True] * k[r]
             fed[r] = self.cur[r]
         # logits are needed from the last committed token on (the first is where drafts are predicted)
         offset = min(m[r] - 1 if extra is not None else n[r] - 1 for r in range(B) if n[r])
-        logits = adapter.feed(ids, val, keep=width - offset)
+        logits = adapter.feed(ids, valid, keep=width - offset)
         return logits, offset, m, n
 
     def _keep(self, adapter: ModelAdapter, read: list[int]) -> None:
         """Roll the cache back: row r keeps the first read[r] committed columns it has read (prompt
         padding included, which holds no token)."""
-        fed = self.fed[id(adapter)]
-        counts = []
+        fed, P = self.fed[id(adapter)], self.P
         for r in range(self.B):
             fed[r] = read[r]
-            counts.append(int(self.seq_valid[r, : read[r]].sum()))
-        adapter.keep_first(torch.tensor(counts, device=adapter.n_valid.device))
+        adapter.keep_first([sum(self.prompt_valid[r][: min(n, P)]) + max(0, n - P) for r, n in enumerate(read)])
 
     def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor,
                 from_small: list[int]) -> list[int]:
@@ -352,7 +378,7 @@ class DraftVerifyLoop:
                 if stop:
                     self.done[r] = True
                     break
-        self.stats.new_tokens += sum(committed)
+        self.stats.new_tokens += sum(committed[:: self.M])
         return committed
 
 
@@ -364,8 +390,8 @@ class Draft:
     q           [B, K, V] small-model probabilities each draft was drawn from (exact sampling only)
     read        per row, drafts the small model has read into its cache
     own         per row, drafts the row wrote before the policy stopped it (the rest is batch fill)
-    conf        [B, K] small model's top probability at each draft step
-    first_conf  [B] top probability at the first step (nan for rows that did not draft)
+    conf        per row, the small model's top probability at each of its drafts (host floats)
+    first_conf  per row, the top probability at the first step (None for rows that did not draft)
     steps       small-model forwards this round
     """
 
@@ -373,6 +399,6 @@ class Draft:
     q: torch.Tensor | None
     read: list[int]
     own: list[int]
-    conf: torch.Tensor
-    first_conf: torch.Tensor
+    conf: list[list[float]]
+    first_conf: list[float | None]
     steps: int

@@ -27,7 +27,7 @@ AUTO = "auto"
 
 
 def check_options(fallback_threshold=AUTO, rollback_threshold=5.0, max_small_steps=AUTO, verification="rollback",
-                  uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO) -> DecodeOptions:
+                  uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO, num_drafts=1) -> DecodeOptions:
     """Validate the engine's own arguments; raise ValueError naming the argument and what is allowed."""
     def number(name, x):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
@@ -64,8 +64,15 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=5.0, max_small_ste
             or (isinstance(costs, (int, float)) and not isinstance(costs, bool) and costs > 0)):
         raise ValueError(f"`costs` must be 'auto', a cost ratio > 0 (small step / large step), a "
                          f"bild.analysis.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}")
+    if isinstance(num_drafts, bool) or not isinstance(num_drafts, int) or num_drafts < 1:
+        raise ValueError(f"`num_drafts` must be an integer >= 1, got {num_drafts!r}")
+    if num_drafts > 1 and verification != "exact":
+        raise ValueError("`num_drafts` > 1 (batch speculative decoding) needs verification='exact'")
+    if num_drafts > 1 and (uno_epsilon > 0 or opt_epsilon > 0):
+        raise ValueError("`num_drafts` > 1 is lossless batch speculative decoding: it takes no `uno_epsilon` / "
+                         "`opt_epsilon`")
     return DecodeOptions(fallback_threshold, float(rollback_threshold), max_small_steps, verification,
-                         float(uno_epsilon), draft_schedule, float(opt_epsilon), costs)
+                         float(uno_epsilon), draft_schedule, float(opt_epsilon), costs, num_drafts)
 
 
 def make_policy(opts: DecodeOptions) -> DraftPolicy:
@@ -140,7 +147,7 @@ _POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _policy_for(small_model, large_model, opts: DecodeOptions) -> DraftPolicy:
     per_large = _POLICIES.setdefault(large_model, {})
-    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule,
+    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule, opts.num_drafts,
            opts.verification, opts.rollback_threshold)
     return per_large.setdefault(key, make_policy(opts))
 
@@ -148,7 +155,8 @@ def _policy_for(small_model, large_model, opts: DecodeOptions) -> DraftPolicy:
 def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
              small_model=None, fallback_threshold: float | str = AUTO, rollback_threshold: float = 5.0,
              max_small_steps: int | str = AUTO, verification: str = "rollback", uno_epsilon: float = 0.0,
-             draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, inputs_tensor=None,
+             draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1,
+             inputs_tensor=None,
              bild_streamer=None, bild_stats=None, bild_policy=None, **model_kwargs):
     """Draft-then-verify decoding as a transformers `custom_generate` callable.
 
@@ -161,13 +169,15 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     callables; use `BiLDGenerator.generate` (or `bild_streamer=`) to stream.
     """
     opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
-                         draft_schedule, opt_epsilon, costs)
+                         draft_schedule, opt_epsilon, costs, num_drafts)
     check_pair(small_model, model)
     gc = generation_config
     check_generation_config(gc, input_ids.shape[0], bild_streamer)
     if not gc.do_sample and (opts.uno_epsilon or opts.opt_epsilon):
         raise ValueError("`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
                          "exactly the large model's argmax")
+    if opts.num_drafts > 1 and not gc.do_sample:
+        raise ValueError("`num_drafts` > 1 needs do_sample=True: under greedy decoding M drafts would be M copies")
     policy = bild_policy if bild_policy is not None else _policy_for(small_model, model, opts)
     stats = bild_stats if bild_stats is not None else GenerationStats()
     stats.__dict__.update(GenerationStats().__dict__)  # reset in place: callers hold this object
@@ -182,6 +192,15 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         enc_small = small.encode(inputs_tensor, attention_mask) if opts.uses_small else None
         enc = (enc_small, enc_large)
         attention_mask = None  # the decoder prompt (start ids) has no padding
+    M = opts.num_drafts
+    if M > 1:  # batch speculative decoding: M rows per prompt, rows r*M .. r*M+M-1 (collapsed at the end)
+        input_ids = input_ids.repeat_interleave(M, 0)
+        attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(M, 0)
+        enc = None if enc is None else tuple(None if e is None else _repeat_encoder(e, M) for e in enc)
+        if not (large.supports_holes and small.supports_holes):
+            raise ValueError(f"`num_drafts` > 1 needs models whose batch rows decode together; "
+                             f"{type(model).__name__} / {type(small_model).__name__} decode row by row "
+                             "(see bild.adapters)")
     B = input_ids.shape[0]
     padded = attention_mask is not None and not bool(attention_mask.all())
 
@@ -208,6 +227,10 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     else:
         lp = loop(B, input_ids.shape[1], streamer=bild_streamer)
         sequences, scores, raw = lp.run(input_ids, attention_mask, max_new, enc)
+    if M > 1:
+        sequences, scores, raw = sequences[::M], scores[::M], raw[::M]
+        stats.token_sources = stats.token_sources[::M]
+        input_ids = input_ids[::M]
     stats.small_forwards, stats.large_forwards = small.forwards, large.forwards
     stats.small_tokens_fed, stats.large_tokens_fed = small.tokens_fed, large.tokens_fed
     stats.policy = policy.describe() if opts.uses_small else {"policy": "large model only"}
@@ -220,6 +243,13 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     if large.is_encoder_decoder:
         return GenerateEncoderDecoderOutput(**out)
     return GenerateDecoderOnlyOutput(**out)
+
+
+def _repeat_encoder(encoder_kwargs: dict, M: int) -> dict:
+    """Encoder kwargs with each row repeated M times (batch speculative decoding)."""
+    enc, mask = encoder_kwargs["encoder_outputs"], encoder_kwargs.get("attention_mask")
+    return {"encoder_outputs": type(enc)(last_hidden_state=enc.last_hidden_state.repeat_interleave(M, 0)),
+            "attention_mask": None if mask is None else mask.repeat_interleave(M, 0)}
 
 
 def _stack_rows(input_ids, rows, prompt_lens: list[int], pad: int):
@@ -270,6 +300,10 @@ class BiLDGenerator:
             and runs), a cost ratio c (small step / large step; a verify pass costs one large step, the
             papers' GPU assumption), a `bild.analysis.cost_model.CostTable` or a `bild.policies.DraftCosts`.
             With costs given, the same calls on a fresh generator make the same decisions.
+        num_drafts: M >= 1 (default 1). M > 1 is Yin et al.'s batch speculative decoding (their Alg. 4):
+            M independent drafts per prompt in one batched small-model pass, one large pass over all of
+            them, depth-first verification at the first position (lossless). Needs verification="exact",
+            do_sample=True and a family whose batches decode together (README: supported families).
 
     The draft policy (`self.policy`) keeps learning across calls; `reset_policy()` forgets.
     """
@@ -277,9 +311,9 @@ class BiLDGenerator:
     def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
                  fallback_threshold: float | str = AUTO, rollback_threshold: float = 5.0,
                  max_small_steps: int | str = AUTO, verification: str = "rollback", uno_epsilon: float = 0.0,
-                 draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO):
+                 draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1):
         self.options = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification,
-                                     uno_epsilon, draft_schedule, opt_epsilon, costs)
+                                     uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts)
         check_pair(small_model, large_model)
         self.small_model, self.large_model = small_model, large_model
         self.policy = make_policy(self.options)
@@ -300,7 +334,8 @@ class BiLDGenerator:
             inputs, generation_config=generation_config, custom_generate=generate, small_model=self.small_model,
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
-            draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, bild_streamer=streamer,
+            draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
+            bild_streamer=streamer,
             bild_stats=self.stats, bild_policy=self.policy, **kwargs)
 
 

@@ -94,7 +94,8 @@ def best_draft_length(alpha: float, costs: DraftCosts, cap: int) -> tuple[int, f
 # -- what a round did -------------------------------------------------------------------------------
 @dataclass
 class RoundRecord:
-    """One round, per row (B rows, K draft slots). Tensors live on the loop's device.
+    """One round, per row (B rows, K draft slots), as host values (lists; tensors are accepted too): a
+    policy decides on the host, so learning never waits on the device.
 
     conf       [B, K] small model's top probability at each own draft (columns >= drafted[r] unused)
     first_conf [B]    top probability at the row's first draft step, kept or not (nan: no step ran)
@@ -106,14 +107,20 @@ class RoundRecord:
     small_steps       small-model forwards this round;  width: drafts per row in the verify pass (K)
     """
 
-    conf: torch.Tensor
-    first_conf: torch.Tensor
-    drafted: torch.Tensor
-    judged: torch.Tensor
-    accepted: torch.Tensor
-    committed: torch.Tensor
+    conf: list
+    first_conf: list
+    drafted: list
+    judged: list
+    accepted: list
+    committed: list
     small_steps: int
     width: int
+
+    def __post_init__(self):
+        for name in ("conf", "first_conf", "drafted", "judged", "accepted", "committed"):
+            x = getattr(self, name)
+            if isinstance(x, torch.Tensor):
+                setattr(self, name, x.tolist())
 
 
 # -- policies ---------------------------------------------------------------------------------------
@@ -177,7 +184,7 @@ class HeuristicPolicy(ThresholdPolicy):
         return [min(b, n) for b, n in zip(self.budget, remaining)]
 
     def learn(self, rec):
-        for r, (k, a, j) in enumerate(zip(rec.drafted.tolist(), rec.accepted.tolist(), rec.judged.tolist())):
+        for r, (k, a, j) in enumerate(zip(rec.drafted, rec.accepted, rec.judged)):
             if k and a == k == self.budget[r]:
                 self.budget[r] = min(self.max_steps, self.budget[r] + 2)
             elif k and j > a:
@@ -229,10 +236,10 @@ class AdaptivePolicy(DraftPolicy):
         self.reset()
 
     def reset(self):
-        centres = (torch.arange(self.BINS, dtype=torch.float64) + 0.5) / self.BINS
-        self.seen = torch.full((self.BINS,), self.PRIOR, dtype=torch.float64)  # prior: a calibrated draft
-        self.acc = centres * self.PRIOR
-        self.first = torch.zeros(self.BINS, dtype=torch.float64)  # confidences at first draft steps
+        self.seen = [self.PRIOR] * self.BINS  # prior: a calibrated draft (acceptance = the bin's centre)
+        self.acc = [(b + 0.5) / self.BINS * self.PRIOR for b in range(self.BINS)]
+        self.first = [0.0] * self.BINS  # confidences at first draft steps
+        self._est = None  # acceptance per bin on the loop's device
         self.judged_total = 0
         self.tokens, self.cost = 1.0, 1.0  # moving sums behind the rate R
         self.on, self.length = True, min(self.cap, 4)
@@ -242,7 +249,10 @@ class AdaptivePolicy(DraftPolicy):
     # -- estimates ----------------------------------------------------------------------------------
     @property
     def alpha(self) -> float:
-        return float(self.acc.sum() / self.seen.sum())
+        return sum(self.acc) / sum(self.seen)
+
+    def _bin(self, c: float) -> int:
+        return min(max(int(c * self.BINS), 0), self.BINS - 1)
 
     @property
     def rate(self) -> float:
@@ -250,8 +260,9 @@ class AdaptivePolicy(DraftPolicy):
 
     def _a(self, conf: torch.Tensor) -> torch.Tensor:
         """Estimated acceptance of drafts with these confidences."""
-        est = (self.acc / self.seen).to(conf.device, torch.float32)
-        return est[(conf * self.BINS).long().clamp(0, self.BINS - 1)]
+        if self._est is None or self._est.device != conf.device:
+            self._est = torch.tensor([a / n for a, n in zip(self.acc, self.seen)], device=conf.device)
+        return self._est[(conf * self.BINS).long().clamp(0, self.BINS - 1)]
 
     def _dv(self, j: int) -> float:
         """Extra verify cost of the (j+1)-th draft."""
@@ -290,23 +301,22 @@ class AdaptivePolicy(DraftPolicy):
         return keep, more
 
     def learn(self, rec):
-        K = rec.conf.shape[1]
-        if K:
-            cols = torch.arange(K, device=rec.conf.device)[None]
-            judged = cols < rec.judged[:, None]
-            bins = (rec.conf * self.BINS).long().clamp(0, self.BINS - 1)[judged].cpu()
-            ok = (cols < rec.accepted[:, None])[judged].cpu().double()
-            self.seen += torch.bincount(bins, minlength=self.BINS).double()
-            self.acc += torch.bincount(bins, weights=ok, minlength=self.BINS)
-            self.judged_total += int(judged.sum())
-            if self.seen.sum() > 4096:  # keep adapting: old evidence fades
-                self.seen, self.acc = self.seen / 2, self.acc / 2
-        fc = rec.first_conf[~torch.isnan(rec.first_conf)].cpu()
-        if fc.numel():
-            self.first = 0.98 * self.first + torch.bincount(
-                (fc * self.BINS).long().clamp(0, self.BINS - 1), minlength=self.BINS).double()
+        for r, n in enumerate(rec.judged):
+            for j in range(n):
+                b = self._bin(rec.conf[r][j])
+                self.seen[b] += 1.0
+                self.acc[b] += float(j < rec.accepted[r])
+        self.judged_total += sum(rec.judged)
+        if sum(self.seen) > 4096:  # keep adapting: old evidence fades
+            self.seen, self.acc = [x / 2 for x in self.seen], [x / 2 for x in self.acc]
+        self._est = None
+        firsts = [self._bin(c) for c in rec.first_conf if c is not None and not math.isnan(c)]
+        if firsts:
+            self.first = [0.98 * x for x in self.first]
+            for b in firsts:
+                self.first[b] += 1.0
         round_cost = rec.small_steps * self.costs.small + self.costs.verify_cost(rec.width) + self.costs.overhead
-        self.tokens = 0.9 * self.tokens + float(rec.committed.sum())
+        self.tokens = 0.9 * self.tokens + float(sum(rec.committed))
         self.cost = 0.9 * self.cost + round_cost
         was_probe = self.probing
         self._decide()
@@ -319,17 +329,16 @@ class AdaptivePolicy(DraftPolicy):
     def _decide(self):
         """Draft length and on/off from the current estimates."""
         self.length, best = best_draft_length(self.alpha, self.costs, self.cap)
-        first_value = 0.0
-        if self.first.sum() > 0:
-            a = self.acc / self.seen
-            R = self.rate
-            first_value = float((self.first / self.first.sum() * (a - R * self._dv(0)).clamp(min=0)).sum()
-                                - R * (self.costs.small + self.costs.overhead))
+        first_value, total = 0.0, sum(self.first)
+        if total > 0:
+            R, dv = self.rate, self._dv(0)
+            first_value = (sum(f / total * max(0.0, a / n - R * dv) for f, a, n in zip(self.first, self.acc, self.seen))
+                           - R * (self.costs.small + self.costs.overhead))
         self.on = best > 1.0 or first_value > 0
 
     def describe(self):
         return {"policy": "adaptive", "drafting": self.on, "draft_length": self.length,
                 "alpha": round(self.alpha, 4), "rate": round(self.rate, 3), "probe_every": self.interval,
                 "fallback_threshold": "auto" if self.threshold is None else self.threshold,
-                "acceptance_by_confidence": [round(x, 3) for x in (self.acc / self.seen).tolist()],
+                "acceptance_by_confidence": [round(a / n, 3) for a, n in zip(self.acc, self.seen)],
                 "costs": self.costs.as_dict() if getattr(self, "costs", None) else None}

@@ -7,6 +7,7 @@ All rules take the same tensors (B rows, K draft slots, V vocabulary):
                           distribution for draft slot j, p[b, n_draft[b]] the one after the last draft
     q         [B, K, V]   small-model probabilities the drafts were drawn from (sampling rules only)
 and return `n_accept` [B] (kept drafts) and `next_token` [B] (the large model's token after them).
+`verify_batch_drafts` takes M drafts per row (an extra dim after B) and also returns which one it followed.
 
 Notation. Leviathan et al. (2023) call the large (target) model p and the small (draft) model q;
 Yin et al. (2024, Decoding-UNO) use the opposite letters, q for the target and p for the draft.
@@ -68,10 +69,60 @@ def verify_exact_sampling(drafts, n_draft, p, q, epsilon: float = 0.0, resample:
     n_accept = _first_rejection(torch.rand_like(ratio) < ratio, n_draft)
     p_next = _at(p, n_accept)
     rejected = n_accept < n_draft
-    if resample == "residual" and bool(rejected.any()):
-        q_pad = torch.cat([q, torch.zeros_like(q[:, :1])], dim=1)  # no q after the last draft
+    if resample == "residual":  # (computed for every row: no host read)
+        q_pad = torch.cat([q, q.new_zeros(q.shape[0], 1, q.shape[-1])], dim=1)  # no q after the last draft
         residual = (p_next - _at(q_pad, n_accept)).clamp(min=0)
         mass = residual.sum(-1, keepdim=True)
         use = rejected[:, None] & (mass > 0)
         p_next = torch.where(use, residual / mass.clamp(min=1e-30), p_next)
     return n_accept, _choose(p_next, True)
+
+
+def verify_batch_drafts(drafts, n_draft, p, q):
+    """Batch speculative decoding (Yin et al. 2024, Alg. 4): M i.i.d. drafts per row, all continuing the
+    same committed prefix, verified depth-first; lossless (the output follows p exactly).
+
+        drafts   [B, M, K]      long; entries at j >= n_draft[b, m] are ignored
+        n_draft  [B, M]         drafted tokens per draft (may differ within a row; 0 = no draft, never chosen)
+        p        [B, M, K+1, V] large-model probabilities; p[b, m, j] follows draft m's first j tokens, so
+                                p[b, m, 0] is the same for every m (only p[:, 0, 0] is read at the root)
+        q        [B, M, K, V]   small-model probabilities the drafts were drawn from (q[b, m, 0] equal for all m)
+    Returns (chosen [B], n_accept [B], next_token [B]), long: the draft followed, its kept tokens
+    drafts[b, chosen[b], :n_accept[b]], and the large model's token written after them.
+
+    Root (first position): r^1 = p(.|prefix); draft m's first token a is accepted w.p. min(1, r^m(a)/q(a)),
+    else r^{m+1} = norm(max(0, r^m - q)); drafts with n_draft 0 are skipped (no test, no update). If no
+    first token is accepted: chosen = 0, n_accept = 0, next_token ~ r after the last update.
+    After an accepted first token: `verify_exact_sampling` (plain p, eps 0) on that draft's remaining
+    tokens, with its bonus token from p after a fully accepted draft. M = 1 is `verify_exact_sampling`.
+    """
+    B, M, K = drafts.shape
+    chosen = torch.zeros(B, dtype=torch.long, device=drafts.device)
+    n_accept = torch.zeros_like(chosen)
+    r = p[:, 0, 0]                                          # r^1 = p
+    if K == 0:
+        return chosen, n_accept, _choose(r, True)
+    found = torch.zeros(B, dtype=torch.bool, device=drafts.device)
+    for m in range(M):
+        live = ~found & (n_draft[:, m] > 0)
+        a = drafts[:, m, :1]
+        q_root = q[:, m, 0]                                 # draft m's own copy: only read where live
+        r_a, q_a = r.gather(-1, a).squeeze(-1), q_root.gather(-1, a).squeeze(-1)
+        acc = live & (torch.rand_like(r_a) < (r_a / q_a).clamp(max=1.0))  # 0/0 = nan: rejected
+        chosen = torch.where(acc, m, chosen)
+        found |= acc
+        # r^{m+1} = norm(max(0, r^m - q)); all-zero only if r^m == q (then a rejection has probability 0):
+        # keep r^m, as verify_exact_sampling keeps p
+        d = (r - q_root).clamp(min=0)
+        mass = d.sum(-1, keepdim=True)
+        upd = (live & ~acc)[:, None] & (mass > 0)
+        r = torch.where(upd, d / mass.clamp(min=torch.finfo(d.dtype).tiny), r)
+    next_token = _choose(r, True)                           # used where all first tokens were rejected
+    # followed draft: plain speculative sampling from slot 1 (computed for every row, kept where found:
+    # no host read)
+    rows = torch.arange(B, device=drafts.device)
+    n_rest, nxt = verify_exact_sampling(drafts[rows, chosen, 1:], (n_draft[rows, chosen] - 1).clamp(min=0),
+                                        p[rows, chosen, 1:], q[rows, chosen, 1:])
+    n_accept = torch.where(found, 1 + n_rest, n_accept)
+    next_token = torch.where(found, nxt, next_token)
+    return chosen, n_accept, next_token

@@ -1,0 +1,69 @@
+"""Batched cache layouts (`bild.adapters`): masked slots are reclaimed, and "aligned" models (T5) see every
+row contiguous and ending at the last slot at each forward; outputs stay those of `large.generate`."""
+import pytest
+import torch
+
+import bild
+from bild.adapters import ModelAdapter, batch_layout
+from models import make_inputs, make_pair
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """Records, at each forward, the adapter's layout state just before the model runs."""
+    seen = []
+    feed = ModelAdapter.feed
+
+    def recording_feed(self, ids, valid, keep):
+        if self.length and self._needs_repack():
+            self.compact()
+        if len(self.slots) == 6:  # the test's batch (not a layout probe's)
+            seen.append(dict(layout=self.layout, length=self.length, longest=max(self.n_valid),
+                             slots=[list(s) for s in self.slots]))
+        return feed(self, ids, valid, keep)
+    monkeypatch.setattr(ModelAdapter, "feed", recording_feed)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+@pytest.mark.parametrize("verification", ["rollback", "exact"])
+def test_cache_tracks_the_longest_row(family, verification, forwards):
+    small, large = make_pair(family)
+    ids, mask = make_inputs(family, 6, seed=8)
+    gen = bild.BiLDGenerator(small, large, verification=verification, fallback_threshold=0.5, max_small_steps=5,
+                             rollback_threshold=2.0)
+    out = gen.generate(ids, attention_mask=mask, max_new_tokens=60)
+    if verification == "exact":
+        assert torch.equal(out, large.generate(ids, attention_mask=mask, max_new_tokens=60))
+    assert forwards and all(f["layout"] == batch_layout(large) for f in forwards)
+    # at every forward the cache holds at most 1.25x the longest row's tokens (+4 slots)
+    assert max(f["length"] - 1.25 * f["longest"] for f in forwards) <= 4
+    if batch_layout(large) == "aligned":  # every row contiguous, ending at the last slot
+        for f in forwards:
+            for s in f["slots"]:
+                assert not s or s == list(range(f["length"] - len(s), f["length"]))
+
+
+def test_compaction_happens_and_keeps_outputs(forwards):
+    """Rows that accept different numbers of drafts leave holes; the cache is re-packed, and the batch still
+    equals each row decoded alone."""
+    small, large = make_pair("llama")
+    ids, mask = make_inputs("llama", 6, seed=8)
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.5, max_small_steps=5, rollback_threshold=2.0)
+    adapters = []
+    start = ModelAdapter.start
+
+    def keep(self, *a, **k):
+        adapters.append(self)
+        return start(self, *a, **k)
+    ModelAdapter.start = keep
+    try:
+        batched = gen.generate(ids, attention_mask=mask, max_new_tokens=60)
+    finally:
+        ModelAdapter.start = start
+    assert sum(a.compactions for a in adapters) > 0
+    P = ids.shape[1]
+    for r in range(6):
+        x = ids[r : r + 1, mask[r].bool()]
+        single = gen.generate(x, max_new_tokens=60)
+        assert batched[r, P : P + single.shape[1] - x.shape[1]].tolist() == single[0, x.shape[1]:].tolist()
