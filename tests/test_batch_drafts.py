@@ -232,3 +232,33 @@ def test_engine_num_drafts_broken_rule_is_detected(monkeypatch):
         return chosen, n_acc, torch.where(n_acc == 0, torch.multinomial(p[:, 0, 0], 1).squeeze(-1), nxt)
     counts, marginal = _engine_token_after_prefill("llama", monkeypatch, broken)
     assert chi_square_pvalue(counts, marginal) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_drafts=0), "`num_drafts` must be an integer >= 1"),
+    (dict(num_drafts="3"), "`num_drafts` must be an integer >= 1"),
+    (dict(num_drafts=True), "`num_drafts` must be an integer >= 1"),
+    (dict(num_drafts=2), "needs verification='exact'"),
+    (dict(num_drafts=2, verification="exact", uno_epsilon=0.1), "takes no `uno_epsilon`"),
+])
+def test_num_drafts_bad_arguments(kwargs, match):
+    import bild
+    from models import make_pair
+    small, large = make_pair("llama")
+    with pytest.raises(ValueError, match=match):
+        bild.BiLDGenerator(small, large, **kwargs)
+
+
+def test_num_drafts_refuses_greedy_and_row_by_row_families():
+    import bild
+    from models import make_inputs, make_pair
+    small, large = make_pair("llama")
+    ids, mask = make_inputs("llama", 1, seed=0)
+    with pytest.raises(ValueError, match="needs do_sample=True"):
+        bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(ids, attention_mask=mask)
+    small, large = make_pair("bart")
+    ids, mask = make_inputs("bart", 1, seed=0)
+    with pytest.raises(ValueError, match="decode row by row"):
+        bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(
+            ids, attention_mask=mask, do_sample=True, max_new_tokens=4)
+
