@@ -388,6 +388,8 @@ def to_call_record(stats_like, *, small_prefills: int | None = None, large_prefi
         small_prefills = _get(stats_like, "small_prefills")
     if small_prefills is None:
         small_prefills = prefills if prefills is not None else len(lp)
+        if _get(stats_like, "small_forwards") == 0:  # the small model never ran (drafting off all call)
+            small_prefills = 0
     sp = prefill_list(small_prefills, len(lp))
 
     steps = _get(stats_like, "small_steps")
