@@ -255,7 +255,8 @@ def test_num_drafts_refuses_greedy_and_row_by_row_families():
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 1, seed=0)
     with pytest.raises(ValueError, match="needs do_sample=True"):
-        bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(ids, attention_mask=mask)
+        bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(ids, attention_mask=mask,
+                                                                                max_new_tokens=4)
     small, large = make_pair("bart")
     ids, mask = make_inputs("bart", 1, seed=0)
     with pytest.raises(ValueError, match="decode row by row"):

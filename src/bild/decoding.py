@@ -1,4 +1,5 @@
-"""The draft-then-verify loop shared by BiLD, speculative decoding and Decoding-UNO.
+"""The draft-then-verify loop shared by BiLD, speculative decoding, Decoding-UNO/OPT and batch speculative
+decoding (the papers' Algorithm 1; Yin et al.'s Algorithm 4 with `num_drafts`).
 
 One round, per row of the batch:
   draft     the small model writes tokens from its own cache while the draft policy (`policies.py`)
@@ -7,11 +8,13 @@ One round, per row of the batch:
             another row drafts (those "batch fill" slots are computed anyway)
   verify    the large model reads every unchecked token in ONE forward pass
   accept    a verification rule (see `verification.py`) keeps a prefix of the draft and picks the
-            large model's next token (rollback replaces the first rejected draft)
+            large model's next token (rollback replaces the first rejected draft); with num_drafts = M,
+            rows r*M .. r*M+M-1 hold M drafts of prompt r and the rule picks the one to follow
   commit    tokens go to the output; both caches keep exactly the committed prefix they have read
 
-The first new token comes from the large model's prefill. Model families are hidden behind
-`ModelAdapter`; this module only handles token ids, probabilities and per-row bookkeeping.
+The first new token comes from the large model's prefill. Model families and cache layouts are hidden
+behind `ModelAdapter`; this module handles token ids, probabilities and per-row bookkeeping, all of it on
+the host: it reads the device once per draft step and once per round (tests/test_host_reads.py).
 """
 from __future__ import annotations
 
