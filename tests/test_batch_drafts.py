@@ -263,3 +263,40 @@ def test_num_drafts_refuses_greedy_and_row_by_row_families():
         bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(
             ids, attention_mask=mask, do_sample=True, max_new_tokens=4)
 
+
+
+def test_num_drafts_with_fallback_streams_each_token_once():
+    """A numeric fallback threshold (steps where every row falls back) and a streamer: each new token is
+    streamed once, and the statistics count prompts."""
+    import bild
+    from models import make_inputs, make_pair
+    from test_engine_features import Recorder
+    small, large = make_pair("llama")
+    ids, mask = make_inputs("llama", 1, seed=0)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        rec = Recorder()
+        gen = bild.BiLDGenerator(small, large, verification="exact", num_drafts=2, fallback_threshold=0.6,
+                                 max_small_steps=4)
+        out = gen.generate(ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=16, streamer=rec)
+        P = ids.shape[1]
+        streamed = [t for chunk in rec.chunks[1:] for t in chunk]
+        assert streamed == out[0, P:].tolist() and gen.stats.new_tokens == out.shape[1] - P
+        assert gen.stats.fallbacks > 0
+
+
+def test_num_drafts_processors_see_each_prompt_at_its_batch_index():
+    """prefix_allowed_tokens_fn is called with the prompt's batch id, whichever of its M drafts is scored."""
+    import bild
+    from models import make_inputs, make_pair
+    small, large = make_pair("llama")
+    ids, mask = make_inputs("llama", 2, seed=1)
+    allowed = {0: [5, 6, 7, 8], 1: [40, 41, 42, 43]}
+    gen = bild.BiLDGenerator(small, large, verification="exact", num_drafts=3, fallback_threshold=0.0,
+                             max_small_steps=3)
+    out = gen.generate(ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=12,
+                       prefix_allowed_tokens_fn=lambda b, _: allowed[b])
+    P = ids.shape[1]
+    for b in range(2):
+        assert set(out[b, P:].tolist()) <= set(allowed[b])
+    assert gen.stats.drafted > 0

@@ -67,3 +67,33 @@ def test_compaction_happens_and_keeps_outputs(forwards):
         x = ids[r : r + 1, mask[r].bool()]
         single = gen.generate(x, max_new_tokens=60)
         assert batched[r, P : P + single.shape[1] - x.shape[1]].tolist() == single[0, x.shape[1]:].tolist()
+
+
+def test_finished_rows_cost_no_repacking(forwards):
+    """T5 rows that hit eos early feed filler, so they never force a re-pack; output = large.generate."""
+    small, large = make_pair("t5")
+    ids, mask = make_inputs("t5", 6, seed=8)
+    free = large.generate(ids, attention_mask=mask, max_new_tokens=30)
+    eos = int(free[0, 4])  # a token row 0 writes early: rows finish at different steps
+    gen = bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.5, max_small_steps=5)
+    adapters = []
+    start = ModelAdapter.start
+
+    def keep(self, *a, **k):
+        adapters.append(self)
+        return start(self, *a, **k)
+    ModelAdapter.start = keep
+    try:
+        out = gen.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=0)
+    finally:
+        ModelAdapter.start = start
+    want = large.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out, want)
+    finished = (out[:, 1:] == eos).any(1)
+    assert 0 < int(finished.sum()) < 6  # some rows finish early, some run on
+    for f in forwards:  # aligned at every forward, finished rows included
+        for s in f["slots"]:
+            assert not s or s == list(range(f["length"] - len(s), f["length"]))
+    # re-packing at most once per model per round (rows diverge by acceptance), not at every forward
+    assert sum(a.compactions for a in adapters) <= 2 * gen.stats.rounds + 2
+    assert gen.stats.small_forwards + gen.stats.large_forwards > 4 * gen.stats.rounds  # (forwards outnumber it)

@@ -103,8 +103,8 @@ class ModelAdapter:
             raise RuntimeError("this model cannot take masked slots; run its batch row by row")
         if self.length and self._needs_repack():
             self.compact()
-        v = torch.tensor(valid, dtype=torch.bool, device=self.device).reshape(B, n)
-        pos = torch.tensor(self.n_valid, device=self.device)[:, None] + v.long().cumsum(-1) - 1
+        v = to_device(valid, self.device, torch.bool).reshape(B, n)
+        pos = to_device(self.n_valid, self.device)[:, None] + v.long().cumsum(-1) - 1
         self.mask = torch.cat([self.mask, v], dim=1)
         self.dense = self.dense and dense
         kwargs = {"past_key_values": self.cache, "use_cache": True}
@@ -131,12 +131,11 @@ class ModelAdapter:
         """Roll back: row r keeps its first `counts[r]` tokens; later slots are masked, and slots masked in
         every row at the end of the cache are cropped."""
         counts = [min(c, n) for c, n in zip(counts, self.n_valid)]
-        if counts == self.n_valid:
-            return
-        for r, c in enumerate(counts):
-            del self.slots[r][c:]
-        self.n_valid = counts
-        self.mask = self.mask & (self.mask.long().cumsum(-1) <= torch.tensor(counts, device=self.device)[:, None])
+        if counts != self.n_valid:
+            for r, c in enumerate(counts):
+                del self.slots[r][c:]
+            self.n_valid = counts
+            self.mask = self.mask & (self.mask.long().cumsum(-1) <= to_device(counts, self.device)[:, None])
         new_len = max((s[-1] + 1 for s in self.slots if s), default=0)
         if new_len < self.length:
             self.cache.crop(new_len - self.length)
@@ -147,7 +146,7 @@ class ModelAdapter:
     def select_rows(self, rows: list[int]) -> None:
         """Row r continues from what row rows[r] holds (cache, mask, bookkeeping): batch speculative
         decoding hands every draft of a prompt the chosen draft's state."""
-        idx = torch.tensor(rows, device=self.device)
+        idx = to_device(rows, self.device)
         self.cache.reorder_cache(idx)
         self.mask = self.mask.index_select(0, idx)
         self.slots = [list(self.slots[i]) for i in rows]
@@ -182,6 +181,16 @@ class ModelAdapter:
         self.length = L
         self.dense = all(n == L for n in self.n_valid)
         self.compactions += 1
+
+
+def to_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host list -> a tensor on `device` without waiting for the device's queued work: on CUDA through
+    pinned memory and a non-blocking copy (a plain `torch.tensor(list, device=cuda)` synchronises)."""
+    t = torch.tensor(values, dtype=dtype)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
 
 
 def _self_attention_layers(cache) -> list:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
-from .adapters import ModelAdapter
+from .adapters import ModelAdapter, to_device
 from .policies import DraftPolicy, RoundRecord
 from .stats import GenerationStats
 from .verification import verify_batch_drafts, verify_exact_greedy, verify_exact_sampling, verify_rollback
@@ -127,14 +127,17 @@ class DraftVerifyLoop:
         Host reads: one per draft step (in `_draft`) and one for the verdict."""
         B, dev = self.B, self.seqs.device
         remaining = [0 if self.done[r] else max(0, self.max_new - (c - self.P) - 1) for r, c in enumerate(self.cur)]
-        budget = self.policy.budgets(remaining) if self.small is not None else [0] * B
+        if self.small is None:
+            budget = [0] * B
+        else:  # the policy decides per prompt; with num_drafts each of its M rows drafts that budget
+            budget = [b for b in self.policy.budgets(remaining[:: self.M]) for _ in range(self.M)]
         drafting = any(budget)
         d = self._draft(budget) if drafting else None
         drafts = d.drafts if drafting else [[] for _ in range(B)]
         p_logits, p_raw = self._verify(drafts)
         n_acc, nxt, pick = self._accept(drafts, p_logits, d.q if drafting else None)
         if pick is not None:  # batch speculative decoding: every draft of a prompt continues the chosen one
-            idx = torch.tensor(pick, device=dev)
+            idx = to_device(pick, dev)
             p_logits, p_raw = p_logits.index_select(0, idx), p_raw.index_select(0, idx)
             drafts = [drafts[c] for c in pick]
             for adapter in (self.large, self.small if drafting else None):
@@ -166,12 +169,12 @@ class DraftVerifyLoop:
         the row whose draft each row continues (all rows of a prompt the chosen one)."""
         o, B, M, dev = self.opts, self.B, self.M, p_logits.device
         K = p_logits.shape[1] - 1
-        dt = torch.tensor([x + [self.pad] * (K - len(x)) for x in drafts], dtype=torch.long, device=dev).reshape(B, K)
-        n_draft = torch.tensor([len(x) for x in drafts], device=dev)
+        dt = to_device([x + [self.pad] * (K - len(x)) for x in drafts], dev, torch.long).reshape(B, K)
+        n_draft = to_device([len(x) for x in drafts], dev)
         if M > 1:  # Yin et al. Alg. 4: the rule works per prompt, over its M rows
             G, V = B // M, p_logits.shape[-1]
             p = p_logits.softmax(-1).reshape(G, M, K + 1, V)
-            qm = q.reshape(G, M, K, V) if K else p[:, :, :0]
+            qm = q[:, :K].reshape(G, M, K, V) if K else p[:, :, :0]  # (a step where every row fell back adds a column)
             chosen, n_acc, nxt = verify_batch_drafts(dt.reshape(G, M, K), n_draft.reshape(G, M), p, qm)
             chosen, n_acc, nxt = torch.stack([chosen, n_acc, nxt]).tolist()  # the round's one read
             pick = [g * M + chosen[g] for g in range(G) for _ in range(M)]
@@ -230,14 +233,15 @@ class DraftVerifyLoop:
             probs = self._process_rows(lambda: [self._row(r, drafts[r]) for r in range(B)], logits).softmax(-1)
             tok = torch.multinomial(probs, 1).squeeze(-1) if self.do_sample else probs.argmax(-1)
             conf = probs.max(-1).values
-            live = torch.tensor([d and a for d, a in zip(driving, active)], device=dev)
+            live = to_device([d and a for d, a in zip(driving, active)], dev)
             keep, more = self.policy.step(j, conf, live)
             tok_l, keep_l, more_l, conf_l = torch.stack([tok.double(), keep.double(), more.double(),
                                                          conf.double()]).tolist()  # the step's one read
             if first_conf is None:
                 first_conf = [c if a else None for c, a in zip(conf_l, active)]
             mine = [a and d and k > 0 for a, d, k in zip(active, driving, keep_l)]
-            self.stats.fallbacks += sum(a and d and not k for a, d, k in zip(active, driving, keep_l))
+            self.stats.fallbacks += sum(a and d and not k for a, d, k in zip(active[:: self.M], driving[:: self.M],
+                                                                          keep_l[:: self.M]))
             driving = [m and x > 0 for m, x in zip(mine, more_l)]
             any_driving = any(driving)
             if self.do_sample and self.opts.verification == "exact":
@@ -266,10 +270,10 @@ class DraftVerifyLoop:
         K = max(len(x) for x in drafts)
         logits, offset, m, n = self._catch_up(self.large, drafts)
         self.stats.verify_widths.append(logits.shape[1] + offset)
-        self.stats.verify_lengths.extend(x for x in n if x)
+        self.stats.verify_lengths.extend(x for x in n[:: self.M] if x)
         B, V = self.B, logits.shape[-1]
-        idx = torch.tensor([[min(max(m[r] - 1 + j - offset, 0), logits.shape[1] - 1) for j in range(K + 1)]
-                            for r in range(B)], device=logits.device)
+        idx = to_device([[min(max(m[r] - 1 + j - offset, 0), logits.shape[1] - 1) for j in range(K + 1)]
+                         for r in range(B)], logits.device)
         raw = logits.gather(1, idx[..., None].expand(B, K + 1, V))
         if not len(self.processors):
             return raw, raw
@@ -283,7 +287,7 @@ class DraftVerifyLoop:
         """Committed tokens of row r (prompt included), plus `extra` drafts: what logits processors see."""
         row = self.seqs[r, : self.cur[r]]
         if extra:
-            row = torch.cat([row, torch.tensor(extra, dtype=torch.long, device=row.device)])
+            row = torch.cat([row, to_device(extra, row.device, torch.long)])
         return row
 
     def _process_rows(self, rows, scores: torch.Tensor) -> torch.Tensor:
@@ -295,6 +299,14 @@ class DraftVerifyLoop:
         if not len(self.processors):
             return scores
         rows = rows()
+        if self.M > 1:  # num_drafts: processors built for B prompts see, per draft index m, one row per prompt
+            out = torch.empty_like(scores)
+            for m in range(self.M):
+                out[m :: self.M] = self._process_batch(rows[m :: self.M], scores[m :: self.M])
+            return out
+        return self._process_batch(rows, scores)
+
+    def _process_batch(self, rows: list[torch.Tensor], scores: torch.Tensor) -> torch.Tensor:
         if self.batch_slot is not None:  # one row of a batch: give the processors the whole batch's shape
             r, B = self.batch_slot
             full = self.processors(rows[0].expand(B, -1), scores.expand(B, -1).clone())
@@ -302,20 +314,20 @@ class DraftVerifyLoop:
         lengths = [len(x) for x in rows]
         if len(set(lengths)) == 1:
             return self.processors(torch.stack(rows), scores)
-        out = torch.empty_like(scores)
+        out = scores
         for L in sorted(set(lengths)):
             ids = torch.full((len(rows), L), self.pad, dtype=torch.long, device=scores.device)
             for r, x in enumerate(rows):
                 n = min(L, len(x))
                 ids[r, L - n:] = x[len(x) - n:]
-            sel = torch.tensor([n == L for n in lengths], device=scores.device)
-            out[sel] = self.processors(ids, scores.clone())[sel]
+            sel = to_device([n == L for n in lengths], scores.device)
+            out = torch.where(sel[:, None], self.processors(ids, scores.clone()), out)  # no mask indexing: no read
         return out
 
     @staticmethod
     def _last(logits: torch.Tensor, offset: int, n: list[int]) -> torch.Tensor:
         """logits [B, keep, V] from `_catch_up` -> [B, V] after each row's last fed token."""
-        idx = torch.tensor([max(x - 1 - offset, 0) for x in n], device=logits.device)
+        idx = to_device([max(x - 1 - offset, 0) for x in n], logits.device)
         return logits[torch.arange(len(n), device=logits.device), idx]
 
     def _choose(self, scores: torch.Tensor) -> torch.Tensor:
@@ -328,6 +340,8 @@ class DraftVerifyLoop:
         in one forward pass. Returns logits [B, keep, V], the first fed position they cover (`offset`),
         m[r] committed tokens fed and n[r] tokens fed in all, for row r."""
         fed, B, dev = self.fed[id(adapter)], self.B, self.seqs.device
+        if extra is None and B > 1 and adapter.layout == "aligned":
+            self._even_out(adapter)
         m = [0 if self.done[r] else self.cur[r] - fed[r] for r in range(B)]
         k = [len(extra[r]) if extra is not None and not self.done[r] else 0 for r in range(B)]
         n = [m[r] + k[r] for r in range(B)]
@@ -335,11 +349,13 @@ class DraftVerifyLoop:
         ids = torch.full((B, width), self.pad, dtype=torch.long, device=dev)
         valid = [[False] * width for _ in range(B)]
         for r in range(B):
+            if self.done[r]:  # a finished row feeds filler (ignored): no masked slot, so no re-pack for it
+                valid[r] = [True] * width
             if m[r]:
                 ids[r, : m[r]] = self.seqs[r, fed[r] : self.cur[r]]
                 valid[r][: m[r]] = [c >= self.P or self.prompt_valid[r][c] for c in range(fed[r], self.cur[r])]
             if k[r]:
-                ids[r, m[r] : n[r]] = torch.tensor(extra[r], dtype=torch.long, device=dev)
+                ids[r, m[r] : n[r]] = to_device(extra[r], dev, torch.long)
                 valid[r][m[r] : n[r]] = [True] * k[r]
             fed[r] = self.cur[r]
         # logits are needed from the last committed token on (the first is where drafts are predicted)
@@ -347,13 +363,26 @@ class DraftVerifyLoop:
         logits = adapter.feed(ids, valid, keep=width - offset)
         return logits, offset, m, n
 
+    def _even_out(self, adapter: ModelAdapter) -> None:
+        """"aligned" layout: before a catch-up, live rows that have fewer committed tokens to read than others
+        re-read their last ones (rolled back), so the pass leaves no masked slot and needs no re-pack
+        after it (re-reading costs the same compute as the masked slots would)."""
+        fed = self.fed[id(adapter)]
+        live = [r for r in range(self.B) if not self.done[r]]
+        want = max((self.cur[r] - fed[r] for r in live), default=0)
+        read = [fed[r] if self.done[r] else min(fed[r], max(self.P, self.cur[r] - want)) for r in range(self.B)]
+        if read != fed:
+            self._keep(adapter, read)
+
     def _keep(self, adapter: ModelAdapter, read: list[int]) -> None:
         """Roll the cache back: row r keeps the first read[r] committed columns it has read (prompt
         padding included, which holds no token)."""
         fed, P = self.fed[id(adapter)], self.P
         for r in range(self.B):
             fed[r] = read[r]
-        adapter.keep_first([sum(self.prompt_valid[r][: min(n, P)]) + max(0, n - P) for r, n in enumerate(read)])
+        # a finished row keeps what it holds (its cache is never read again)
+        adapter.keep_first([adapter.n_valid[r] if self.done[r] else sum(self.prompt_valid[r][: min(n, P)]) + max(0, n - P)
+                            for r, n in enumerate(read)])
 
     def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor,
                 from_small: list[int]) -> list[int]:
@@ -373,7 +402,7 @@ class DraftVerifyLoop:
                     self.scores[r].append(processed[r, j].clone())
                 if self.keep_logits:
                     self.raw[r].append(raw[r, j].clone())
-                if self.streamer is not None:
+                if self.streamer is not None and r % self.M == 0:
                     self.streamer.put(torch.tensor([tok]))
                 stop = tok in self.eos_ids or self.cur[r] - self.P >= self.max_new
                 if not stop and len(self.stopping):
@@ -381,6 +410,10 @@ class DraftVerifyLoop:
                 if stop:
                     self.done[r] = True
                     break
+        if self.M > 1:  # the M rows of a prompt stop together, as its first row does (time-based criteria)
+            for r in range(self.B):
+                lead = r - r % self.M
+                self.done[r], self.cur[r], committed[r] = self.done[lead], self.cur[lead], committed[lead]
         self.stats.new_tokens += sum(committed[:: self.M])
         return committed
 

@@ -206,7 +206,8 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
 
     def loop(batch, prompt_len, slot=None, streamer=None):
         if opts.uses_small:  # otherwise the loop never consults the policy
-            policy.begin(batch, resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new))
+            costs = resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new)
+            policy.begin(batch // opts.num_drafts, costs)  # the policy sees prompts; forwards run batch rows
         return DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
                                batch_slot=slot)
 
@@ -218,7 +219,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
             keep = attention_mask[r].bool() if attention_mask is not None else slice(None)
             row_ids = input_ids[r][keep][None]
             row_enc = None if enc is None else tuple(None if e is None else encoder_row(e, r) for e in enc)
-            lp = loop(1, row_ids.shape[1], slot=(r, B) if B > 1 else None)
+            lp = loop(1, row_ids.shape[1], slot=(r, B) if B > 1 else None, streamer=bild_streamer if B == 1 else None)
             rows.append(lp.run(row_ids, None, max_new, row_enc))
             lens.append(row_ids.shape[1])
             sources += stats.token_sources

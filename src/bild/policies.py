@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .adapters import to_device
+
 
 # -- costs ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class RoundRecord:
     policy decides on the host, so learning never waits on the device.
 
     conf       [B, K] small model's top probability at each own draft (columns >= drafted[r] unused)
-    first_conf [B]    top probability at the row's first draft step, kept or not (nan: no step ran)
+    first_conf [B]    top probability at the row's first draft step, kept or not (None or nan: no step ran)
     drafted    [B]    own drafts sent to the large model (batch-fill drafts excluded)
     judged     [B]    own drafts the large model judged: up to and including the first rejection, and
                       no further than what the row committed
@@ -261,7 +263,7 @@ class AdaptivePolicy(DraftPolicy):
     def _a(self, conf: torch.Tensor) -> torch.Tensor:
         """Estimated acceptance of drafts with these confidences."""
         if self._est is None or self._est.device != conf.device:
-            self._est = torch.tensor([a / n for a, n in zip(self.acc, self.seen)], device=conf.device)
+            self._est = to_device([a / n for a, n in zip(self.acc, self.seen)], conf.device)
         return self._est[(conf * self.BINS).long().clamp(0, self.BINS - 1)]
 
     def _dv(self, j: int) -> float:
