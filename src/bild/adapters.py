@@ -169,13 +169,13 @@ class ModelAdapter:
         and slots masked in every row are dropped. Slot count becomes the longest row's token count."""
         L = max(self.n_valid)
         order = torch.argsort(self.mask.long(), dim=1, stable=True)[:, self.length - L:]  # [B, L]
+        rows = torch.arange(order.shape[0], device=order.device)[:, None]
         for layer in _self_attention_layers(self.cache):
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
                 continue
-            Bk, H, _, D = layer.keys.shape
-            gather = order[:, None, :, None].expand(Bk, H, L, D)
-            layer.keys = layer.keys.gather(2, gather)
-            layer.values = layer.values.gather(2, order[:, None, :, None].expand(Bk, H, L, layer.values.shape[-1]))
+            # [B, H, L, D] -> per row, slots in `order` (whole [H, D] blocks: ~3x faster than a gather on a CPU)
+            layer.keys = layer.keys.transpose(1, 2)[rows, order].transpose(1, 2)
+            layer.values = layer.values.transpose(1, 2)[rows, order].transpose(1, 2)
         self.mask = self.mask.gather(1, order)
         self.slots = [list(range(L - n, L)) for n in self.n_valid]
         self.length = L
