@@ -346,17 +346,19 @@ class DraftVerifyLoop:
         k = [len(extra[r]) if extra is not None and not self.done[r] else 0 for r in range(B)]
         n = [m[r] + k[r] for r in range(B)]
         width = max(n)
-        ids = torch.full((B, width), self.pad, dtype=torch.long, device=dev)
-        valid = [[False] * width for _ in range(B)]
+        # the padded input in a few tensor ops whatever B: committed tokens from each row's read point, then
+        # its drafts from column m[r]; columns past n[r] are masked (finished rows: filler)
+        col = torch.arange(width, device=dev)[None]
+        ids = self.seqs.gather(1, (to_device(fed, dev)[:, None] + col).clamp(max=self.seqs.shape[1] - 1))
+        if any(k):
+            K = max(k)
+            dt = to_device([(extra[r] if k[r] else []) + [self.pad] * (K - k[r]) for r in range(B)], dev, torch.long)
+            at = col - to_device(m, dev)[:, None]
+            ids = torch.where((at >= 0) & (at < K), dt.gather(1, at.clamp(0, K - 1)), ids)
+        valid = []
         for r in range(B):
-            if self.done[r]:  # a finished row feeds filler (ignored): no masked slot, so no re-pack for it
-                valid[r] = [True] * width
-            if m[r]:
-                ids[r, : m[r]] = self.seqs[r, fed[r] : self.cur[r]]
-                valid[r][: m[r]] = [c >= self.P or self.prompt_valid[r][c] for c in range(fed[r], self.cur[r])]
-            if k[r]:
-                ids[r, m[r] : n[r]] = to_device(extra[r], dev, torch.long)
-                valid[r][m[r] : n[r]] = [True] * k[r]
+            row = [c >= self.P or self.prompt_valid[r][c] for c in range(fed[r], self.cur[r])] if m[r] else []
+            valid.append([True] * width if self.done[r] else row + [True] * k[r] + [False] * (width - n[r]))
             fed[r] = self.cur[r]
         # logits are needed from the last committed token on (the first is where drafts are predicted)
         offset = min(m[r] - 1 if extra is not None else n[r] - 1 for r in range(B) if n[r])
@@ -390,11 +392,16 @@ class DraftVerifyLoop:
         The first from_small[r] tokens of row r were written by the small model. Returns the number of
         tokens each row committed."""
         committed = [0] * self.B
+        writes: tuple[list, list, list] = ([], [], [])  # (row, column, token) of every new token: one device write
         for r in range(self.B):
             if self.done[r] or not new[r]:
                 continue
             for j, tok in enumerate(new[r]):
-                self.seqs[r, self.cur[r]] = tok
+                if len(self.stopping):  # criteria read the sequence: it must be up to date
+                    self.seqs[r, self.cur[r]] = tok
+                else:
+                    for w, x in zip(writes, (r, self.cur[r], tok)):
+                        w.append(x)
                 self.cur[r] += 1
                 committed[r] += 1
                 self.sources[r].append("small" if j < from_small[r] else "large")
@@ -410,6 +417,9 @@ class DraftVerifyLoop:
                 if stop:
                     self.done[r] = True
                     break
+        if writes[0]:
+            rows, cols, toks = (to_device(w, self.seqs.device) for w in writes)
+            self.seqs[rows, cols] = toks
         if self.M > 1:  # the M rows of a prompt stop together, as its first row does (time-based criteria)
             for r in range(self.B):
                 lead = r - r % self.M
