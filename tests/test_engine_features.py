@@ -262,3 +262,17 @@ def test_batch_fill_after_fallback_keeps_greedy_output(family, monkeypatch):
     assert runs[True].drafted + runs[True].fill_drafted > runs[False].drafted
     assert runs[True].accepted + runs[True].fill_accepted > runs[False].accepted
     assert runs[True].fill_accepted > 0
+
+
+def test_streamer_on_a_family_decoded_row_by_row():
+    """A left-padded prompt of batch 1 on a family decoded row by row (Mistral's sliding window) streams its
+    tokens and ends the stream."""
+    from zoo import make_zoo_pair
+    small, large = make_zoo_pair("mistral")
+    ids = torch.tensor([[0, 0, 5, 9, 13, 17, 21]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
+    rec = Recorder()
+    gen = bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0, max_small_steps=3)
+    out = gen.generate(ids, attention_mask=mask, max_new_tokens=10, streamer=rec, pad_token_id=0)
+    assert torch.equal(out, large.generate(ids, attention_mask=mask, max_new_tokens=10, pad_token_id=0))
+    assert rec.ended and [t for c in rec.chunks[1:] for t in c] == out[0, ids.shape[1]:].tolist()

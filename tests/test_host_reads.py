@@ -56,7 +56,7 @@ def count_reads(models):
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("mode", ["greedy-rollback", "sample-exact", "auto-exact", "drafts3"])
+@pytest.mark.parametrize("mode", ["greedy-rollback", "sample-exact", "auto-exact", "drafts3", "topk-processors"])
 def test_reads_per_round(family, batch, mode):
     small, large = make_pair(family)
     ids, mask = make_inputs(family, batch, seed=4)
@@ -67,6 +67,9 @@ def test_reads_per_round(family, batch, mode):
     elif mode == "sample-exact":
         kw.update(verification="exact")
         gen_kw.update(do_sample=True, top_k=0)
+    elif mode == "topk-processors":  # logits processors on rows of different lengths (top-k, repetition penalty)
+        kw.update(verification="exact")
+        gen_kw.update(do_sample=True, top_k=20, repetition_penalty=1.2)
     elif mode == "auto-exact":
         kw = dict(verification="exact", costs=0.3)  # adaptive policy; given costs (no timing)
     else:
