@@ -25,6 +25,19 @@ def forwards(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def started(monkeypatch):
+    """The adapters the engine starts (each one's `compactions` can be read after the call)."""
+    adapters = []
+    start = ModelAdapter.start
+
+    def recording_start(self, *a, **k):
+        adapters.append(self)
+        return start(self, *a, **k)
+    monkeypatch.setattr(ModelAdapter, "start", recording_start)
+    return adapters
+
+
 @pytest.mark.parametrize("family", ["llama", "t5"])
 @pytest.mark.parametrize("verification", ["rollback", "exact"])
 def test_cache_tracks_the_longest_row(family, verification, forwards):
@@ -44,24 +57,14 @@ def test_cache_tracks_the_longest_row(family, verification, forwards):
                 assert not s or s == list(range(f["length"] - len(s), f["length"]))
 
 
-def test_compaction_happens_and_keeps_outputs(forwards):
+def test_compaction_happens_and_keeps_outputs(forwards, started):
     """Rows that accept different numbers of drafts leave holes; the cache is re-packed, and the batch still
     equals each row decoded alone."""
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 6, seed=8)
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.5, max_small_steps=5, rollback_threshold=2.0)
-    adapters = []
-    start = ModelAdapter.start
-
-    def keep(self, *a, **k):
-        adapters.append(self)
-        return start(self, *a, **k)
-    ModelAdapter.start = keep
-    try:
-        batched = gen.generate(ids, attention_mask=mask, max_new_tokens=60)
-    finally:
-        ModelAdapter.start = start
-    assert sum(a.compactions for a in adapters) > 0
+    batched = gen.generate(ids, attention_mask=mask, max_new_tokens=60)
+    assert sum(a.compactions for a in started) > 0
     P = ids.shape[1]
     for r in range(6):
         x = ids[r : r + 1, mask[r].bool()]
@@ -69,24 +72,14 @@ def test_compaction_happens_and_keeps_outputs(forwards):
         assert batched[r, P : P + single.shape[1] - x.shape[1]].tolist() == single[0, x.shape[1]:].tolist()
 
 
-def test_finished_rows_cost_no_repacking(forwards):
+def test_finished_rows_cost_no_repacking(forwards, started):
     """T5 rows that hit eos early feed filler, so they never force a re-pack; output = large.generate."""
     small, large = make_pair("t5")
     ids, mask = make_inputs("t5", 6, seed=8)
     free = large.generate(ids, attention_mask=mask, max_new_tokens=30)
     eos = int(free[0, 4])  # a token row 0 writes early: rows finish at different steps
     gen = bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.5, max_small_steps=5)
-    adapters = []
-    start = ModelAdapter.start
-
-    def keep(self, *a, **k):
-        adapters.append(self)
-        return start(self, *a, **k)
-    ModelAdapter.start = keep
-    try:
-        out = gen.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=0)
-    finally:
-        ModelAdapter.start = start
+    out = gen.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=0)
     want = large.generate(ids, attention_mask=mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=0)
     assert torch.equal(out, want)
     finished = (out[:, 1:] == eos).any(1)
@@ -95,5 +88,5 @@ def test_finished_rows_cost_no_repacking(forwards):
         for s in f["slots"]:
             assert not s or s == list(range(f["length"] - len(s), f["length"]))
     # re-packing at most once per model per round (rows diverge by acceptance), not at every forward
-    assert sum(a.compactions for a in adapters) <= 2 * gen.stats.rounds + 2
+    assert sum(a.compactions for a in started) <= 2 * gen.stats.rounds + 2
     assert gen.stats.small_forwards + gen.stats.large_forwards > 4 * gen.stats.rounds  # (forwards outnumber it)

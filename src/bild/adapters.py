@@ -49,9 +49,8 @@ class ModelAdapter:
     def __init__(self, model: PreTrainedModel):
         self.model = model
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
-        params = inspect.signature(model.forward).parameters
-        self._takes_positions = not self.is_encoder_decoder and "position_ids" in params
-        self._logits_to_keep = "logits_to_keep" in params
+        self._takes_positions = _takes_positions(model)
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.tokens_fed = 0
         self.forwards = 0
         self.compactions = 0
@@ -66,6 +65,11 @@ class ModelAdapter:
     def supports_holes(self) -> bool:
         """Rows of a batch can be decoded together (either batched layout)."""
         return self.layout != "rows"
+
+    @property
+    def dense(self) -> bool:
+        """No masked slot anywhere: the model may skip building an attention mask."""
+        return all(len(s) == self.length for s in self.slots)
 
     # -- setup --------------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device, encoder_kwargs: dict | None = None) -> None:
@@ -83,7 +87,6 @@ class ModelAdapter:
         self.slots: list[list[int]] = [[] for _ in range(batch_size)]
         self.n_valid = [0] * batch_size
         self.length = 0  # cache slots
-        self.dense = True  # no masked slot anywhere: the model may skip building an attention mask
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
         """Run the encoder once (encoder-decoder models). Returns the kwargs `start` takes."""
@@ -98,15 +101,19 @@ class ModelAdapter:
         Returns float32 logits [B, keep, V] of the last `keep` positions.
         """
         B, n = ids.shape
-        dense = all(all(v) for v in valid)
-        if not dense and self.layout == "rows":
+        if not all(all(v) for v in valid) and self.layout == "rows":
             raise RuntimeError("this model cannot take masked slots; run its batch row by row")
         if self.length and self._needs_repack():
             self.compact()
         v = to_device(valid, self.device, torch.bool).reshape(B, n)
         pos = to_device(self.n_valid, self.device)[:, None] + v.long().cumsum(-1) - 1
         self.mask = torch.cat([self.mask, v], dim=1)
-        self.dense = self.dense and dense
+        for r, row in enumerate(valid):
+            got = [self.length + j for j, x in enumerate(row) if x]
+            self.slots[r] += got
+            self.n_valid[r] += len(got)
+            self.tokens_fed += len(got)
+        self.length += n
         kwargs = {"past_key_values": self.cache, "use_cache": True}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = keep
@@ -118,12 +125,6 @@ class ModelAdapter:
             if self._takes_positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
         out = self.model(**kwargs)
-        for r, row in enumerate(valid):
-            got = [self.length + j for j, x in enumerate(row) if x]
-            self.slots[r] += got
-            self.n_valid[r] += len(got)
-            self.tokens_fed += len(got)
-        self.length += n
         self.forwards += 1
         return out.logits[:, -keep:].float()
 
@@ -141,7 +142,6 @@ class ModelAdapter:
             self.cache.crop(new_len - self.length)
             self.mask = self.mask[:, :new_len]
             self.length = new_len
-        self.dense = all(len(s) == self.length for s in self.slots)
 
     def select_rows(self, rows: list[int]) -> None:
         """Row r continues from what row rows[r] holds (cache, mask, bookkeeping): batch speculative
@@ -151,7 +151,6 @@ class ModelAdapter:
         self.mask = self.mask.index_select(0, idx)
         self.slots = [list(self.slots[i]) for i in rows]
         self.n_valid = [self.n_valid[i] for i in rows]
-        self.dense = all(len(s) == self.length for s in self.slots)
 
     # -- compaction ---------------------------------------------------------------------------------
     def _needs_repack(self) -> bool:
@@ -179,7 +178,6 @@ class ModelAdapter:
         self.mask = self.mask.gather(1, order)
         self.slots = [list(range(L - n, L)) for n in self.n_valid]
         self.length = L
-        self.dense = all(n == L for n in self.n_valid)
         self.compactions += 1
 
 
@@ -190,7 +188,6 @@ def to_device(values, device: torch.device, dtype: torch.dtype | None = None) ->
     if torch.device(device).type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
-
 
 
 def _self_attention_layers(cache) -> list:
@@ -204,13 +201,23 @@ def batch_layout(model: PreTrainedModel) -> str:
     if cached is None:
         if not _plain_attention(model):
             cached = "rows"
-        elif not model.config.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters \
-                and _holes_are_ignored(model):
+        elif _takes_positions(model) and _holes_are_ignored(model):
             cached = "holes"
         else:
             cached = "aligned" if _alignment_is_exact(model) else "rows"
         model._bild_layout = cached
     return cached
+
+
+def _takes_positions(model: PreTrainedModel) -> bool:
+    """Decoder-only and its forward takes `position_ids` (per-row positions can go in)."""
+    return not model.config.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
+
+
+def _close(plain: torch.Tensor, other: torch.Tensor, dtype: torch.dtype) -> bool:
+    """A probe's two logit vectors agree, up to the dtype's rounding (relative to the logits' scale)."""
+    tol = (1e-3 if dtype == torch.float32 else 3e-2) * float(plain.abs().max().clamp(min=1.0))
+    return bool(torch.allclose(plain, other, rtol=0, atol=tol))
 
 
 def _plain_attention(model: PreTrainedModel) -> bool:
@@ -254,8 +261,7 @@ def _holes_are_ignored(model: PreTrainedModel) -> bool:
     except Exception:  # noqa: BLE001 - a model that cannot even run this cannot take holes
         ok = False
     else:
-        tol = (1e-3 if model.dtype == torch.float32 else 3e-2) * float(plain.abs().max().clamp(min=1.0))
-        ok = bool(torch.allclose(plain, holed, rtol=0, atol=tol))
+        ok = _close(plain, holed, model.dtype)
     model._bild_holes_ok = ok
     return ok
 
@@ -271,23 +277,19 @@ def _alignment_is_exact(model: PreTrainedModel) -> bool:
     vocab, dev = int(model.config.vocab_size), model.device
     t = [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, 5)]
     try:
-        enc = None
-        if model.config.is_encoder_decoder:
-            enc = ModelAdapter(model).encode(torch.tensor([t[:3]] * 2, device=dev), None)
-
         def run(first, valid):
             a = ModelAdapter(model)
             a.__dict__["layout"] = "aligned"
             B = len(first)
-            a.start(B, dev, None if enc is None else {k: _rows(v, B) for k, v in enc.items()})
+            enc = a.encode(torch.tensor([t[:3]] * B, device=dev), None) if a.is_encoder_decoder else None
+            a.start(B, dev, enc)
             a.feed(torch.tensor(first, device=dev), valid, keep=1)
             return a.feed(torch.tensor([t[2:]] * B, device=dev), [[True, True]] * B, keep=1)[-1, -1]
         plain = run([t[:2]], [[True, True]])
         packed = run([t[:2] + [t[0]]] * 2, [[True, True, True], [True, True, False]])
     except Exception:  # noqa: BLE001 - a model that cannot run this cannot take the layout
         return False
-    tol = (1e-3 if model.dtype == torch.float32 else 3e-2) * float(plain.abs().max().clamp(min=1.0))
-    return bool(torch.allclose(plain, packed, rtol=0, atol=tol))
+    return _close(plain, packed, model.dtype)
 
 
 # families checked and found wrong under the draft-verify loop (tests/test_families.py), with the reason
@@ -304,15 +306,6 @@ _REFUSED_TYPES = {
 }
 
 
-def _rows(x, n: int):
-    """The first n rows of an encoder output / mask (None stays None)."""
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        return x[:n]
-    return type(x)(last_hidden_state=x.last_hidden_state[:n])
-
-
 def check_model(model: PreTrainedModel, role: str) -> None:
     """Refuse, before any work, a model the engine cannot decode correctly."""
     name = type(model).__name__
@@ -325,13 +318,13 @@ def check_model(model: PreTrainedModel, role: str) -> None:
         raise ValueError(f"`{role}` ({name}) is not supported: {reason}")
 
 
-def encoder_row(encoder_kwargs: dict, row: int) -> dict:
-    """Encoder kwargs (`encoder_outputs`, `attention_mask`) of one row of a batch: encoder-decoder
-    batches are decoded row by row over one batched encoder pass."""
-    enc = encoder_kwargs["encoder_outputs"]
-    sliced = type(enc)(last_hidden_state=enc.last_hidden_state[row : row + 1])
-    mask = encoder_kwargs.get("attention_mask")
-    return {"encoder_outputs": sliced, "attention_mask": None if mask is None else mask[row : row + 1]}
+def encoder_rows(encoder_kwargs: dict, take) -> dict:
+    """Encoder kwargs (`encoder_outputs`, `attention_mask`) with `take` applied to the batch dimension of
+    both: one row of a batch (`lambda x: x[r : r + 1]`, for batches decoded row by row over one batched
+    encoder pass) or each row repeated (`repeat_interleave`, for num_drafts)."""
+    enc, mask = encoder_kwargs["encoder_outputs"], encoder_kwargs.get("attention_mask")
+    return {"encoder_outputs": type(enc)(last_hidden_state=take(enc.last_hidden_state)),
+            "attention_mask": None if mask is None else take(mask)}
 
 
 def vocab_width(model: PreTrainedModel) -> int:

@@ -18,6 +18,7 @@ the host: it reads the device once per draft step and once per round (tests/test
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,8 @@ class DraftVerifyLoop:
         # prompt padding, on the host (read once): which prompt columns hold a token, per row
         self.prompt_valid = ([[True] * P for _ in range(B)] if attention_mask is None
                              else [[bool(x) for x in row] for row in attention_mask.tolist()])
+        # prompt_tokens[r][c]: tokens in row r's first c prompt columns (what a rollback to column c keeps)
+        self.prompt_tokens = [list(itertools.accumulate(row, initial=0)) for row in self.prompt_valid]
         self.cur = [P] * B  # committed length per row
         self.fed = {id(a): [0] * B for a in (self.small, self.large) if a is not None}
         self.done = [False] * B
@@ -134,8 +137,10 @@ class DraftVerifyLoop:
         drafting = any(budget)
         d = self._draft(budget) if drafting else None
         drafts = d.drafts if drafting else [[] for _ in range(B)]
-        p_logits, p_raw = self._verify(drafts)
-        n_acc, nxt, pick = self._accept(drafts, p_logits, d.q if drafting else None)
+        K = max(len(x) for x in drafts)
+        dt = to_device([x + [self.pad] * (K - len(x)) for x in drafts], dev, torch.long).reshape(B, K)  # [B, K]
+        p_logits, p_raw = self._verify(drafts, dt)
+        n_acc, nxt, pick = self._accept(drafts, dt, p_logits, d.q if drafting else None)
         if pick is not None:  # batch speculative decoding: every draft of a prompt continues the chosen one
             idx = to_device(pick, dev)
             p_logits, p_raw = p_logits.index_select(0, idx), p_raw.index_select(0, idx)
@@ -163,13 +168,13 @@ class DraftVerifyLoop:
                                           judged=judged[one], accepted=accepted[one], committed=committed[one],
                                           small_steps=d.steps, width=p_logits.shape[1] - 1))
 
-    def _accept(self, drafts: list[list[int]], p_logits: torch.Tensor, q: torch.Tensor | None):
-        """The verification rule (`verification.py`) over the round's drafts. Returns host lists n_acc[r]
+    def _accept(self, drafts: list[list[int]], dt: torch.Tensor, p_logits: torch.Tensor, q: torch.Tensor | None):
+        """The verification rule (`verification.py`) over the round's drafts (dt: [B, K], padded). Returns
+        host lists n_acc[r]
         (drafts kept) and nxt[r] (the large model's token after them), and `pick`: None, or with num_drafts
         the row whose draft each row continues (all rows of a prompt the chosen one)."""
         o, B, M, dev = self.opts, self.B, self.M, p_logits.device
-        K = p_logits.shape[1] - 1
-        dt = to_device([x + [self.pad] * (K - len(x)) for x in drafts], dev, torch.long).reshape(B, K)
+        K = dt.shape[1]
         n_draft = to_device([len(x) for x in drafts], dev)
         if M > 1:  # Yin et al. Alg. 4: the rule works per prompt, over its M rows
             G, V = B // M, p_logits.shape[-1]
@@ -262,13 +267,14 @@ class DraftVerifyLoop:
             steps += 1
         return Draft(drafts, torch.stack(qs, 1) if qs else None, read, own, conf_h, first_conf, steps)
 
-    def _verify(self, drafts: list[list[int]]):
-        """Large model reads each row's last committed token and its drafts in ONE forward pass.
+    def _verify(self, drafts: list[list[int]], dt: torch.Tensor):
+        """Large model reads each row's last committed token and its drafts (dt: [B, K], padded) in ONE
+        forward pass.
 
         Returns processed and raw logits [B, K+1, V]: column j is the distribution for draft j, column
         len(drafts[r]) the one after row r's last draft."""
-        K = max(len(x) for x in drafts)
-        logits, offset, m, n = self._catch_up(self.large, drafts)
+        K = dt.shape[1]
+        logits, offset, m, n = self._catch_up(self.large, drafts, dt)
         self.stats.verify_widths.append(logits.shape[1] + offset)
         self.stats.verify_lengths.extend(x for x in n[:: self.M] if x)
         B, V = self.B, logits.shape[-1]
@@ -335,9 +341,10 @@ class DraftVerifyLoop:
             return torch.multinomial(scores.softmax(-1), 1).squeeze(-1)
         return scores.argmax(-1)
 
-    def _catch_up(self, adapter: ModelAdapter, extra: list[list[int]] | None = None):
-        """Feed each row the committed tokens this model has not read, then `extra` (drafts), left-aligned
-        in one forward pass. Returns logits [B, keep, V], the first fed position they cover (`offset`),
+    def _catch_up(self, adapter: ModelAdapter, extra: list[list[int]] | None = None,
+                  extra_t: torch.Tensor | None = None):
+        """Feed each row the committed tokens this model has not read, then `extra` (drafts; `extra_t` the
+        same padded [B, K] on the device), left-aligned in one forward pass. Returns logits [B, keep, V], the first fed position they cover (`offset`),
         m[r] committed tokens fed and n[r] tokens fed in all, for row r."""
         fed, B, dev = self.fed[id(adapter)], self.B, self.seqs.device
         if extra is None and B > 1 and adapter.layout == "aligned":
@@ -351,10 +358,9 @@ class DraftVerifyLoop:
         col = torch.arange(width, device=dev)[None]
         ids = self.seqs.gather(1, (to_device(fed, dev)[:, None] + col).clamp(max=self.seqs.shape[1] - 1))
         if any(k):
-            K = max(k)
-            dt = to_device([(extra[r] if k[r] else []) + [self.pad] * (K - k[r]) for r in range(B)], dev, torch.long)
+            K = extra_t.shape[1]
             at = col - to_device(m, dev)[:, None]
-            ids = torch.where((at >= 0) & (at < K), dt.gather(1, at.clamp(0, K - 1)), ids)
+            ids = torch.where((at >= 0) & (at < K), extra_t.gather(1, at.clamp(0, K - 1)), ids)
         valid = []
         for r in range(B):
             row = [c >= self.P or self.prompt_valid[r][c] for c in range(fed[r], self.cur[r])] if m[r] else []
@@ -383,7 +389,7 @@ class DraftVerifyLoop:
         for r in range(self.B):
             fed[r] = read[r]
         # a finished row keeps what it holds (its cache is never read again)
-        adapter.keep_first([adapter.n_valid[r] if self.done[r] else sum(self.prompt_valid[r][: min(n, P)]) + max(0, n - P)
+        adapter.keep_first([adapter.n_valid[r] if self.done[r] else self.prompt_tokens[r][min(n, P)] + max(0, n - P)
                             for r, n in enumerate(read)])
 
     def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor,

@@ -15,7 +15,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 
 import weakref
 
-from .adapters import ModelAdapter, check_model, encoder_row, vocab_width
+from .adapters import ModelAdapter, check_model, encoder_rows, vocab_width
 from .analysis.cost_model import CostTable, measure_costs
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
@@ -196,7 +196,8 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     if M > 1:  # batch speculative decoding: M rows per prompt, rows r*M .. r*M+M-1 (collapsed at the end)
         input_ids = input_ids.repeat_interleave(M, 0)
         attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(M, 0)
-        enc = None if enc is None else tuple(None if e is None else _repeat_encoder(e, M) for e in enc)
+        enc = None if enc is None else tuple(
+            None if e is None else encoder_rows(e, lambda x: x.repeat_interleave(M, 0)) for e in enc)
         if not (large.supports_holes and small.supports_holes):
             raise ValueError(f"`num_drafts` > 1 needs models whose batch rows decode together; "
                              f"{type(model).__name__} / {type(small_model).__name__} decode row by row "
@@ -218,7 +219,8 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         for r in range(B):
             keep = attention_mask[r].bool() if attention_mask is not None else slice(None)
             row_ids = input_ids[r][keep][None]
-            row_enc = None if enc is None else tuple(None if e is None else encoder_row(e, r) for e in enc)
+            row_enc = None if enc is None else tuple(
+                None if e is None else encoder_rows(e, lambda x: x[r : r + 1]) for e in enc)
             lp = loop(1, row_ids.shape[1], slot=(r, B) if B > 1 else None, streamer=bild_streamer if B == 1 else None)
             rows.append(lp.run(row_ids, None, max_new, row_enc))
             lens.append(row_ids.shape[1])
@@ -244,13 +246,6 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     if large.is_encoder_decoder:
         return GenerateEncoderDecoderOutput(**out)
     return GenerateDecoderOnlyOutput(**out)
-
-
-def _repeat_encoder(encoder_kwargs: dict, M: int) -> dict:
-    """Encoder kwargs with each row repeated M times (batch speculative decoding)."""
-    enc, mask = encoder_kwargs["encoder_outputs"], encoder_kwargs.get("attention_mask")
-    return {"encoder_outputs": type(enc)(last_hidden_state=enc.last_hidden_state.repeat_interleave(M, 0)),
-            "attention_mask": None if mask is None else mask.repeat_interleave(M, 0)}
 
 
 def _stack_rows(input_ids, rows, prompt_lens: list[int], pad: int):
