@@ -39,10 +39,11 @@ def count_fed_tokens(model):
 def test_caches_are_reused(family, verification):
     small, large = make_pair(family)
     ids, mask = make_inputs(family, 1, seed=0)
-    fed_s, h1 = count_fed_tokens(small)
-    fed_l, h2 = count_fed_tokens(large)
+    # built first: its capability probes (bild.adapters.capabilities) run once per model, not per call
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.4, rollback_threshold=2.5, max_small_steps=4,
                              verification=verification)
+    fed_s, h1 = count_fed_tokens(small)
+    fed_l, h2 = count_fed_tokens(large)
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=20)
     h1.remove(), h2.remove()
     s = gen.stats

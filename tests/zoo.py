@@ -250,7 +250,7 @@ _add("hy_v3", "hy_v3", "HYV3ForCausalLM")
 _add("hy_v4", "hy_v4", "HYV4ForCausalLM")
 _add("hyperclovax", "hyperclovax", "HyperCLOVAXForCausalLM")
 _add("inkling_text", "inkling_text", "InklingForCausalLM")
-_add("inkling2_text", "inkling2_text", "Inkling2ForCausalLM")
+_add("inkling2_text", "inkling2_text", "Inkling2ForCausalLM", unpadded_vocab_size=V)  # 5.24: head width
 _add("jais2", "jais2", "Jais2ForCausalLM")
 _add("jetmoe", "jetmoe", "JetMoeForCausalLM")
 _add("kolibri1", "kolibri1", "Kolibri1ForCausalLM", **SW)

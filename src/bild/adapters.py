@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
 
 
 class ModelAdapter:
@@ -49,8 +52,7 @@ class ModelAdapter:
     def __init__(self, model: PreTrainedModel):
         self.model = model
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
-        self._takes_positions = _takes_positions(model)
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.caps = capabilities(model)
         self.tokens_fed = 0
         self.forwards = 0
         self.compactions = 0
@@ -75,12 +77,7 @@ class ModelAdapter:
     def start(self, batch_size: int, device: torch.device, encoder_kwargs: dict | None = None) -> None:
         """Fresh cache. `encoder_kwargs` (encoder-decoder only): `encoder_outputs` and `attention_mask`."""
         cfg = self.model.config
-        if self.is_encoder_decoder:
-            self.cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
-        else:
-            self.cache = DynamicCache(config=cfg)
-        if hasattr(self.cache, "activate_past_recording"):  # sliding-window / linear-attention layers
-            self.cache.activate_past_recording()
+        self.cache = new_cache(self.model)
         self.encoder_kwargs = encoder_kwargs or {}
         self.device = device
         self.mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
@@ -90,7 +87,8 @@ class ModelAdapter:
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> dict:
         """Run the encoder once (encoder-decoder models). Returns the kwargs `start` takes."""
-        enc = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        name = getattr(self.model, "main_input_name", "input_ids")  # Whisper: input_features; vision: pixel_values
+        enc = self.model.get_encoder()(**{name: input_ids}, attention_mask=attention_mask, return_dict=True)
         return {"encoder_outputs": enc, "attention_mask": attention_mask}
 
     # -- the three operations the loop uses ---------------------------------------------------------
@@ -114,15 +112,15 @@ class ModelAdapter:
             self.n_valid[r] += len(got)
             self.tokens_fed += len(got)
         self.length += n
-        kwargs = {"past_key_values": self.cache, "use_cache": True}
-        if self._logits_to_keep:
+        kwargs = {self.caps.cache_arg: self.cache, "use_cache": True}
+        if self.caps.logits_to_keep:
             kwargs["logits_to_keep"] = keep
         mask = None if self.dense else self.mask.long()
         if self.is_encoder_decoder:
             kwargs.update(self.encoder_kwargs, decoder_input_ids=ids, decoder_attention_mask=mask)
         else:
             kwargs.update(input_ids=ids, attention_mask=mask)
-            if self._takes_positions:
+            if self.caps.takes_positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
         out = self.model(**kwargs)
         self.forwards += 1
@@ -181,6 +179,135 @@ class ModelAdapter:
         self.compactions += 1
 
 
+# -- what a model can do, found by running it (not by reading how its forward is spelled) ----------------
+@dataclass(frozen=True)
+class Capabilities:
+    """How the engine calls a model's forward, found once per model by `capabilities`.
+
+    cache_arg        the keyword under which the forward fills a KV cache passed in: "cache" (transformers
+                     >= 5.24), "past_key_values" (earlier releases), None (no KV cache: refused)
+    takes_positions  decoder-only, and `position_ids` changes its output (per-row positions can go in)
+    logits_to_keep   the forward honours `logits_to_keep` (only the last positions' logits are computed)
+    """
+
+    cache_arg: str | None
+    takes_positions: bool
+    logits_to_keep: bool
+
+
+CACHE_ARGS = ("cache", "past_key_values")  # the current name first: the old one warns on transformers >= 5.24
+
+
+def new_cache(model: PreTrainedModel):
+    """A fresh DynamicCache (in an EncoderDecoderCache for encoder-decoders) that can be rolled back: where
+    the installed transformers records past states of sliding-window / linear-attention layers, that is on."""
+    cfg = model.config
+    if cfg.is_encoder_decoder:
+        cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+    else:
+        cache = DynamicCache(config=cfg)
+    if hasattr(cache, "activate_past_recording"):  # a feature probed, not a version checked
+        cache.activate_past_recording()
+    return cache
+
+
+def capabilities(model: PreTrainedModel) -> Capabilities:
+    """Probe the model with tiny forwards (cached on the model as `_bild_caps`). A forward wrapped by
+    accelerate hooks, PEFT, `torch.compile` or a plain `def forward(*args, **kwargs)` is probed the same way:
+    what counts is what the model does with an argument, not whether its signature names it."""
+    caps = model.__dict__.get("_bild_caps")
+    if caps is None:
+        caps = Capabilities(_probe_cache_arg(model), _probe_positions(model), _accepts(model, "logits_to_keep", True))
+        model.__dict__["_bild_caps"] = caps
+    return caps
+
+
+def _accepts(model, name: str, unknown: bool) -> bool:
+    """Whether the forward's signature (followed through `functools.wraps` wrappers) names `name`; `unknown`
+    where it cannot say (only `*args` / `**kwargs`)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return unknown
+    if name in params:
+        return True
+    named = [p for p in params.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    opaque = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return unknown if opaque or not named else False
+
+
+def _probe_inputs(model: PreTrainedModel, ids: list[int]) -> dict:
+    """Inputs for a decoder step over `ids`: decoder-only `input_ids`; encoder-decoder `decoder_input_ids`
+    over a stand-in encoder output (zeros), so models whose encoder takes features or pixels probe alike."""
+    dev, cfg = model.device, model.config
+    t = torch.tensor([ids], device=dev)
+    if not cfg.is_encoder_decoder:
+        return {"input_ids": t}
+    d = getattr(cfg, "d_model", None) or getattr(cfg, "hidden_size", None)
+    enc = BaseModelOutput(last_hidden_state=torch.zeros(1, 2, int(d), device=dev, dtype=model.dtype))
+    return {"decoder_input_ids": t, "encoder_outputs": enc}
+
+
+def _probe_tokens(model: PreTrainedModel, n: int) -> list[int]:
+    vocab = int(model.config.get_text_config().vocab_size)
+    return [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, n + 1)]
+
+
+@torch.no_grad()
+def _probe_cache_arg(model: PreTrainedModel) -> str | None:
+    """The keyword under which the forward keeps a KV cache we pass and continues from it: per name tried,
+    2 tokens then 2 more through the cache must fill it and give the last logits of one uncached 4-token
+    forward. Deprecation warnings are caught: a name that warns is used only when no other works."""
+    t = _probe_tokens(model, 4)
+    try:
+        ref = model(**_probe_inputs(model, t), use_cache=False).logits[0, -1].float()
+    except Exception:  # noqa: BLE001 - the probe cannot run this model: trust its signature
+        return next((n for n in CACHE_ARGS if _accepts(model, n, False)), None)
+    fallback = None
+    for name in CACHE_ARGS:
+        cache = new_cache(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model(**_probe_inputs(model, t[:2]), use_cache=True, **{name: cache})
+                filled = _cached_tokens(cache) == 2
+                out = model(**_probe_inputs(model, t[2:]), use_cache=True, **{name: cache}).logits[0, -1].float()
+            except Exception:  # noqa: BLE001 - a keyword the forward rejects, or a cache it cannot continue from
+                continue
+        if not (filled and _close(ref, out, model.dtype)):
+            continue
+        if not any(issubclass(w.category, (FutureWarning, DeprecationWarning)) and name in str(w.message)
+                   for w in caught):
+            return name
+        fallback = fallback or name
+    return fallback
+
+
+def _cached_tokens(cache) -> int:
+    try:
+        return int(cache.get_seq_length())
+    except Exception:  # noqa: BLE001 - a cache of layers without a length (the model wrote no KV into it)
+        return 0
+
+
+@torch.no_grad()
+def _probe_positions(model: PreTrainedModel) -> bool:
+    """Decoder-only models: `position_ids` is honoured when moving one token's position changes the logits.
+    A signature that names it is taken at its word; one that cannot (wrappers) is probed."""
+    if model.config.is_encoder_decoder:
+        return False
+    said = _accepts(model, "position_ids", None)
+    if said is not None:
+        return said
+    t = _probe_tokens(model, 3)
+    try:
+        a, b = (model(**_probe_inputs(model, t), position_ids=torch.tensor([p], device=model.device),
+                      use_cache=False).logits[0, -1].float() for p in ([0, 1, 2], [0, 1, 5]))
+    except Exception:  # noqa: BLE001 - rejects the argument
+        return False
+    return not torch.equal(a, b)
+
+
 def to_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A host list -> a tensor on `device` without waiting for the device's queued work: on CUDA through
     pinned memory and a non-blocking copy (a plain `torch.tensor(list, device=cuda)` synchronises)."""
@@ -201,17 +328,12 @@ def batch_layout(model: PreTrainedModel) -> str:
     if cached is None:
         if not _plain_attention(model):
             cached = "rows"
-        elif _takes_positions(model) and _holes_are_ignored(model):
+        elif capabilities(model).takes_positions and _holes_are_ignored(model):
             cached = "holes"
         else:
             cached = "aligned" if _alignment_is_exact(model) else "rows"
         model._bild_layout = cached
     return cached
-
-
-def _takes_positions(model: PreTrainedModel) -> bool:
-    """Decoder-only and its forward takes `position_ids` (per-row positions can go in)."""
-    return not model.config.is_encoder_decoder and "position_ids" in inspect.signature(model.forward).parameters
 
 
 def _close(plain: torch.Tensor, other: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -246,14 +368,16 @@ def _holes_are_ignored(model: PreTrainedModel) -> bool:
     vocab, dev = int(model.config.vocab_size), model.device
     t = [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, 5)]
 
+    arg = capabilities(model).cache_arg
+
     def run(first, first_mask, first_pos):
         cache = DynamicCache(config=model.config)
         mask = torch.tensor([first_mask], device=dev)
         model(input_ids=torch.tensor([first], device=dev), attention_mask=mask,
-              position_ids=torch.tensor([first_pos], device=dev), past_key_values=cache, use_cache=True)
+              position_ids=torch.tensor([first_pos], device=dev), use_cache=True, **{arg: cache})
         mask = torch.cat([mask, torch.ones(1, 2, dtype=mask.dtype, device=dev)], 1)
         out = model(input_ids=torch.tensor([t[2:]], device=dev), attention_mask=mask,
-                    position_ids=torch.tensor([[2, 3]], device=dev), past_key_values=cache, use_cache=True)
+                    position_ids=torch.tensor([[2, 3]], device=dev), use_cache=True, **{arg: cache})
         return out.logits[0, -1].float()
     try:
         plain = run(t[:2], [1, 1], [0, 1])
@@ -309,13 +433,16 @@ _REFUSED_TYPES = {
 def check_model(model: PreTrainedModel, role: str) -> None:
     """Refuse, before any work, a model the engine cannot decode correctly."""
     name = type(model).__name__
-    params = inspect.signature(model.forward).parameters
-    if "past_key_values" not in params:
-        raise ValueError(f"`{role}` ({name}) has no KV cache (its forward takes no `past_key_values`): the engine "
-                         "feeds each model only the tokens it has not read, so it cannot decode this model")
     reason = _REFUSED_TYPES.get(model.config.model_type)
     if reason:
         raise ValueError(f"`{role}` ({name}) is not supported: {reason}")
+    if getattr(model, "_is_stateful", False) or not model._supports_default_dynamic_cache():
+        raise ValueError(f"`{role}` ({name}) keeps a recurrent or custom cache that cannot be cropped on "
+                         "rollback; use a model with a standard KV cache")
+    if capabilities(model).cache_arg is None:
+        raise ValueError(f"`{role}` ({name}) has no KV cache (given one as `cache` or `past_key_values`, its "
+                         "forward does not fill it and continue from it): the engine feeds each model only the tokens it has "
+                         "not read, so it cannot decode this model")
 
 
 def encoder_rows(encoder_kwargs: dict, take) -> dict:

@@ -113,9 +113,6 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
         raise ValueError("`small_model` and the large model must both be decoder-only or both encoder-decoder")
     for role, m in (("small_model", small), ("large_model", large)):
         check_model(m, role)
-        if getattr(m, "_is_stateful", False) or not m._supports_default_dynamic_cache():
-            raise ValueError(f"`{role}` ({type(m).__name__}) keeps a recurrent or custom cache that cannot be "
-                             "cropped on rollback; use a model with a standard KV cache")
     ws, wl = vocab_width(small), vocab_width(large)
     if ws != wl:
         raise ValueError(f"the small and large models' logits differ in width ({ws} vs {wl}): "

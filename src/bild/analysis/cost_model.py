@@ -153,11 +153,9 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int, device) -> fl
 
 
 def _new_cache(model):
-    from transformers import DynamicCache, EncoderDecoderCache
+    from ..adapters import new_cache
 
-    if model.config.is_encoder_decoder:
-        return EncoderDecoderCache(DynamicCache(), DynamicCache())
-    return DynamicCache(config=model.config)
+    return new_cache(model)
 
 
 class _Timer:
@@ -178,10 +176,13 @@ class _Timer:
         self.past_len = past_len
 
     def _call(self, ids, cache, logits_to_keep=0):
+        from ..adapters import capabilities
+
+        arg = capabilities(self.model).cache_arg
         if self.is_ed:
             return self.model(encoder_outputs=self.enc, attention_mask=self.mask, decoder_input_ids=ids,
-                              past_key_values=cache, use_cache=True)
-        return self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=logits_to_keep)
+                              use_cache=True, **{arg: cache})
+        return self.model(input_ids=ids, use_cache=True, logits_to_keep=logits_to_keep, **{arg: cache})
 
     @torch.no_grad()
     def prefill(self, length, repeats, warmup):
@@ -530,7 +531,7 @@ class ForwardCounter:
             if ids is None and kwargs.get("inputs_embeds") is not None:
                 ids = kwargs["inputs_embeds"]
             batch, tokens = (int(ids.shape[0]), int(ids.shape[1])) if ids is not None else (0, 0)
-            past = _past_length(kwargs.get("past_key_values"))
+            past = _past_length(kwargs.get("cache", kwargs.get("past_key_values")))
             self.calls.append(Call(name, "prefill" if past == 0 else "step", tokens, past, batch))
 
         return hook
