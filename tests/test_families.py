@@ -16,9 +16,8 @@ N_NEW = 16
 # zoo entries the engine refuses, and what its ValueError must say; any other refusal fails the test
 NO_CACHE, RECURRENT = "has no KV cache", "recurrent or custom cache that cannot be cropped"
 REFUSED = {
-    "openai-gpt": NO_CACHE, "xlnet": NO_CACHE, "xlm": NO_CACHE, "rwkv": NO_CACHE, "reformer": NO_CACHE,
-    "mamba": NO_CACHE, "mamba2": NO_CACHE, "falcon_mamba": NO_CACHE,
-    **{n: RECURRENT for n in ("bailing_hybrid", "bamba", "deepseek_v4", "falcon_h1", "granitemoehybrid", "jamba",
+    "openai-gpt": NO_CACHE, "xlm": NO_CACHE,
+    **{n: RECURRENT for n in ("xlnet", "rwkv", "reformer", "mamba", "mamba2", "falcon_mamba", "bailing_hybrid", "bamba", "deepseek_v4", "falcon_h1", "granitemoehybrid", "jamba",
                               "kimi_linear", "minimax", "nemotron_h", "olmo_hybrid", "qwen3_5_moe_text",
                               "qwen3_5_text", "qwen3_next", "recurrent_gemma", "zamba", "zamba2", "zaya")},
     "prophetnet": "one cached token", "prophetnet_causal": "one cached token",

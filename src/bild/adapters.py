@@ -436,13 +436,15 @@ def check_model(model: PreTrainedModel, role: str) -> None:
     reason = _REFUSED_TYPES.get(model.config.model_type)
     if reason:
         raise ValueError(f"`{role}` ({name}) is not supported: {reason}")
+    no_cache = (f"`{role}` ({name}) has no KV cache (given one as `cache` or `past_key_values`, its forward does "
+                "not fill it and continue from it): the engine feeds each model only the tokens it has not read, "
+                "so it cannot decode this model")
     if getattr(model, "_is_stateful", False) or not model._supports_default_dynamic_cache():
         raise ValueError(f"`{role}` ({name}) keeps a recurrent or custom cache that cannot be cropped on "
-                         "rollback; use a model with a standard KV cache")
+                         "rollback (a state-space or recurrent state, memories, or a hybrid of those with KV "
+                         "layers); use a model with a standard KV cache")
     if capabilities(model).cache_arg is None:
-        raise ValueError(f"`{role}` ({name}) has no KV cache (given one as `cache` or `past_key_values`, its "
-                         "forward does not fill it and continue from it): the engine feeds each model only the tokens it has "
-                         "not read, so it cannot decode this model")
+        raise ValueError(no_cache)
 
 
 def encoder_rows(encoder_kwargs: dict, take) -> dict:
