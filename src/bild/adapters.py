@@ -69,6 +69,14 @@ class ModelAdapter:
         return self.layout != "rows"
 
     @property
+    def masks_filler(self) -> bool:
+        """Tokens fed only to keep a batch rectangular (finished rows, rows that stopped drafting) go in as
+        masked slots: positions come from each row's own token count, so filler counted as tokens would push
+        a row's positions past any it reaches (an absolute-position table overflows). Layouts without
+        positions feed filler as tokens instead, which keeps "aligned" rows contiguous."""
+        return self.caps.takes_positions
+
+    @property
     def dense(self) -> bool:
         """No masked slot anywhere: the model may skip building an attention mask."""
         return all(len(s) == self.length for s in self.slots)

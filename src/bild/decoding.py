@@ -222,7 +222,8 @@ class DraftVerifyLoop:
         In a batch under exact verification a row that stopped keeps drafting while another row still
         drafts ("batch fill": those slots are computed anyway, and the exact check keeps the output).
         BiLD's rollback rule would accept them, so it does not fill. Every row feeds a token at every step
-        (a row that stopped feeds one that `_keep` drops), so draft steps add no masked slot. One host read
+        (a row that stopped feeds one that `_keep` drops: a masked slot where the model takes positions, a
+        token otherwise, so draft steps keep "aligned" rows contiguous; `ModelAdapter.masks_filler`). One host read
         per step: the tokens, the policy's answers and the confidences, together."""
         B, dev = self.B, self.seqs.device
         logits, offset, _, n = self._catch_up(self.small)
@@ -263,7 +264,8 @@ class DraftVerifyLoop:
                 break
             for r in range(B):
                 read[r] += active[r]
-            logits = self.small.feed(tok[:, None], [[True]] * B, keep=1)[:, -1]
+            filler = not self.small.masks_filler  # rows that stopped feed a token `_keep` drops
+            logits = self.small.feed(tok[:, None], [[a or filler] for a in active], keep=1)[:, -1]
             steps += 1
         return Draft(drafts, torch.stack(qs, 1) if qs else None, read, own, conf_h, first_conf, steps)
 
@@ -364,7 +366,8 @@ class DraftVerifyLoop:
         valid = []
         for r in range(B):
             row = [c >= self.P or self.prompt_valid[r][c] for c in range(fed[r], self.cur[r])] if m[r] else []
-            valid.append([True] * width if self.done[r] else row + [True] * k[r] + [False] * (width - n[r]))
+            valid.append([not adapter.masks_filler] * width if self.done[r]
+                         else row + [True] * k[r] + [False] * (width - n[r]))
             fed[r] = self.cur[r]
         # logits are needed from the last committed token on (the first is where drafts are predicted)
         offset = min(m[r] - 1 if extra is not None else n[r] - 1 for r in range(B) if n[r])
