@@ -27,6 +27,7 @@ from transformers import DynamicCache, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from bild.adapters import capabilities  # noqa: E402
 from bild.pairs.controlled import build_controlled_pair  # noqa: E402
 from controlled_pair import DTYPES, sync  # noqa: E402  (this folder is on sys.path when run as a script)
 
@@ -36,17 +37,17 @@ def step_times(model, prompt, steps, static, fn=None):
     """Median seconds of a one-token step after a prefill of `prompt` [1, P]."""
     fn = fn or model
     dev, P = prompt.device, prompt.shape[1]
+    arg = capabilities(model).cache_arg  # `cache` on transformers >= 5.24, `past_key_values` before
     if static:
         cache = StaticCache(config=model.config, max_cache_len=P + steps + 8)
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True,
-                    cache_position=torch.arange(P, device=dev))
+        out = model(input_ids=prompt, use_cache=True, cache_position=torch.arange(P, device=dev), **{arg: cache})
     else:
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        out = model(input_ids=prompt, use_cache=True, **{arg: cache})
     tok = out.logits[:, -1:].argmax(-1)
     times = []
     for i in range(steps):
-        kw = dict(input_ids=tok, past_key_values=cache, use_cache=True)
+        kw = {"input_ids": tok, "use_cache": True, arg: cache}
         if static:
             kw["cache_position"] = torch.tensor([P + i], device=dev)
             kw["position_ids"] = torch.tensor([[P + i]], device=dev)

@@ -8,15 +8,17 @@ each row of the batch equals the row decoded alone.
 """
 import pytest
 import torch
-from zoo import ZOO, ZOO_INFO, make_zoo_pair
+import transformers
+from zoo import ZOO, ZOO_INFO, available, make_zoo_pair
 
 import bild
 
 N_NEW = 16
 # zoo entries the engine refuses, and what its ValueError must say; any other refusal fails the test
 NO_CACHE, RECURRENT = "has no KV cache", "recurrent or custom cache that cannot be cropped"
+NOT_CONTINUED = "does not continue from its KV cache"
 REFUSED = {
-    "openai-gpt": NO_CACHE, "xlm": NO_CACHE,
+    "openai-gpt": NO_CACHE, "xlm": f"{NO_CACHE}|{NOT_CONTINUED}",
     **{n: RECURRENT for n in ("xlnet", "rwkv", "reformer", "mamba", "mamba2", "falcon_mamba", "bailing_hybrid", "bamba", "deepseek_v4", "falcon_h1", "granitemoehybrid", "jamba",
                               "kimi_linear", "minimax", "nemotron_h", "olmo_hybrid", "qwen3_5_moe_text",
                               "qwen3_5_text", "qwen3_next", "recurrent_gemma", "zamba", "zamba2", "zaya")},
@@ -24,6 +26,19 @@ REFUSED = {
     "fsmt": "builds the causal mask only without a cache", "fsmt_default_beams": "builds the causal mask only without a cache",
     "cpmant": "multi-token verify", "moshi": "full causal mask over sliding-window cache layers",
 }
+
+
+# families whose behaviour differs between the ends of the supported transformers range: refused (by the
+# capability probes, with this reason) on releases before the one named, exact from it on. Measured on 5.17
+# (the oldest CI runs) and 5.24 (the newest); 5.23 was exact for all of them in the 0.3 runs.
+CHANGED_IN = {
+    **{n: (NOT_CONTINUED, (5, 23)) for n in ("big_bird", "doge", "git", "megatron-bert", "rembert", "roformer", "umt5")},
+    "inkling_text": ("cannot roll sliding-window layers back", (5, 23)),
+}
+RELEASE = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+for _name, (_why, _fixed) in CHANGED_IN.items():
+    if RELEASE < _fixed:
+        REFUSED[_name] = _why
 
 
 def padded_batch(kind: str):
@@ -48,6 +63,8 @@ def row(ids, mask, r, kind):
 
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_family_is_exact_or_refused(name):
+    if not available(name):
+        pytest.skip(f"{ZOO_INFO[name]['model_class']} is not in transformers {transformers.__version__}")
     small, large = make_zoo_pair(name)
     kind = ZOO_INFO[name]["kind"]
     ids, mask = padded_batch(kind)

@@ -365,6 +365,13 @@ def _build(spec: Spec, layers: int):
 
 
 ZOO: dict = {name: (lambda layers, _s=spec: _build(_s, layers)) for name, spec in SPECS.items()}
+def available(name: str) -> bool:
+    """The entry's model class exists in the installed transformers (the zoo is written for the newest
+    release CI runs; older ones lack some families)."""
+    import transformers
+    return hasattr(transformers, SPECS[name].class_name) and SPECS[name].model_type in CONFIG_MAPPING
+
+
 ZOO_INFO = {name: dict(model_type=s.model_type, model_class=s.class_name, kind=s.kind, small_layers=s.small_layers)
             for name, s in SPECS.items()}
 

@@ -6,11 +6,17 @@ model, theory), `bild.evaluation` (test-set runs).
 """
 import sys as _sys
 
-from .analysis import cost_model, theory
-from .generator import BiLDGenerator, generate
-from .pairs import alignment, controlled, smollm2
-from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
-from .stats import GenerationStats, expected_speedup
+import transformers as _transformers
+
+from ._compat import check_transformers as _check_transformers
+
+_check_transformers(_transformers.__version__)  # outside the tested range: ImportError (older) or a warning
+
+from .analysis import cost_model, theory  # noqa: E402
+from .generator import BiLDGenerator, generate  # noqa: E402
+from .pairs import alignment, controlled, smollm2  # noqa: E402
+from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy  # noqa: E402
+from .stats import GenerationStats, expected_speedup  # noqa: E402
 
 # module paths of version 0.2 (`bild.pair`, `bild.cost_model`, ...) keep working
 for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", controlled),

@@ -193,7 +193,7 @@ class Capabilities:
     """How the engine calls a model's forward, found once per model by `capabilities`.
 
     cache_arg        the keyword under which the forward fills a KV cache passed in: "cache" (transformers
-                     >= 5.24), "past_key_values" (earlier releases), None (no KV cache: refused)
+                     >= 5.24), "past_key_values" (earlier releases), None (refused, for `cache_problem`)
     takes_positions  decoder-only, and `position_ids` changes its output (per-row positions can go in)
     logits_to_keep   the forward honours `logits_to_keep` (only the last positions' logits are computed)
     """
@@ -201,22 +201,83 @@ class Capabilities:
     cache_arg: str | None
     takes_positions: bool
     logits_to_keep: bool
+    cache_problem: str = ""  # why cache_arg is None
 
 
 CACHE_ARGS = ("cache", "past_key_values")  # the current name first: the old one warns on transformers >= 5.24
 
 
 def new_cache(model: PreTrainedModel):
-    """A fresh DynamicCache (in an EncoderDecoderCache for encoder-decoders) that can be rolled back: where
-    the installed transformers records past states of sliding-window / linear-attention layers, that is on."""
+    """A fresh cache the engine can roll back: a DynamicCache (in an EncoderDecoderCache for encoder-decoders)
+    with the model's layer kinds. Sliding-window layers keep only their window and are rolled back through
+    `activate_past_recording` where this transformers release does that correctly (`window_rollback_works`,
+    a probe); elsewhere they keep every slot as full layers (the mask still applies the window)."""
     cfg = model.config
     if cfg.is_encoder_decoder:
-        cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
-    else:
-        cache = DynamicCache(config=cfg)
+        return EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+    cache = DynamicCache(config=cfg)
+    if _window_layers(cache) and not window_rollback_works():
+        return DynamicCache()  # full layers (check_model refused models with other kinds of layer here)
     if hasattr(cache, "activate_past_recording"):  # a feature probed, not a version checked
         cache.activate_past_recording()
     return cache
+
+
+def _window_layers(cache) -> bool:
+    """The cache has sliding-window layers (which keep only their window) and only those besides full ones."""
+    kinds = {type(layer).__name__ for layer in getattr(cache, "layers", [])}
+    return "DynamicSlidingWindowLayer" in kinds and kinds <= {"DynamicLayer", "DynamicSlidingWindowLayer"}
+
+
+def _unrollable_window(model: PreTrainedModel) -> bool:
+    """Sliding-window state mixed into other kinds of layer (linear attention + window), on a release that
+    cannot roll window layers back: no full-layer replacement exists, so the model is refused."""
+    if model.config.is_encoder_decoder:
+        return False
+    layers = DynamicCache(config=model.config).layers
+    windowed = any("Sliding" in type(layer).__name__ for layer in layers)
+    return windowed and not _window_layers(DynamicCache(config=model.config)) and not window_rollback_works()
+
+
+@functools.lru_cache(maxsize=1)
+def window_rollback_works() -> bool:
+    """Whether this transformers release rolls sliding-window cache layers back exactly: on a tiny 1-layer
+    Mistral with a 3-token window (built from a config, seeded), a sequence of the engine's operations
+    (multi-token feeds past the window, crops, single steps) must give the logits of uncached forwards over
+    the same tokens. True on 5.24; on 5.17 a feed after a crop fails on the mask's size."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, sliding_window=3, max_position_embeddings=64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = MistralForCausalLM(cfg).eval()
+    return any(_window_ops_exact(m, name) for name in CACHE_ARGS)
+
+
+@torch.no_grad()
+def _window_ops_exact(m, arg: str) -> bool:
+    cache = DynamicCache(config=m.config)
+    if not hasattr(cache, "activate_past_recording"):
+        return False
+    cache.activate_past_recording()
+    seq, g = [], torch.Generator().manual_seed(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for op in (5, 1, 3, -2, 1, 4, -3, 1, 1, 2, -1, 1):
+                if op < 0:
+                    cache.crop(op)
+                    del seq[op:]
+                    continue
+                new = torch.randint(3, 32, (op,), generator=g).tolist()
+                out = m(input_ids=torch.tensor([new]), use_cache=True, **{arg: cache}).logits[0, -1]
+                seq += new
+                if not _close(m(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1], out, torch.float32):
+                    return False
+    except Exception:  # noqa: BLE001 - this release cannot do it (or takes no such keyword)
+        return False
+    return True
 
 
 def capabilities(model: PreTrainedModel) -> Capabilities:
@@ -225,7 +286,8 @@ def capabilities(model: PreTrainedModel) -> Capabilities:
     what counts is what the model does with an argument, not whether its signature names it."""
     caps = model.__dict__.get("_bild_caps")
     if caps is None:
-        caps = Capabilities(_probe_cache_arg(model), _probe_positions(model), _accepts(model, "logits_to_keep", True))
+        arg, problem = _probe_cache_arg(model)
+        caps = Capabilities(arg, _probe_positions(model), _accepts(model, "logits_to_keep", True), problem)
         model.__dict__["_bild_caps"] = caps
     return caps
 
@@ -247,7 +309,7 @@ def _accepts(model, name: str, unknown: bool) -> bool:
 def _probe_inputs(model: PreTrainedModel, ids: list[int]) -> dict:
     """Inputs for a decoder step over `ids`: decoder-only `input_ids`; encoder-decoder `decoder_input_ids`
     over a stand-in encoder output (zeros), so models whose encoder takes features or pixels probe alike."""
-    dev, cfg = model.device, model.config
+    dev, cfg = execution_device(model), model.config
     t = torch.tensor([ids], device=dev)
     if not cfg.is_encoder_decoder:
         return {"input_ids": t}
@@ -261,34 +323,47 @@ def _probe_tokens(model: PreTrainedModel, n: int) -> list[int]:
     return [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, n + 1)]
 
 
+NOT_FILLED = "has no KV cache (given one as `cache` or `past_key_values`, its forward does not fill it)"
+NOT_CONTINUED = ("does not continue from its KV cache as from one pass (4 tokens through the cache as 2 + 2 or "
+                 "2 + 1 + 1 give other logits than 4 at once), so a multi-token verify pass would differ from its "
+                 "own decoding")
+
+
 @torch.no_grad()
-def _probe_cache_arg(model: PreTrainedModel) -> str | None:
-    """The keyword under which the forward keeps a KV cache we pass and continues from it: per name tried,
-    2 tokens then 2 more through the cache must fill it and give the last logits of one uncached 4-token
-    forward. Deprecation warnings are caught: a name that warns is used only when no other works."""
-    t = _probe_tokens(model, 4)
-    try:
-        ref = model(**_probe_inputs(model, t), use_cache=False).logits[0, -1].float()
-    except Exception:  # noqa: BLE001 - the probe cannot run this model: trust its signature
-        return next((n for n in CACHE_ARGS if _accepts(model, n, False)), None)
-    fallback = None
+def _probe_cache_arg(model: PreTrainedModel) -> tuple[str | None, str]:
+    """The keyword under which the forward keeps a KV cache we pass and continues from it, as the engine
+    uses it: per name tried, 4 tokens fed through a fresh cache at once, as 2 + 2 (a verify pass) and as
+    2 + 1 + 1 (draft steps) must fill it and give the same last logits. Deprecation warnings are caught: a
+    name that warns is used only when no other works. Returns (keyword or None, why None)."""
+    t, fallback, ran, problem = _probe_tokens(model, 4), None, False, NOT_FILLED
     for name in CACHE_ARGS:
-        cache = new_cache(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                model(**_probe_inputs(model, t[:2]), use_cache=True, **{name: cache})
-                filled = _cached_tokens(cache) == 2
-                out = model(**_probe_inputs(model, t[2:]), use_cache=True, **{name: cache}).logits[0, -1].float()
+                outs, filled = [], True
+                for i, cuts in enumerate(((0, 4), (0, 2, 4), (0, 2, 3, 4))):
+                    cache = new_cache(model)
+                    for a, b in zip(cuts, cuts[1:]):
+                        out = model(**_probe_inputs(model, t[a:b]), use_cache=True, **{name: cache})
+                        ran = ran or i == 0
+                    filled = filled and _cached_tokens(cache) == 4
+                    outs.append(out.logits[0, -1].float())
             except Exception:  # noqa: BLE001 - a keyword the forward rejects, or a cache it cannot continue from
+                if ran:
+                    problem = NOT_CONTINUED if filled and problem == NOT_FILLED and outs else problem
                 continue
-        if not (filled and _close(ref, out, model.dtype)):
+        if not filled:
+            continue
+        if not all(_close(outs[0], o, model.dtype) for o in outs[1:]):
+            problem = NOT_CONTINUED
             continue
         if not any(issubclass(w.category, (FutureWarning, DeprecationWarning)) and name in str(w.message)
                    for w in caught):
-            return name
+            return name, ""
         fallback = fallback or name
-    return fallback
+    if not ran:  # the probe's inputs do not fit this model at all: trust its signature
+        fallback = next((n for n in CACHE_ARGS if _accepts(model, n, False)), None)
+    return fallback, "" if fallback else problem
 
 
 def _cached_tokens(cache) -> int:
@@ -309,11 +384,24 @@ def _probe_positions(model: PreTrainedModel) -> bool:
         return said
     t = _probe_tokens(model, 3)
     try:
-        a, b = (model(**_probe_inputs(model, t), position_ids=torch.tensor([p], device=model.device),
+        a, b = (model(**_probe_inputs(model, t), position_ids=torch.tensor([p], device=execution_device(model)),
                       use_cache=False).logits[0, -1].float() for p in ([0, 1, 2], [0, 1, 5]))
     except Exception:  # noqa: BLE001 - rejects the argument
         return False
     return not torch.equal(a, b)
+
+
+def execution_device(model) -> torch.device:
+    """Where the model computes: its parameters' device or, with accelerate hooks whose weights sit on "meta"
+    (offloaded), the first hook's execution device."""
+    dev = model.device
+    if dev.type != "meta":
+        return dev
+    for m in model.modules():
+        hooked = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
+        if hooked is not None:
+            return torch.device(f"cuda:{hooked}" if isinstance(hooked, int) else hooked)
+    return dev
 
 
 def to_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -373,7 +461,7 @@ def _holes_are_ignored(model: PreTrainedModel) -> bool:
     cached = getattr(model, "_bild_holes_ok", None)
     if cached is not None:
         return cached
-    vocab, dev = int(model.config.vocab_size), model.device
+    vocab, dev = int(model.config.vocab_size), execution_device(model)
     t = [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, 5)]
 
     arg = capabilities(model).cache_arg
@@ -406,7 +494,7 @@ def _alignment_is_exact(model: PreTrainedModel) -> bool:
     sees slot distances, which re-packing keeps equal to token distances; ALiBi over slots), false where
     positions come from the slot index (BART, Marian, Pegasus: learned or sinusoidal positions from the
     cache length). Checked once per model."""
-    vocab, dev = int(model.config.vocab_size), model.device
+    vocab, dev = int(model.config.vocab_size), execution_device(model)
     t = [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, 5)]
     try:
         def run(first, valid):
@@ -444,15 +532,19 @@ def check_model(model: PreTrainedModel, role: str) -> None:
     reason = _REFUSED_TYPES.get(model.config.model_type)
     if reason:
         raise ValueError(f"`{role}` ({name}) is not supported: {reason}")
-    no_cache = (f"`{role}` ({name}) has no KV cache (given one as `cache` or `past_key_values`, its forward does "
-                "not fill it and continue from it): the engine feeds each model only the tokens it has not read, "
-                "so it cannot decode this model")
     if getattr(model, "_is_stateful", False) or not model._supports_default_dynamic_cache():
         raise ValueError(f"`{role}` ({name}) keeps a recurrent or custom cache that cannot be cropped on "
                          "rollback (a state-space or recurrent state, memories, or a hybrid of those with KV "
                          "layers); use a model with a standard KV cache")
-    if capabilities(model).cache_arg is None:
-        raise ValueError(no_cache)
+    if _unrollable_window(model):
+        raise ValueError(f"`{role}` ({name}) is not supported with this transformers release: its cache mixes "
+                         "sliding-window state into other layers, and this release cannot roll sliding-window "
+                         "layers back (bild.adapters.window_rollback_works; 5.24 can)")
+    caps = capabilities(model)
+    if caps.cache_arg is None:
+        raise ValueError(f"`{role}` ({name}) {caps.cache_problem}: the engine feeds each model only the tokens it "
+                         "has not read, so it cannot decode this model" +
+                         (" with this transformers release" if caps.cache_problem == NOT_CONTINUED else ""))
 
 
 def encoder_rows(encoder_kwargs: dict, take) -> dict:
