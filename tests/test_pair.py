@@ -103,6 +103,97 @@ def test_build_pair_from_cached_large_and_reuse(tmp_path, monkeypatch):
         assert torch.allclose(p.small(ids).logits, small(ids).logits, atol=2e-2)
 
 
+def _tiny_cache(tmp_path):
+    """cache/large holding a tiny Llama + word-level tokenizer, as build_large would leave it."""
+    large = tiny_large()
+    cache = tmp_path / "cache"
+    large.save_pretrained(cache / "large")
+    try:
+        from tokenizers import Tokenizer, models
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {f"w{i}": i for i in range(80)}
+        t = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
+                                    pad_token="w0", eos_token="w2")
+        t.save_pretrained(cache / "large")
+    except Exception as e:  # pragma: no cover
+        pytest.skip(f"cannot make a tiny tokenizer: {e}")
+    return large, cache
+
+
+def _perturbed_draft(large, layers, seed):
+    small = pair.make_small_from_large(large, layers)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in small.model.layers.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return small
+
+
+def test_cache_is_keyed_to_the_draft_weights(tmp_path, monkeypatch):
+    """A cache built from one draft is rebuilt when the draft file changes, even at the same path,
+    size and mtime (what a release replacing the packaged asset, or a retrained file, looks like)."""
+    import os
+
+    large, cache = _tiny_cache(tmp_path)
+    w = tmp_path / "draft.safetensors"
+    old = _perturbed_draft(large, [1, 4], seed=1)
+    new = _perturbed_draft(large, [1, 4], seed=2)
+    pair.save_draft_weights(old, w)
+    stat = w.stat()
+    monkeypatch.setenv("BILD_CACHE", str(cache))
+    monkeypatch.setenv("BILD_DRAFT_WEIGHTS", str(w))
+    assert pair.default_draft_weights() == w
+    pair.build_pair()
+    stamp = pair.draft_stamp()
+    assert stamp["sha256"] == pair.file_sha256(w) and stamp["size"] == stat.st_size
+    ids = torch.tensor([[1, 4, 7]])
+    with torch.no_grad():
+        assert torch.allclose(pair.load_pair().small(ids).logits, old(ids).logits, atol=2e-2)
+        mtime = (cache / "small" / "config.json").stat().st_mtime_ns
+        pair.build_pair()  # same draft: reused
+        assert (cache / "small" / "config.json").stat().st_mtime_ns == mtime
+
+        pair.save_draft_weights(new, w)  # same path, same size; restore the old mtime too
+        assert w.stat().st_size == stat.st_size
+        os.utime(w, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        served = pair.load_pair().small  # load_pair(build=True) notices and rebuilds
+        assert pair.draft_stamp()["sha256"] == pair.file_sha256(w) != stamp["sha256"]
+        assert torch.allclose(served(ids).logits, new(ids).logits, atol=2e-2)
+        assert not torch.allclose(served(ids).logits, old(ids).logits, atol=2e-2)
+
+        # a cache from before the sha256 stamp (size + mtime only) is rebuilt once, then reused
+        (cache / "small" / pair.DRAFT_STAMP_NAME).write_text(
+            '{"weights": "%s", "size": %d, "mtime": %d}' % (w, stat.st_size, int(stat.st_mtime)))
+        pair.build_pair()
+        assert pair.draft_stamp()["sha256"] == pair.file_sha256(w)
+
+
+def test_missing_draft_weights(tmp_path, monkeypatch):
+    large, cache = _tiny_cache(tmp_path)
+    monkeypatch.setenv("BILD_CACHE", str(cache))
+    monkeypatch.setenv("BILD_DRAFT_WEIGHTS", str(tmp_path / "absent.safetensors"))
+    with pytest.raises(FileNotFoundError, match="BILD_DRAFT_WEIGHTS"):
+        pair.build_pair()
+    # the packaged draft missing (stripped install): no cache -> a clear error; a built cache -> kept
+    monkeypatch.delenv("BILD_DRAFT_WEIGHTS")
+    monkeypatch.setattr(pair, "packaged_draft_weights", lambda: tmp_path / "stripped.safetensors")
+    with pytest.raises(FileNotFoundError, match="package data"):
+        pair.build_pair()
+    w = pair.save_draft_weights(_perturbed_draft(large, [0], seed=3), tmp_path / "w.safetensors")
+    pair.build_pair(weights=w)
+    assert pair.build_pair() == cache
+
+
+def test_packaged_draft_resolves_inside_the_package():
+    path = pair.packaged_draft_weights()
+    assert path.parent.name == "assets" and path.parent.parent == __import__("pathlib").Path(pair.__file__).parent
+    assert path.name == pair.DRAFT_WEIGHTS_NAME
+    if not path.is_file():
+        pytest.skip(f"{path} absent (a checkout without the draft asset)")
+    assert path.stat().st_size > 1_000_000
+
+
 def test_prompt_formatting():
     assert pair.format_instruction("Hallo Welt", "translation") == "Translate to English: Hallo Welt"
     assert pair.format_instruction("a b c d", "summarization", max_chars=4) == "Summarize in one sentence: a b"

@@ -2,7 +2,8 @@
 
 Every field of :class:`EvalConfig` is both a key of the YAML task files in ``configs/`` and a
 command-line flag of the same name (``--fallback_threshold 0.6``), except ``paper_settings``
-(file only) and ``task`` (fixed by the script). An unknown key in a file is an error that names
+(file only) and ``task`` (fixed by the script); ``chat_template`` is set with ``--chat_template`` /
+``--no_chat_template``. An unknown key in a file is an error that names
 the key and lists the allowed ones. :func:`validate` checks everything that can be checked
 without touching a model, so that bad input fails fast.
 """
@@ -62,6 +63,8 @@ class EvalConfig:
     source_field: str = field(default="source", metadata={"help": "source text field (summarization datasets: document / article)"})
     target_field: str = field(default="target", metadata={"help": "reference field (summarization datasets: summary / highlights)"})
     source_prefix: str = field(default="", metadata={"help": "text prepended to every source, e.g. 'summarize: ' for T5"})
+    prompt_template: str = field(default="{source}", metadata={"help": "the task prompt; {source} stands for source_prefix + the example's text, e.g. 'Translate to English: {source}' for an instruct model"})
+    chat_template: bool = field(default=True, metadata={"help": "on by default: decoder-only models whose tokenizer has a chat template get the task prompt through it (as a user turn, with the generation prompt); --no_chat_template sends the plain prompt"})
     max_source_length: int = field(default=1024, metadata={"help": "truncate sources to this many tokens"})
     max_target_length: int = field(default=128, metadata={"help": "max new tokens generated per example"})
     metric: str | None = field(default=None, metadata={"help": "bleu or rouge (default: bleu for translation, rouge for summarization)"})
@@ -101,7 +104,9 @@ class EvalConfig:
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig))
 _FILE_ONLY = {"paper_settings", "task"}
-_BOOL_KEYS = {"resume", "overwrite"}
+_BOOL_KEYS = {"resume", "overwrite", "chat_template"}
+_NEGATABLE_KEYS = {"chat_template"}  # --<key> and --no_<key>
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING}
 _INT_KEYS = {"max_small_steps", "limit", "max_source_length", "max_target_length", "batch_size", "seed", "warmup"}
 _FLOAT_KEYS = {"fallback_threshold", "rollback_threshold"}
 
@@ -191,7 +196,10 @@ def build_parser(task: str, description: str | None = None, exclude: tuple[str, 
         if f.name in _FILE_ONLY or f.name in exclude:
             continue
         help_text = f.metadata.get("help")
-        if f.name in _BOOL_KEYS:
+        if f.name in _NEGATABLE_KEYS:
+            parser.add_argument(f"--{f.name}", action="store_true", help=help_text)
+            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=f"turn --{f.name} off")
+        elif f.name in _BOOL_KEYS:
             parser.add_argument(f"--{f.name}", action="store_true", help=help_text)
         else:
             parser.add_argument(f"--{f.name}", type=str, help=help_text, metavar=f.name.upper())
@@ -261,6 +269,8 @@ def validate(cfg: EvalConfig) -> None:
     for key in ("batch_size", "max_source_length", "max_target_length"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
+    if "{source}" not in cfg.prompt_template:
+        raise ConfigError(f"--prompt_template must contain {{source}} (where the source text goes), got {cfg.prompt_template!r}")
     if cfg.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.limit is not None and cfg.limit < 1:
@@ -328,6 +338,12 @@ def resolve_config(argv: list[str] | None, task: str, parser: argparse.ArgumentP
 
 
 def differing_keys(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """Keys whose values differ between a saved run config and the current one (ignoring resume-safe keys)."""
+    """Keys whose values differ between a saved run config and the current one (ignoring resume-safe keys).
+
+    A key absent from one side counts as its default, so a run saved before a key existed resumes
+    when the key is left at its default.
+    """
     keys = (set(saved) | set(current)) - RESUME_IGNORED_KEYS
-    return [(k, saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)]
+    old = {k: saved.get(k, _DEFAULTS.get(k)) for k in keys}
+    new = {k: current.get(k, _DEFAULTS.get(k)) for k in keys}
+    return [(k, old[k], new[k]) for k in sorted(keys) if old[k] != new[k]]

@@ -4,6 +4,11 @@
 ``encode`` (tokenise, move to device), ``generate`` (the model call) and ``decode`` (strip the
 prompt or decoder-start token, count new tokens, detokenise). Encoder-decoder models (T5, mT5,
 BART, Marian) are the main case; decoder-only pairs get left padding and the prompt is stripped.
+
+The task prompt is ``prompt_template`` with ``{source}`` replaced by ``source_prefix + source``.
+A decoder-only model whose tokenizer has a chat template (an instruct model) gets that prompt as a
+user turn through ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``, as the offline
+pair's :func:`bild.pairs.smollm2.chat_prompt` does, unless ``chat_template`` is off.
 """
 
 from __future__ import annotations
@@ -115,6 +120,29 @@ def load_models(cfg: EvalConfig, device) -> ModelBundle:
     return ModelBundle(tokenizer, large, small, is_encoder_decoder, device)
 
 
+def task_prompt(cfg: EvalConfig, source: str) -> str:
+    """``prompt_template`` with ``{source}`` replaced by ``source_prefix + source``."""
+    return cfg.prompt_template.replace("{source}", cfg.source_prefix + source)
+
+
+def uses_chat_template(cfg: EvalConfig, tokenizer: Any, is_encoder_decoder: bool) -> bool:
+    """Whether prompts go through the tokenizer's chat template: on, decoder-only, and it has one."""
+    return bool(cfg.chat_template and not is_encoder_decoder and getattr(tokenizer, "chat_template", None))
+
+
+def chat_text(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` as one user turn in the tokenizer's chat template, with the generation prompt
+    (the offline pair's :func:`~bild.pairs.smollm2.chat_prompt`)."""
+    from ..pairs.smollm2 import chat_prompt
+
+    return chat_prompt(tokenizer, prompt)
+
+
+def _truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
+
+
 def count_new_tokens(generated, eos_token_ids: Sequence[int]) -> list[int]:
     """Tokens generated per row: up to and including the first EOS, else the whole row.
 
@@ -173,13 +201,32 @@ class BatchGenerator:
             )
         self.reference_model = bundle.small if cfg.mode == "small" else bundle.large
         self.eos_ids = _eos_ids(self.reference_model, bundle.tokenizer)
+        self.chat_template = uses_chat_template(cfg, bundle.tokenizer, bundle.is_encoder_decoder)
+
+    def prompts(self, sources: Sequence[str]) -> list[str]:
+        """The text each model reads: the task prompt, through the chat template when it applies.
+
+        With a chat template, ``max_source_length`` truncates the source text (in tokens) before it
+        goes into the template, so the template's generation prompt is never cut off.
+        """
+        if not self.chat_template:
+            return [task_prompt(self.cfg, s) for s in sources]
+        tok = self.bundle.tokenizer
+        return [chat_text(tok, task_prompt(self.cfg, _truncate_tokens(tok, s, self.cfg.max_source_length)))
+                for s in sources]
 
     def encode(self, sources: Sequence[str]) -> dict[str, Any]:
-        """Tokenise ``source_prefix + source`` (truncated to ``max_source_length``) onto the device."""
-        texts = [self.cfg.source_prefix + s for s in sources]
-        enc = self.bundle.tokenizer(
-            texts, truncation=True, max_length=self.cfg.max_source_length, padding=True, return_tensors="pt"
-        )
+        """Tokenise :meth:`prompts` (truncated to ``max_source_length``) onto the device.
+
+        Chat-templated text already holds the model's special tokens, so none are added to it.
+        """
+        texts = self.prompts(sources)
+        if self.chat_template:
+            enc = self.bundle.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        else:
+            enc = self.bundle.tokenizer(
+                texts, truncation=True, max_length=self.cfg.max_source_length, padding=True, return_tensors="pt"
+            )
         return {k: v.to(self.bundle.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def generate(self, enc: dict[str, Any]):

