@@ -11,7 +11,8 @@ How a model's batch is laid out (`batch_layout`, decided once per model by probe
 - "aligned": every row's tokens kept contiguous and ending at the last slot, the cache re-packed when rows
   diverge. Exact where attention depends on slot distances only: T5 / mT5 / UMT5 / LongT5 / Switch's
   relative bias, ALiBi over slots (MPT), masks' cumulative positions (Bloom);
-- "rows": the generator decodes the batch row by row, each row's padding removed:
+- "rows": the generator decodes the batch row by row, each row with its prompt padding in the masked slots
+  transformers' generate gives it (so the row sees what it sees in a padded `generate`), never re-packed:
   - positions from the slot index or cache length, with no per-row position argument (BART, mBART,
     Marian, Pegasus, M2M100, Blenderbot, Whisper's decoder; BartForCausalLM, TrOCR, GIT);
   - sliding-window layers (Mistral, Qwen2/3, Gemma 2/3, Phi-3, Starcoder2, Cohere2, ...) and gpt-neo's
@@ -96,10 +97,11 @@ class ModelAdapter:
     def feed(self, ids: torch.Tensor, valid: list[list[bool]], keep: int) -> torch.Tensor:
         """Append `ids` [B, n] to the cache; `valid[r][j]` (host) marks real tokens (False = a masked slot).
 
-        Returns float32 logits [B, keep, V] of the last `keep` positions.
+        Returns float32 logits [B, keep, V] of the last `keep` positions. A "rows" model takes masked slots
+        only as a single row (B = 1: its left-padded prompt, fed as transformers' generate feeds it).
         """
         B, n = ids.shape
-        if not all(all(v) for v in valid) and self.layout == "rows":
+        if B > 1 and not all(all(v) for v in valid) and self.layout == "rows":
             raise RuntimeError("this model cannot take masked slots; run its batch row by row")
         if self.length and self._needs_repack():
             self.compact()
@@ -154,10 +156,13 @@ class ModelAdapter:
     def _needs_repack(self) -> bool:
         """Before a forward: "aligned" needs every row contiguous and ending at the last slot; any layout
         re-packs when masked slots exceed the allowance."""
-        longest = max(self.n_valid)
-        if self.length > self.COMPACT_AT * longest + 4:
+        if self.dense:
+            return False
+        if self.layout == "rows":  # one row (see `feed`): its prompt padding stays in the slots it holds in
+            return False           # transformers' own generate, where this family's positions / window count it
+        if self.length > self.COMPACT_AT * max(self.n_valid) + 4:
             return True
-        if self.dense or self.layout != "aligned":
+        if self.layout != "aligned":
             return False
         return any(s and (s[-1] != self.length - 1 or s[-1] - s[0] + 1 != len(s)) for s in self.slots)
 
