@@ -435,12 +435,23 @@ _REFUSED_TYPES = {
 }
 
 
+# encoder-decoders whose encoder takes something other than token ids (`main_input_name`), checked exact against
+# their own generate (tests/test_generate_fidelity.py); the others (pixel_values: VisionEncoderDecoder, Donut,
+# Pix2Struct; Speech2Text, SpeechEncoderDecoder) are refused
+_CHECKED_ENCODER_INPUTS = {"whisper": "input_features"}
+
+
 def check_model(model: PreTrainedModel, role: str) -> None:
     """Refuse, before any work, a model the engine cannot decode correctly."""
     name = type(model).__name__
     reason = _REFUSED_TYPES.get(model.config.model_type)
     if reason:
         raise ValueError(f"`{role}` ({name}) is not supported: {reason}")
+    enc_input = getattr(model, "main_input_name", "input_ids")
+    if (model.config.is_encoder_decoder and enc_input != "input_ids"
+            and _CHECKED_ENCODER_INPUTS.get(model.config.model_type) != enc_input):
+        raise ValueError(f"`{role}` ({name}) is not supported: its encoder takes `{enc_input}`, not token ids, and "
+                         "the engine is checked exact on such encoders for Whisper only")
     if getattr(model, "_is_stateful", False) or not model._supports_default_dynamic_cache():
         raise ValueError(f"`{role}` ({name}) keeps a recurrent or custom cache that cannot be cropped on "
                          "rollback; use a model with a standard KV cache")

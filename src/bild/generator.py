@@ -379,8 +379,8 @@ class BiLDGenerator:
         gc.update(**kwargs)
         check_generation_config(gc, _batch_size(inputs, kwargs), streamer)
         o = self.options
-        return self.large_model.generate(
-            inputs, generation_config=generation_config, custom_generate=generate, small_model=self.small_model,
+        return self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
+            *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate, small_model=self.small_model,
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
             draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
