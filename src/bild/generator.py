@@ -140,6 +140,8 @@ _REFUSED_FIELDS = (
     ("prompt_lookup_num_tokens", lambda v: v is not None, "prompt lookup is transformers' own assisted decoding"),
     ("assistant_early_exit", lambda v: v is not None, "early-exit self-speculation is transformers' own assisted "
      "decoding"),
+    ("is_assistant", lambda v: bool(v), "it marks the assistant's own generate inside transformers' assisted "
+     "decoding"),
     ("speculation_type", lambda v: v is not None, "it selects transformers' own speculative decoding"),
     ("continuous_batching_config", lambda v: v is not None, "continuous batching is another generation path"),
     ("token_healing", lambda v: bool(v), "it needs `tokenizer`, which transformers does not pass to a "
@@ -173,6 +175,10 @@ def check_generation_config(gc: GenerationConfig, batch_size: int | None = None,
                 raise ValueError(f"`{name}`=True with `return_dict_in_generate` is not supported: the draft-verify "
                                  "loop runs its forward passes over several tokens and rows at once and does not "
                                  "collect per-step attentions or hidden states")
+    if getattr(gc, "prefill_chunk_size", None) and model is not None and model.config.is_encoder_decoder:
+        raise ValueError(f"`prefill_chunk_size`={gc.prefill_chunk_size} is not supported for encoder-decoders: "
+                         "transformers' chunked prefill of one gives other output than its one-pass prefill on a "
+                         "padded encoder input, and the engine prefills in one pass")
     # a model whose own config switches the cache off (MPT) decodes with one all the same: only a choice refuses
     if gc.use_cache is False and model is not None and model.generation_config.use_cache is not False:
         raise ValueError("`use_cache`=False is not supported: the engine works on both models' KV caches")
