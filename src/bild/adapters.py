@@ -213,7 +213,23 @@ def new_cache(model: PreTrainedModel):
         cache = DynamicCache(config=cfg)
     if hasattr(cache, "activate_past_recording"):  # a feature probed, not a version checked
         cache.activate_past_recording()
+        for layer in _self_attention_layers(cache):
+            if getattr(layer, "record_past", False) and getattr(layer, "sliding_window", None):
+                _visible_window_only(layer)
     return cache
+
+
+def _visible_window_only(layer) -> None:
+    """A sliding-window layer that records its past (for rollback) returns, from `update`, only the states its
+    attention mask covers (the window, plus the new tokens), as transformers >= 5.24 does itself; before, it
+    returned every recorded state and a forward past the window failed against the window-sized mask."""
+    update = layer.update
+
+    def visible(key_states, value_states, *args, **kwargs):
+        keys, values = update(key_states, value_states, *args, **kwargs)
+        n = layer.sliding_window - 1 + key_states.shape[-2]
+        return keys[:, :, -n:], values[:, :, -n:]
+    layer.update = visible
 
 
 def capabilities(model: PreTrainedModel) -> Capabilities:
