@@ -444,3 +444,12 @@ def test_stop_strings_and_per_step_outputs():
     for name in ("output_attentions", "output_hidden_states"):
         with pytest.raises(ValueError, match=name):
             bild_generate(small, large, ids, None, max_new_tokens=NEW, return_dict_in_generate=True, **{name: True})
+
+
+def test_position_ids():
+    """position_ids as the attention mask implies them are exact; others are refused."""
+    small, large, ids, mask, _ = family("llama")
+    implied = (mask.cumsum(-1) - 1).clamp(min=0)
+    compare(small, large, ids, mask, position_ids=implied)
+    with pytest.raises(ValueError, match="position_ids"):
+        _quiet(lambda: bild_generate(small, large, ids, mask, max_new_tokens=NEW, position_ids=implied + 3))

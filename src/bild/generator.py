@@ -191,6 +191,14 @@ def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small
     if model_kwargs.get("inputs_embeds") is not None:
         raise ValueError("`inputs_embeds` is not supported: the engine feeds token ids to both models (and the "
                          "small model has its own embeddings); pass `input_ids`")
+    pos = model_kwargs.get("position_ids")
+    if pos is not None and not model.config.is_encoder_decoder:
+        mask = model_kwargs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask.long()
+        implied = mask.cumsum(-1) - 1
+        if pos.shape != input_ids.shape or bool(((pos.to(implied.device) != implied) & mask.bool()).any()):
+            raise ValueError("`position_ids` other than those the attention mask implies are not supported: the "
+                             "engine numbers each row's tokens itself")
     if not model.config.is_encoder_decoder:
         return
     if uses_small and (inputs_tensor is None or (not inputs_tensor.is_floating_point() and bool((inputs_tensor < 0).all()))):
