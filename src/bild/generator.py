@@ -201,7 +201,8 @@ def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small
                              "engine numbers each row's tokens itself")
     if not model.config.is_encoder_decoder:
         return
-    if uses_small and (inputs_tensor is None or (not inputs_tensor.is_floating_point() and bool((inputs_tensor < 0).all()))):
+    no_input = inputs_tensor is None or (not inputs_tensor.is_floating_point() and bool((inputs_tensor < 0).all()))
+    if uses_small and no_input:  # transformers fills the missing encoder input with -100
         raise ValueError("`encoder_outputs` without the encoder's input is not supported: the small model encodes "
                          "the input itself; pass `input_ids` (or the encoder input)")
     mask = model_kwargs.get("decoder_attention_mask")
@@ -394,7 +395,8 @@ class BiLDGenerator:
         check_generation_config(gc, _batch_size(inputs, kwargs), streamer)
         o = self.options
         return self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
-            *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate, small_model=self.small_model,
+            *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate,
+            small_model=self.small_model,
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
             draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
