@@ -453,3 +453,15 @@ def test_position_ids():
     compare(small, large, ids, mask, position_ids=implied)
     with pytest.raises(ValueError, match="position_ids"):
         _quiet(lambda: bild_generate(small, large, ids, mask, max_new_tokens=NEW, position_ids=implied + 3))
+
+
+def test_forward_without_position_ids_decodes_with_its_padding():
+    """WhisperForCausalLM's forward does not name `position_ids`, so transformers' generate numbers its tokens
+    by cache slot, padding included: the engine decodes its rows with their padding and gives the same."""
+    small, large = make_zoo_pair("whisper_decoder")
+    assert batch_layout(large) == "rows"
+    ids = torch.tensor([[5, 9, 13, 17, 21, 25], [0, 0, 0, 7, 11, 15]])
+    mask = (ids != 0).long()
+    ref = compare(small, large, ids, mask, repetition_penalty=1.3)
+    alone = _quiet(lambda: large.generate(ids[1:, 3:], max_new_tokens=NEW, do_sample=False, repetition_penalty=1.3))
+    assert ref[1, 6:].tolist() != alone[0, 3:].tolist()  # transformers' padded row is not the row alone

@@ -14,7 +14,8 @@ How a model's batch is laid out (`batch_layout`, decided once per model by probe
 - "rows": the generator decodes the batch row by row, each row with its prompt padding in the masked slots
   transformers' generate gives it (so the row sees what it sees in a padded `generate`), never re-packed:
   - positions from the slot index or cache length, with no per-row position argument (BART, mBART,
-    Marian, Pegasus, M2M100, Blenderbot, Whisper's decoder; BartForCausalLM, TrOCR, GIT);
+    Marian, Pegasus, M2M100, Blenderbot, Whisper's decoder; BartForCausalLM, TrOCR, GIT), or one its
+    forward's signature does not name, so that transformers' generate does not pass it (WhisperForCausalLM);
   - sliding-window layers (Mistral, Qwen2/3, Gemma 2/3, Phi-3, Starcoder2, Cohere2, ...) and gpt-neo's
     local attention: masked slots would use up the window; linear-attention / convolution layers
     (LFM2): masked slots would enter the state.
@@ -63,6 +64,11 @@ class ModelAdapter:
         """"holes", "aligned" or "rows". Asked only for batches or padded prompts: the first time, it runs
         two-forward probes on the model (cached on the model)."""
         return batch_layout(self.model)
+
+    @functools.cached_property
+    def positions(self) -> bool:
+        """Per-row `position_ids` go in: the forward honours them and transformers' generate passes them."""
+        return self.caps.takes_positions and _generate_passes_positions(self.model)
 
     @property
     def supports_holes(self) -> bool:
@@ -122,7 +128,7 @@ class ModelAdapter:
             kwargs.update(self.encoder_kwargs, decoder_input_ids=ids, decoder_attention_mask=mask)
         else:
             kwargs.update(input_ids=ids, attention_mask=mask)
-            if self.caps.takes_positions:
+            if self.positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
         out = self.model(**kwargs)
         self.forwards += 1
@@ -349,12 +355,25 @@ def batch_layout(model: PreTrainedModel) -> str:
     if cached is None:
         if not _plain_attention(model):
             cached = "rows"
+        elif capabilities(model).takes_positions and not _generate_passes_positions(model):
+            cached = "rows"  # numbered by cache slot in transformers' padded generate: so decoded here too
         elif capabilities(model).takes_positions and _holes_are_ignored(model):
             cached = "holes"
         else:
             cached = "aligned" if _alignment_is_exact(model) else "rows"
         model._bild_layout = cached
     return cached
+
+
+def _generate_passes_positions(model: PreTrainedModel) -> bool:
+    """transformers' generate passes per-row `position_ids` (from the attention mask) only to a forward whose
+    signature names them; another (WhisperForCausalLM: `**kwargs`) numbers tokens by cache slot in its padded
+    `generate`, padding included, and so does the engine: no `position_ids` (`ModelAdapter.positions`), each
+    row decoded with its padding ("rows")."""
+    try:
+        return "position_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
 
 
 def _close(plain: torch.Tensor, other: torch.Tensor, dtype: torch.dtype) -> bool:
