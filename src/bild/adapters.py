@@ -11,9 +11,11 @@ How a model's batch is laid out (`batch_layout`, decided once per model by probe
 - "aligned": every row's tokens kept contiguous and ending at the last slot, the cache re-packed when rows
   diverge. Exact where attention depends on slot distances only: T5 / mT5 / UMT5 / LongT5 / Switch's
   relative bias, ALiBi over slots (MPT), masks' cumulative positions (Bloom);
-- "rows": the generator decodes the batch row by row, each row's padding removed:
+- "rows": the generator decodes the batch row by row, each row with its prompt padding in the masked slots
+  transformers' generate gives it (so the row sees what it sees in a padded `generate`), never re-packed:
   - positions from the slot index or cache length, with no per-row position argument (BART, mBART,
-    Marian, Pegasus, M2M100, Blenderbot, Whisper's decoder; BartForCausalLM, TrOCR, GIT);
+    Marian, Pegasus, M2M100, Blenderbot, Whisper's decoder; BartForCausalLM, TrOCR, GIT), or one its
+    forward's signature does not name, so that transformers' generate does not pass it (WhisperForCausalLM);
   - sliding-window layers (Mistral, Qwen2/3, Gemma 2/3, Phi-3, Starcoder2, Cohere2, ...) and gpt-neo's
     local attention: masked slots would use up the window; linear-attention / convolution layers
     (LFM2): masked slots would enter the state.
@@ -104,10 +106,11 @@ class ModelAdapter:
     def feed(self, ids: torch.Tensor, valid: list[list[bool]], keep: int) -> torch.Tensor:
         """Append `ids` [B, n] to the cache; `valid[r][j]` (host) marks real tokens (False = a masked slot).
 
-        Returns float32 logits [B, keep, V] of the last `keep` positions.
+        Returns float32 logits [B, keep, V] of the last `keep` positions. A "rows" model takes masked slots
+        only as a single row (B = 1: its left-padded prompt, fed as transformers' generate feeds it).
         """
         B, n = ids.shape
-        if not all(all(v) for v in valid) and self.layout == "rows":
+        if B > 1 and not all(all(v) for v in valid) and self.layout == "rows":
             raise RuntimeError("this model cannot take masked slots; run its batch row by row")
         if self.length and self._needs_repack():
             self.compact()
@@ -162,10 +165,13 @@ class ModelAdapter:
     def _needs_repack(self) -> bool:
         """Before a forward: "aligned" needs every row contiguous and ending at the last slot; any layout
         re-packs when masked slots exceed the allowance."""
-        longest = max(self.n_valid)
-        if self.length > self.COMPACT_AT * longest + 4:
+        if self.dense:
+            return False
+        if self.layout == "rows":  # one row (see `feed`): its prompt padding stays in the slots it holds in
+            return False           # transformers' own generate, where this family's positions / window count it
+        if self.length > self.COMPACT_AT * max(self.n_valid) + 4:
             return True
-        if self.dense or self.layout != "aligned":
+        if self.layout != "aligned":
             return False
         return any(s and (s[-1] != self.length - 1 or s[-1] - s[0] + 1 != len(s)) for s in self.slots)
 
@@ -292,9 +298,9 @@ def capabilities(model: PreTrainedModel) -> Capabilities:
     return caps
 
 
-def _accepts(model, name: str, unknown: bool) -> bool:
-    """Whether the forward's signature (followed through `functools.wraps` wrappers) names `name`; `unknown`
-    where it cannot say (only `*args` / `**kwargs`)."""
+def _accepts(model, name: str, unknown: bool | None) -> bool | None:
+    """Whether the forward's signature (followed through `functools.wraps` wrappers) names `name`: True if it
+    does, False if it names other arguments but not this one, `unknown` if it names none (`*args, **kwargs`)."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -302,8 +308,7 @@ def _accepts(model, name: str, unknown: bool) -> bool:
     if name in params:
         return True
     named = [p for p in params.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    opaque = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    return unknown if opaque or not named else False
+    return False if named else unknown
 
 
 def _probe_inputs(model: PreTrainedModel, ids: list[int]) -> dict:
@@ -375,11 +380,16 @@ def _cached_tokens(cache) -> int:
 
 @torch.no_grad()
 def _probe_positions(model: PreTrainedModel) -> bool:
-    """Decoder-only models: `position_ids` is honoured when moving one token's position changes the logits.
-    A signature that names it is taken at its word; one that cannot (wrappers) is probed."""
+    """Decoder-only models: per-row `position_ids` go in where transformers' generate passes them, i.e. the
+    forward (a PEFT model's base model's; `functools.wraps` wrappers followed) names them. A forward whose
+    signature names another argument but not this one gets none, as in transformers (WhisperForCausalLM
+    numbers tokens by cache slot, padding included, so it is decoded row by row with its padding). A
+    forward that names nothing (a plain `def forward(*args, **kwargs)` wrapper) is probed: positions go in
+    when moving one token's position changes the logits."""
     if model.config.is_encoder_decoder:
         return False
-    said = _accepts(model, "position_ids", None)
+    spelled = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    said = _accepts(spelled, "position_ids", None)
     if said is not None:
         return said
     t = _probe_tokens(model, 3)
@@ -526,12 +536,23 @@ _REFUSED_TYPES = {
 }
 
 
+# encoder-decoders whose encoder takes something other than token ids (`main_input_name`), checked exact against
+# their own generate (tests/test_generate_fidelity.py); the others (pixel_values: VisionEncoderDecoder, Donut,
+# Pix2Struct; Speech2Text, SpeechEncoderDecoder) are refused
+_CHECKED_ENCODER_INPUTS = {"whisper": "input_features"}
+
+
 def check_model(model: PreTrainedModel, role: str) -> None:
     """Refuse, before any work, a model the engine cannot decode correctly."""
     name = type(model).__name__
     reason = _REFUSED_TYPES.get(model.config.model_type)
     if reason:
         raise ValueError(f"`{role}` ({name}) is not supported: {reason}")
+    enc_input = getattr(model, "main_input_name", "input_ids")
+    if (model.config.is_encoder_decoder and enc_input != "input_ids"
+            and _CHECKED_ENCODER_INPUTS.get(model.config.model_type) != enc_input):
+        raise ValueError(f"`{role}` ({name}) is not supported: its encoder takes `{enc_input}`, not token ids, and "
+                         "the engine is checked exact on such encoders for Whisper only")
     if getattr(model, "_is_stateful", False) or not model._supports_default_dynamic_cache():
         raise ValueError(f"`{role}` ({name}) keeps a recurrent or custom cache that cannot be cropped on "
                          "rollback (a state-space or recurrent state, memories, or a hybrid of those with KV "

@@ -64,16 +64,24 @@ class DraftVerifyLoop:
         self.batch_slot = batch_slot
         self.do_sample = bool(generation_config.do_sample)
         self.processors = logits_processor if logits_processor is not None else []
-        # length and eos are enforced exactly by the loop; other criteria are checked token by token
+        # transformers stops on its criteria list alone, in which a user's EosTokenCriteria / MaxLengthCriteria
+        # replace the ones built from the generation config: the loop enforces the list's eos and length
+        # natively, and checks the other criteria token by token
+        criteria = list(stopping_criteria or [])
         self.stopping = StoppingCriteriaList(
-            [c for c in (stopping_criteria or []) if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))])
+            [c for c in criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))])
+        self.max_length = min((c.max_length for c in criteria if isinstance(c, MaxLengthCriteria)), default=None)
         self.streamer = streamer
         self.stats = stats if stats is not None else GenerationStats()
         eos = getattr(generation_config, "_eos_token_tensor", None)
         if eos is None and generation_config.eos_token_id is not None:
             eos = torch.tensor(generation_config.eos_token_id).reshape(-1)
+        if stopping_criteria is not None:
+            eos_c = [torch.as_tensor(c.eos_token_id).reshape(-1) for c in criteria if isinstance(c, EosTokenCriteria)]
+            self.eos_ids = {int(x) for t in eos_c for x in t.tolist()}
+        else:
+            self.eos_ids = set() if eos is None else set(eos.reshape(-1).tolist())
         self.eos = eos
-        self.eos_ids = set() if eos is None else set(eos.reshape(-1).tolist())
         pad = generation_config.pad_token_id
         if pad is None and eos is not None and eos.numel():
             pad = int(eos.reshape(-1)[0])
@@ -92,6 +100,8 @@ class DraftVerifyLoop:
         """
         B, P = input_ids.shape
         dev = input_ids.device
+        if self.max_length is not None:  # the criteria list's length (a user's MaxLengthCriteria included)
+            max_new_tokens = max(1, self.max_length - P)
         self.P, self.B, self.max_new = P, B, max_new_tokens
         if self.eos is not None:
             self.eos = self.eos.to(dev)

@@ -124,18 +124,90 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
             raise ValueError(f"the small and large models have different `{name}` ({a} vs {b})")
 
 
-def check_generation_config(gc: GenerationConfig, batch_size: int | None = None, streamer=None) -> None:
-    """What the draft-then-verify loop cannot do."""
+# generation-config fields that switch transformers to a decoding the draft-verify loop does not do, or that
+# need what a custom_generate callable is not given: (field, is it switched on?, why it is refused)
+_REFUSED_FIELDS = (
+    ("guidance_scale", lambda v: v is not None and v != 1,
+     "classifier-free guidance mixes in an unconditional forward pass at every step, which the draft-verify "
+     "loop does not run"),
+    ("penalty_alpha", lambda v: bool(v), "contrastive search is another decoding method"),
+    ("dola_layers", lambda v: v is not None, "DoLa decoding contrasts the model's layers, another decoding method"),
+    ("num_beam_groups", lambda v: (v or 1) > 1, "group beam search is another decoding method"),
+    ("diversity_penalty", lambda v: bool(v), "it belongs to group beam search, another decoding method"),
+    ("constraints", lambda v: v is not None, "constrained beam search is another decoding method"),
+    ("force_words_ids", lambda v: v is not None, "constrained beam search is another decoding method"),
+    ("use_mtp", lambda v: bool(v), "multi-token prediction is transformers' own assisted decoding"),
+    ("prompt_lookup_num_tokens", lambda v: v is not None, "prompt lookup is transformers' own assisted decoding"),
+    ("assistant_early_exit", lambda v: v is not None, "early-exit self-speculation is transformers' own assisted "
+     "decoding"),
+    ("is_assistant", lambda v: bool(v), "it marks the assistant's own generate inside transformers' assisted "
+     "decoding"),
+    ("speculation_type", lambda v: v is not None, "it selects transformers' own speculative decoding"),
+    ("continuous_batching_config", lambda v: v is not None, "continuous batching is another generation path"),
+    ("token_healing", lambda v: bool(v), "it needs `tokenizer`, which transformers does not pass to a "
+     "custom_generate callable"),
+    ("stop_strings", lambda v: v is not None, "it needs `tokenizer`, which transformers does not pass to a "
+     "custom_generate callable; pass `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, "
+     "stop_strings)])` instead"),
+    ("cache_implementation", lambda v: v not in (None, "dynamic", "dynamic_full"),
+     "the engine keeps its own dynamic KV caches (rolled back on rejection)"),
+    ("cache_config", lambda v: v is not None, "the engine keeps its own dynamic KV caches (rolled back on rejection)"),
+)
+
+
+def check_generation_config(gc: GenerationConfig, batch_size: int | None = None, streamer=None,
+                            model: PreTrainedModel | None = None) -> None:
+    """What the draft-then-verify loop cannot do (`model`: the large model, whose own generation config tells
+    a default from a choice)."""
     if (gc.num_beams or 1) > 1:
         raise ValueError(f"`num_beams`={gc.num_beams} is not supported: BiLD decodes greedily or by sampling "
                          "(num_beams=1)")
     if (gc.num_return_sequences or 1) > 1:
         raise ValueError(f"`num_return_sequences`={gc.num_return_sequences} is not supported: repeat the "
                          "prompt in the batch instead")
-    if gc.use_cache is False:
+    for name, on, why in _REFUSED_FIELDS:
+        value = getattr(gc, name, None)
+        if on(value):
+            raise ValueError(f"`{name}`={value!r} is not supported: {why}")
+    if gc.return_dict_in_generate:
+        for name in ("output_attentions", "output_hidden_states"):
+            if getattr(gc, name, None):
+                raise ValueError(f"`{name}`=True with `return_dict_in_generate` is not supported: the draft-verify "
+                                 "loop runs its forward passes over several tokens and rows at once and does not "
+                                 "collect per-step attentions or hidden states")
+    if getattr(gc, "prefill_chunk_size", None) and model is not None and model.config.is_encoder_decoder:
+        raise ValueError(f"`prefill_chunk_size`={gc.prefill_chunk_size} is not supported for encoder-decoders: "
+                         "transformers' chunked prefill of one gives other output than its one-pass prefill on a "
+                         "padded encoder input, and the engine prefills in one pass")
+    # a model whose own config switches the cache off (MPT) decodes with one all the same: only a choice refuses
+    if gc.use_cache is False and model is not None and model.generation_config.use_cache is not False:
         raise ValueError("`use_cache`=False is not supported: the engine works on both models' KV caches")
     if streamer is not None and batch_size is not None and batch_size > 1:
         raise ValueError("`streamer` supports batch size 1 only, as in transformers")
+
+
+def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small: bool) -> None:
+    """Input forms the engine cannot take exactly, refused before any work."""
+    if model_kwargs.get("inputs_embeds") is not None:
+        raise ValueError("`inputs_embeds` is not supported: the engine feeds token ids to both models (and the "
+                         "small model has its own embeddings); pass `input_ids`")
+    pos = model_kwargs.get("position_ids")
+    if pos is not None and not model.config.is_encoder_decoder:
+        mask = model_kwargs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask.long()
+        implied = mask.cumsum(-1) - 1
+        if pos.shape != input_ids.shape or bool(((pos.to(implied.device) != implied) & mask.bool()).any()):
+            raise ValueError("`position_ids` other than those the attention mask implies are not supported: the "
+                             "engine numbers each row's tokens itself")
+    if not model.config.is_encoder_decoder:
+        return
+    no_input = inputs_tensor is None or (not inputs_tensor.is_floating_point() and bool((inputs_tensor < 0).all()))
+    if uses_small and no_input:  # transformers fills the missing encoder input with -100
+        raise ValueError("`encoder_outputs` without the encoder's input is not supported: the small model encodes "
+                         "the input itself; pass `input_ids` (or the encoder input)")
+    mask = model_kwargs.get("decoder_attention_mask")
+    if mask is not None and bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError("`decoder_attention_mask` is supported for left padding only (zeros, then ones, per row)")
 
 
 # policies of `bild.generate` calls, per (large model, small model, options): they keep learning across calls
@@ -169,7 +241,8 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
                          draft_schedule, opt_epsilon, costs, num_drafts)
     check_pair(small_model, model)
     gc = generation_config
-    check_generation_config(gc, input_ids.shape[0], bild_streamer)
+    check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
+    check_inputs(model, input_ids, inputs_tensor, model_kwargs, opts.uses_small)
     if not gc.do_sample and (opts.uno_epsilon or opts.opt_epsilon):
         raise ValueError("`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
                          "exactly the large model's argmax")
@@ -188,7 +261,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         enc_large = {"encoder_outputs": model_kwargs["encoder_outputs"], "attention_mask": attention_mask}
         enc_small = small.encode(inputs_tensor, attention_mask) if opts.uses_small else None
         enc = (enc_small, enc_large)
-        attention_mask = None  # the decoder prompt (start ids) has no padding
+        attention_mask = model_kwargs.get("decoder_attention_mask")  # the decoder prompt's padding, if any
     M = opts.num_drafts
     if M > 1:  # batch speculative decoding: M rows per prompt, rows r*M .. r*M+M-1 (collapsed at the end)
         input_ids = input_ids.repeat_interleave(M, 0)
@@ -200,7 +273,6 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
                              f"{type(model).__name__} / {type(small_model).__name__} decode row by row "
                              "(see bild.adapters)")
     B = input_ids.shape[0]
-    padded = attention_mask is not None and not bool(attention_mask.all())
 
     def loop(batch, prompt_len, slot=None, streamer=None):
         if opts.uses_small:  # otherwise the loop never consults the policy
@@ -209,21 +281,20 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         return DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
                                batch_slot=slot)
 
-    if (B > 1 or padded) and not (large.supports_holes and (small.supports_holes or not opts.uses_small)):
-        # no masked cache slots for this family: decode row by row (padding removed), on the shared encoder
-        # outputs for encoder-decoder models
-        rows, sources, lens = [], [], []
+    if B > 1 and not (large.supports_holes and (small.supports_holes or not opts.uses_small)):
+        # rows of this family cannot leave masked cache slots for one another: decode row by row, each with its
+        # prompt padding where transformers has it (what its logits processors and criteria count, and what
+        # sliding windows and slot positions see), on the shared encoder outputs for encoder-decoder models
+        rows, sources = [], []
         for r in range(B):
-            keep = attention_mask[r].bool() if attention_mask is not None else slice(None)
-            row_ids = input_ids[r][keep][None]
             row_enc = None if enc is None else tuple(
                 None if e is None else encoder_rows(e, lambda x: x[r : r + 1]) for e in enc)
-            lp = loop(1, row_ids.shape[1], slot=(r, B) if B > 1 else None, streamer=bild_streamer if B == 1 else None)
-            rows.append(lp.run(row_ids, None, max_new, row_enc))
-            lens.append(row_ids.shape[1])
+            lp = loop(1, input_ids.shape[1], slot=(r, B))
+            row_mask = None if attention_mask is None else attention_mask[r : r + 1]
+            rows.append(lp.run(input_ids[r : r + 1], row_mask, max_new, row_enc))
             sources += stats.token_sources
         stats.token_sources = sources
-        sequences, scores, raw = _stack_rows(input_ids, rows, lens, lp.pad)
+        sequences, scores, raw = _stack_rows(input_ids, rows, lp.pad)
     else:
         lp = loop(B, input_ids.shape[1], streamer=bild_streamer)
         sequences, scores, raw = lp.run(input_ids, attention_mask, max_new, enc)
@@ -245,11 +316,11 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     return GenerateDecoderOnlyOutput(**out)
 
 
-def _stack_rows(input_ids, rows, prompt_lens: list[int], pad: int):
+def _stack_rows(input_ids, rows, pad: int):
     """Rows decoded one by one -> the batch layout transformers returns: each row's (padded) prompt, then
     its new tokens, then padding."""
     P = input_ids.shape[1]
-    new = [seq[0, n:] for (seq, _, _), n in zip(rows, prompt_lens)]
+    new = [seq[0, P:] for seq, _, _ in rows]
     seqs = torch.full((len(rows), P + max(x.numel() for x in new)), pad, dtype=torch.long, device=input_ids.device)
     seqs[:, :P] = input_ids
     for r, x in enumerate(new):
@@ -323,8 +394,9 @@ class BiLDGenerator:
         gc.update(**kwargs)
         check_generation_config(gc, _batch_size(inputs, kwargs), streamer)
         o = self.options
-        return self.large_model.generate(
-            inputs, generation_config=generation_config, custom_generate=generate, small_model=self.small_model,
+        return self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
+            *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate,
+            small_model=self.small_model,
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
             draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
