@@ -293,7 +293,7 @@ def capabilities(model: PreTrainedModel) -> Capabilities:
     caps = model.__dict__.get("_bild_caps")
     if caps is None:
         arg, problem = _probe_cache_arg(model)
-        caps = Capabilities(arg, _probe_positions(model), _accepts(model, "logits_to_keep", True), problem)
+        caps = Capabilities(arg, _probe_positions(model), _probe_logits_to_keep(model), problem)
         model.__dict__["_bild_caps"] = caps
     return caps
 
@@ -399,6 +399,21 @@ def _probe_positions(model: PreTrainedModel) -> bool:
     except Exception:  # noqa: BLE001 - rejects the argument
         return False
     return not torch.equal(a, b)
+
+
+@torch.no_grad()
+def _probe_logits_to_keep(model: PreTrainedModel) -> bool:
+    """The forward computes only the last positions' logits when asked: said by its signature, or for one
+    that names nothing, seen in the shape of a 2-token forward's logits with `logits_to_keep=1`."""
+    spelled = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    said = _accepts(spelled, "logits_to_keep", None)
+    if said is not None:
+        return said
+    try:
+        return model(**_probe_inputs(model, _probe_tokens(model, 2)), logits_to_keep=1,
+                     use_cache=False).logits.shape[1] == 1
+    except Exception:  # noqa: BLE001 - rejects the argument
+        return False
 
 
 def execution_device(model) -> torch.device:
