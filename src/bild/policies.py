@@ -48,6 +48,7 @@ class DraftCosts:
     # 2-core CPU a round cost 0.40-0.46 large steps more than its predicted model calls
     # (benchmarks/adaptive_policy.py, tokens per call against measured speed, 2026-11-23). Unmeasured on a GPU.
     ROUND_OVERHEAD = 0.4
+    MAX_DRAFTS = 32  # verify table length of fitted costs
 
     def verify_cost(self, k: int) -> float:
         v = self.verify
@@ -344,3 +345,64 @@ class AdaptivePolicy(DraftPolicy):
                 "fallback_threshold": "auto" if self.threshold is None else self.threshold,
                 "acceptance_by_confidence": [round(a / n, 3) for a, n in zip(self.acc, self.seen)],
                 "costs": self.costs.as_dict() if getattr(self, "costs", None) else None}
+
+
+class RowwisePolicy(DraftPolicy):
+    """The adaptive rule with state per call and per row, on costs that involve no timing: what "auto"
+    means in the lossy modes (rollback, Decoding-UNO / OPT), where a draft decision can change the text.
+
+    Each row of a call gets a fresh `AdaptivePolicy` (batch size 1) that learns from that row's rounds only,
+    and charges the row's own small steps and verify width. So a row's decisions, hence its text, depend on
+    the row's prompt and the arguments alone: not on the other rows of the batch, earlier calls, machine
+    load or measured time. `costs` come from the caller (`bild.generator.resolve_costs`: the given ones, or
+    the timing-free prior of `bild.online_costs.prior_costs`). A fresh row probes for its first
+    `warmup_drafts` judged drafts (4, not 12: the state lives one call); `probing` is a per-row list, and
+    under greedy decoding the loop judges a probing row's drafts exactly, as for `AdaptivePolicy`.
+    """
+
+    needs_costs = True
+
+    def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
+                 warmup_drafts: int = 4):
+        self.threshold, self.cap, self.warmup = fallback_threshold, max_small_steps, warmup_drafts
+        self.rows: list[AdaptivePolicy] = []
+        self.costs = None
+        self.probing = []
+
+    def begin(self, batch_size, costs=None):
+        super().begin(batch_size, costs)
+        if costs is None:
+            raise ValueError("RowwisePolicy needs costs")
+        self.costs = costs
+        self.rows = [AdaptivePolicy(self.threshold, self.cap, warmup_drafts=self.warmup) for _ in range(batch_size)]
+        self.probing = [False] * batch_size
+        for p in self.rows:
+            p.begin(1, costs)
+
+    def budgets(self, remaining):
+        out = [p.budgets([n])[0] for p, n in zip(self.rows, remaining)]
+        self.probing = [p.probing and b > 0 for p, b in zip(self.rows, out)]
+        return out
+
+    def step(self, j, conf, live):
+        keeps, mores = zip(*(p.step(j, conf[r : r + 1], live[r : r + 1]) for r, p in enumerate(self.rows)))
+        return torch.cat(keeps), torch.cat(mores)
+
+    def learn(self, rec):
+        for r, p in enumerate(self.rows):
+            if rec.first_conf[r] is None or (isinstance(rec.first_conf[r], float) and math.isnan(rec.first_conf[r])):
+                continue  # the row did not draft this round
+            k = rec.drafted[r]
+            p.learn(RoundRecord(conf=[rec.conf[r]], first_conf=[rec.first_conf[r]], drafted=[k],
+                                judged=[rec.judged[r]], accepted=[rec.accepted[r]], committed=[rec.committed[r]],
+                                small_steps=max(1, k), width=k))
+
+    def reset(self):
+        self.rows = []
+
+    def describe(self):
+        rows = [p.describe() for p in self.rows]
+        return {"policy": "adaptive per row", "rows": [{k: d[k] for k in ("drafting", "draft_length", "alpha")}
+                                                        for d in rows],
+                "fallback_threshold": "auto" if self.threshold is None else self.threshold,
+                "costs": self.costs.as_dict() if self.costs is not None else None}
