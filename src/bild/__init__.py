@@ -6,10 +6,11 @@ model, theory), `bild.evaluation` (test-set runs).
 """
 import sys as _sys
 
+from . import online_costs
 from .analysis import cost_model, theory
 from .generator import BiLDGenerator, generate
 from .pairs import alignment, controlled, smollm2
-from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
+from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy, ThresholdPolicy
 from .stats import GenerationStats, expected_speedup
 
 # module paths of version 0.2 (`bild.pair`, `bild.cost_model`, ...) keep working
@@ -19,5 +20,5 @@ for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", c
     globals()[_old] = _mod
 
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
-           "AdaptivePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts"]
-__version__ = "0.3.0"
+           "AdaptivePolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts"]
+__version__ = "0.4.0"
