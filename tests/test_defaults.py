@@ -157,3 +157,12 @@ def test_prior_counts_compute_parameters():
     ns, nl = (sum(p.numel() for p in m.parameters()) - emb for m in (small, large))
     assert c == pytest.approx(ns / nl)
     assert online_costs.prior_costs(small, large, 8).verify[1] > online_costs.prior_costs(small, large, 1).verify[1]
+
+
+def test_generators_of_the_same_models_share_what_was_learned_at_auto_costs():
+    small, large = make_pair("llama")
+    a, b = bild.BiLDGenerator(small, large), bild.BiLDGenerator(small, large)
+    assert a.policy is b.policy  # a new generator starts where the last one left off
+    assert bild.BiLDGenerator(small, large, costs=0.2).policy is not a.policy  # given costs: its own, reproducible
+    assert bild.BiLDGenerator(small, large, max_small_steps=4).policy is not a.policy  # other options
+    assert bild.BiLDGenerator(small, large, rollback_threshold=2.0).policy is not a.policy

@@ -161,7 +161,7 @@ _POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _policy_for(small_model, large_model, opts: DecodeOptions) -> DraftPolicy:
     per_large = _POLICIES.setdefault(large_model, {})
     key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule, opts.num_drafts,
-           opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon)
+           opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon, opts.costs == AUTO)
     return per_large.setdefault(key, make_policy(opts))
 
 
@@ -325,7 +325,10 @@ class BiLDGenerator:
             do_sample=True and a family whose batches decode together (README: supported families).
 
     Under exact verification the draft policy (`self.policy`) keeps learning across calls (`reset_policy()`
-    forgets); in the lossy modes at "auto" it starts afresh for every call and every row.
+    forgets); with costs="auto" it is shared by every generator and `bild.generate` call of these two models
+    with the same options in the process (a new generator starts where the last one left off). With costs
+    given, each generator has its own (fresh generators make the same decisions). In the lossy modes at
+    "auto" it starts afresh for every call and every row.
     """
 
     def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
@@ -337,11 +340,14 @@ class BiLDGenerator:
         check_pair(small_model, large_model)
         self.small_model, self.large_model = small_model, large_model
         self.policy = make_policy(self.options)
+        if self.options.costs == AUTO and isinstance(self.policy, AdaptivePolicy):
+            # everything learned online, so shared: a new generator of these models starts where the last left
+            self.policy = _policy_for(small_model, large_model, self.options)
         self.stats = GenerationStats()
 
     def reset_policy(self) -> None:
-        """Forget what the draft policy learned (learned costs are shared by the models and kept:
-        `bild.online_costs.forget()` drops them)."""
+        """Forget what the draft policy learned (shared with the other generators of these models when
+        costs="auto"; learned costs are kept: `bild.online_costs.forget()` drops them)."""
         self.policy.reset()
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
