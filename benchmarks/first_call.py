@@ -16,6 +16,7 @@ Per repetition, on one prompt, greedy, `--new_tokens` tokens:
 
 Reported: first / warm per repetition (median, min, max over repetitions) and both against large.generate.
 The target is first / warm <= 1.15. Timings are wall clock on whatever else runs on the machine: say so.
+The forward counts (small + large, first call and median warm call) show what the policy did, free of noise.
 """
 from __future__ import annotations
 
@@ -67,17 +68,22 @@ def one_generator(small, large, x, kw, warm: int, how: str):
 
     if how == "gen":
         g = bild.BiLDGenerator(small, large)
+        stats = g.stats
         call = lambda: g.generate(x, **kw)  # noqa: E731
     else:
-        call = lambda: large.generate(x, custom_generate=bild.generate, small_model=small, **kw)  # noqa: E731
+        stats = bild.GenerationStats()
+        call = lambda: large.generate(x, custom_generate=bild.generate, small_model=small, bild_stats=stats,  # noqa: E731
+                                      **kw)
     t_first, out = _timed(call)
+    calls_first = stats.large_forwards + stats.small_forwards
     ref = large.generate(x, **kw)
-    warm_t, large_t = [], []
+    warm_t, large_t, calls = [], [], []
     for _ in range(warm):  # interleaved with large.generate
         large_t.append(_timed(lambda: large.generate(x, **kw))[0])
         warm_t.append(_timed(call)[0])
+        calls.append(stats.large_forwards + stats.small_forwards)
     return dict(first=t_first, warm=statistics.median(warm_t), large=statistics.median(large_t),
-                same=bool(torch.equal(out, ref)))
+                same=bool(torch.equal(out, ref)), forwards_first=calls_first, forwards_warm=statistics.median(calls))
 
 
 def child(args):
@@ -98,7 +104,9 @@ def summary(name, runs):
     wl = [x["large"] / x["warm"] for x in runs]
     line = (f"{name:34s} first/warm median {statistics.median(r):.3f} (min {min(r):.3f}, max {max(r):.3f}), "
             f"speedup vs large.generate: first {statistics.median(fl):.2f}x, warm {statistics.median(wl):.2f}x, "
-            f"identical {sum(x['same'] for x in runs)}/{len(runs)}, n={len(runs)}")
+            f"identical {sum(x['same'] for x in runs)}/{len(runs)}, n={len(runs)}; forwards (small + large) "
+            f"first {statistics.median(x['forwards_first'] for x in runs)}, warm "
+            f"{statistics.median(x['forwards_warm'] for x in runs)}")
     print(line, flush=True)
     return dict(name=name, ratio=r, first_vs_large=fl, warm_vs_large=wl)
 
