@@ -153,8 +153,9 @@ def test_exact_mode_learns_costs_from_its_own_forwards(monkeypatch):
 def test_prior_counts_compute_parameters():
     small, large = make_pair("llama")
     c = online_costs.prior_costs(small, large, 1).small
-    emb = large.get_input_embeddings().weight.numel()
-    ns, nl = (sum(p.numel() for p in m.parameters()) - emb for m in (small, large))
+    emb, head = large.get_input_embeddings().weight.numel(), large.get_output_embeddings().weight.numel()
+    ns, nl = (sum(p.numel() for p in m.parameters()) - emb - (1 - online_costs.HEAD_WEIGHT) * head
+              for m in (small, large))
     assert c == pytest.approx(ns / nl)
     assert online_costs.prior_costs(small, large, 8).verify[1] > online_costs.prior_costs(small, large, 1).verify[1]
 

@@ -4,7 +4,9 @@ No warm-up on the user's clock: `costs="auto"` never times a dedicated forward. 
 that needs no timing and refines it with the host-side wall time of the engine's own forwards:
 
 prior   a small step costs c = (small model's parameters) / (large model's parameters) large steps, input
-        embeddings left out (a lookup, not compute), the LM head counted; a verify pass over k drafts costs
+        embeddings left out (a lookup, not compute), the LM head counted at `HEAD_WEIGHT` (one matmul, against
+        a layer's many smaller ops: measured c was 0.087 for the controlled pair of benchmarks/, prior 0.081;
+        0.15 for the SmolLM2 pair, prior 0.19; counting the head in full gave 0.13 and 0.32); a verify pass over k drafts costs
         1 + s k large steps, s = `CPU_SLOPE` x sqrt(batch) on a CPU (a forward over 11 tokens measured at
         2.3 large steps at batch 1 and 2.3-4.2 at batch 8 on the 2-core machine of this project) and
         `GPU_SLOPE` on other devices (a short forward is memory-bound there: the papers' assumption).
@@ -33,6 +35,7 @@ from collections import deque
 import torch
 
 CPU_SLOPE = 0.13
+HEAD_WEIGHT = 0.25
 GPU_SLOPE = 0.02
 KEEP = 32  # times kept per (rows, tokens)
 MIN_SAMPLES = 6  # forwards after the prefill before a model's learned times replace the prior
@@ -41,24 +44,25 @@ MAX_TOKENS = 64  # wider forwards (long catch-ups) are not recorded
 clock = time.perf_counter  # the timer; tests patch it
 
 
-def compute_params(model) -> int:
-    """Parameters that cost compute per token: all of them but the input embeddings (unless tied to the
-    LM head, which is a matmul over the vocabulary). Cached on the model."""
+def compute_params(model) -> float:
+    """Parameters that cost compute per token: all of them but the input embeddings (a lookup), the LM head
+    (tied to the embeddings or not) counted at `HEAD_WEIGHT`. Cached on the model."""
     n = model.__dict__.get("_bild_compute_params")
     if n is None:
-        seen, n = set(), 0
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        skip = set()
+        weight = {}
         if emb is not None and getattr(emb, "weight", None) is not None:
-            if head is None or getattr(head, "weight", None) is None or head.weight is not emb.weight:
-                skip.add(id(emb.weight))
+            weight[id(emb.weight)] = 0.0
+        if head is not None and getattr(head, "weight", None) is not None:
+            weight[id(head.weight)] = HEAD_WEIGHT
+        seen, n = set(), 0.0
         for p in model.parameters():
-            if id(p) in seen or id(p) in skip:
+            if id(p) in seen:
                 continue
             seen.add(id(p))
-            n += p.numel()
-        n = max(n, 1)
+            n += weight.get(id(p), 1.0) * p.numel()
+        n = max(n, 1.0)
         model.__dict__["_bild_compute_params"] = n
     return n
 
