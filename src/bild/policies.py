@@ -219,7 +219,9 @@ class AdaptivePolicy(DraftPolicy):
                    the first draft step is worth its cost (E_c[max(0, a(c) - R dv)] > R (c_small + overhead) over the
                    confidences seen at first steps). While off, a probe round every `probe_every` rounds
                    (doubling to 64 while probes fail) drafts `probe_length` tokens with no stopping rule,
-                   so the estimates keep learning; the first rounds of a fresh policy are probes too.
+                   so the estimates keep learning. The first rounds of a fresh policy are probes too, until
+                   `warmup_drafts` drafts are judged or `WARMUP_ROUNDS` rounds have run (a weak draft, judged
+                   about one draft per probe, would otherwise probe for a dozen rounds of a first call).
     With a numeric `fallback_threshold` the per-token rule is BiLD's (conf < threshold falls back) and
     only the draft length is chosen; with a numeric `max_small_steps` that is the cap.
 
@@ -231,6 +233,7 @@ class AdaptivePolicy(DraftPolicy):
     BINS = 10
     AUTO_CAP = 32
     PRIOR = 0.3  # pseudo-drafts per bin
+    WARMUP_ROUNDS = 4  # most warm-up probe rounds of a fresh policy
 
     def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
                  probe_length: int = 4, probe_every: int = 8, warmup_drafts: int = 12):
@@ -247,7 +250,8 @@ class AdaptivePolicy(DraftPolicy):
         self.tokens, self.cost = 1.0, 1.0  # moving sums behind the rate R
         self.on, self.length = True, min(self.cap, 4)
         self.interval, self.wait = self.probe_every, 0
-        self.probing = False
+        self.probing = self.warming = False
+        self.warm_rounds = 0
 
     # -- estimates ----------------------------------------------------------------------------------
     @property
@@ -280,7 +284,8 @@ class AdaptivePolicy(DraftPolicy):
         self._decide()
 
     def budgets(self, remaining):
-        self.probing = self.judged_total < self.warmup or (not self.on and self.wait <= 0)
+        self.warming = self.judged_total < self.warmup and self.warm_rounds < self.WARMUP_ROUNDS
+        self.probing = self.warming or (not self.on and self.wait <= 0)
         if not self.on and not self.probing:
             self.wait -= 1
         n = self.probe_length if self.probing else self.length if self.on else 0
@@ -322,6 +327,7 @@ class AdaptivePolicy(DraftPolicy):
         self.tokens = 0.9 * self.tokens + float(sum(rec.committed))
         self.cost = 0.9 * self.cost + round_cost
         was_probe = self.probing
+        self.warm_rounds += self.warming
         self._decide()
         if was_probe and not self.on:
             self.interval = min(64, self.interval * 2)
