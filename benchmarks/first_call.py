@@ -9,8 +9,8 @@ Per repetition, on one prompt, greedy, `--new_tokens` tokens:
   warm process   models loaded and run, other generators of the same models have already run in this process
                  (so shared costs are learned): a NEW `BiLDGenerator(small, large)`, its first call, then
                  `--warm` more calls (the warm time is their median); `large.generate` timed alongside;
-  fresh process  a new Python process loads the models and runs `large.generate` once (the models have run,
-                 nothing of bild has), then times the first call and the warm calls, either of a new
+  fresh process  a new Python process loads the models and runs `large.generate` and `small.generate` once
+                 (the models have run, nothing of bild has), then times the first call and the warm calls, either of a new
                  `BiLDGenerator` ("gen") or of `large.generate(..., custom_generate=bild.generate,
                  small_model=small)` ("custom_generate").
 
@@ -94,6 +94,7 @@ def child(args):
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, **extra)
     with torch.no_grad():
         large.generate(x, **kw)  # the models have run once: allocation warm-up is not bild's
+        small.generate(x, max_new_tokens=4, do_sample=False, **extra)
         res = one_generator(small, large, x, kw, args.warm, args.how)
     print("RESULT " + json.dumps(res), flush=True)
 
