@@ -14,14 +14,16 @@ model's mean top probability is the target confidence):
   calibrated   agreement 0.9, confidence 0.9    (the batch-8 pair)
 
 Methods, interleaved per prompt (order rotating) in ONE process after an untimed warm-up of each (the
-warm-up also lets the default measure its costs and learn, as a user's first call would):
+warm-up also lets the exact default learn costs and acceptance, as a user's first call would):
 
   large greedy        large.generate, the reference time and output
   assisted default    transformers' assisted generation at its defaults (batch 1 only)
-  exact auto          BiLDGenerator(verification="exact") at DEFAULT arguments (adaptive policy)
+  exact auto          BiLDGenerator(verification="exact") at DEFAULT thresholds (adaptive policy): the library's
+                      default since 0.4 (the same as BiLDGenerator(small, large))
   exact k=K           fixed drafts of K tokens (fallback_threshold=0, max_small_steps=K), K in 2, 4, 6, 10
   exact 0.6/10        the previous default (fallback_threshold=0.6, max_small_steps=10)
-  BiLD auto           BiLDGenerator() (rollback verification) at DEFAULT arguments
+  BiLD auto           BiLDGenerator(verification="rollback") at DEFAULT thresholds (0.4: the per-row, per-call
+                      policy on timing-free costs, bild.policies.RowwisePolicy)
   BiLD f/K            rollback with fallback_threshold f in (0, 0.6) and max_small_steps K in 2, 4, 6, 10
 
 Speedup: median over prompts of t(large greedy) / t(method). "same" counts outputs equal to large greedy.
@@ -62,8 +64,9 @@ def methods(small, large, batch):
                                                max_small_steps=k) for k in FIXED})
     gens["exact 0.6/10"] = BiLDGenerator(small, large, verification="exact", fallback_threshold=0.6,
                                          max_small_steps=10)
-    gens["BiLD auto"] = BiLDGenerator(small, large)
-    gens.update({f"BiLD {f:g}/{k}": BiLDGenerator(small, large, fallback_threshold=f, max_small_steps=k)
+    gens["BiLD auto"] = BiLDGenerator(small, large, verification="rollback")
+    gens.update({f"BiLD {f:g}/{k}": BiLDGenerator(small, large, verification="rollback", fallback_threshold=f,
+                                                     max_small_steps=k)
                  for f in (0.0, 0.6) for k in FIXED})
     for name, g in gens.items():
         m[name] = (lambda g: lambda x, **kw: g.generate(x, **kw))(g)

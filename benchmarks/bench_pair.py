@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     gens = {}
     for setting in a.bild or ["auto", "0.6,3"]:
         if setting == "auto":
-            gens["bild(auto)"] = BiLDGenerator(small, large)
+            gens["bild(auto)"] = BiLDGenerator(small, large, verification="rollback")  # BiLD's rule, thresholds auto
             continue
         fb, rb = (float(x) for x in setting.split(","))
         gens[f"bild(fb={fb:g},rb={rb:g})"] = BiLDGenerator(small, large, fallback_threshold=fb, rollback_threshold=rb,

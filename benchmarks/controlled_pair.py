@@ -20,7 +20,7 @@ warm-up run of each):
   assisted tuned     the same with ``num_assistant_tokens`` / schedule / ``assistant_confidence_threshold``
                      picked over a small grid on separate tuning prompts (fastest median)
   bild exact         ``bild.BiLDGenerator(small, large, verification="exact")``, default thresholds
-  bild BiLD          ``bild.BiLDGenerator(small, large)`` (rollback verification), default thresholds
+  bild BiLD          ``bild.BiLDGenerator(small, large, verification="rollback")``, default thresholds
   bild exact/BiLD tuned  the same with ``max_small_steps`` picked over ``BILD_GRID`` on the tuning prompts
                      (at the benchmark's batch size; fastest median), as assisted generation is tuned;
                      skipped with ``--no_tune_bild``
@@ -116,7 +116,7 @@ class Runner:
         self.small, self.large, self.args, self.device = small, large, args, device
         self.gens = {
             "bild exact": BiLDGenerator(small, large, verification="exact"),
-            "bild BiLD": BiLDGenerator(small, large),
+            "bild BiLD": BiLDGenerator(small, large, verification="rollback"),
         }
         self.counter = ForwardCounter(small=small, large=large)
         # in-run forward timing (CPU only: on CUDA the synchronisations it needs would change the run)

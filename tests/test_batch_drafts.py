@@ -238,7 +238,7 @@ def test_engine_num_drafts_broken_rule_is_detected(monkeypatch):
     (dict(num_drafts=0), "`num_drafts` must be an integer >= 1"),
     (dict(num_drafts="3"), "`num_drafts` must be an integer >= 1"),
     (dict(num_drafts=True), "`num_drafts` must be an integer >= 1"),
-    (dict(num_drafts=2), "needs verification='exact'"),
+    (dict(num_drafts=2, verification="rollback"), "needs verification='exact'"),  # 0.4: exact is the default,
     (dict(num_drafts=2, verification="exact", uno_epsilon=0.1), "takes no `uno_epsilon`"),
 ])
 def test_num_drafts_bad_arguments(kwargs, match):

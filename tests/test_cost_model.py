@@ -174,3 +174,15 @@ def test_engine_stats_match_forward_hooks(llama_pair):
         assert from_stats.small_forwards == rec.small_forwards
         assert from_stats.verify_lengths == rec.verify_lengths
         assert len(from_stats.large_prefills) == len(rec.large_prefills) == 1
+
+
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "lfm2"])
+def test_measure_costs_on_sliding_window_and_convolution_caches(name):
+    """Caches the engine accepts whose layers drop or fold past tokens (sliding window, LFM2's convolution
+    state): the timed forwards crop them back after every call, past the 4-token window."""
+    from zoo import make_zoo_pair
+
+    small, large = make_zoo_pair(name)
+    costs = measure_costs(small, large, prompt_len=6, new_tokens=8, max_verify=3, repeats=2, warmup=1)
+    assert costs.past_len == 10 and sorted(costs.large_forward) == [1, 2, 3]
+    assert all(t > 0 for t in list(costs.small_forward.values()) + list(costs.large_forward.values()))

@@ -180,7 +180,7 @@ BAD = [
     (dict(max_small_steps=2.5), "max_small_steps"),
     (dict(verification="lossless"), "verification"),
     (dict(uno_epsilon=-0.1, verification="exact"), "uno_epsilon"),
-    (dict(uno_epsilon=0.1), "uno_epsilon"),
+    (dict(uno_epsilon=0.1, verification="rollback"), "uno_epsilon"),  # 0.4: uno alone is fine (exact by default)
     (dict(draft_schedule="fast"), "draft_schedule"),
 ]
 

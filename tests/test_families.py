@@ -3,8 +3,11 @@ is decoded correctly or refused with a ValueError before any work: nothing silen
 
 Per family, greedy, 16 new tokens: exact speculative decoding equals `large.generate` at batch 1 and on a
 left-padded batch of prompts of 9, 7 and 5 tokens (past the zoo's 4-token sliding windows); the large
-model alone through the engine (fallback 1) equals `large.generate` on the batch; in BiLD's rollback mode
-each row of the batch equals the row decoded alone (row-by-row families: the row with its padding).
+model alone through the engine (fallback 1) and the library at default arguments (as users call it) equal
+`large.generate` on the batch (row-by-row families: the padded batch, each row decoded with its padding as
+transformers decodes it; batched layouts: each row as it is alone); in BiLD's rollback mode, with fixed
+thresholds and at "auto" (the per-row policy), each row of the batch equals the row decoded alone (row-by-row
+families: the row with its padding).
 """
 import pytest
 import torch
@@ -90,17 +93,22 @@ def test_family_is_exact_or_refused(name):
     # batch differs from that, the rows alone are their reference
     by_rows = bild.adapters.batch_layout(large) == "rows"
     padding_sensitive = any(want[r, P : P + len(a)].tolist() != a for r, a in enumerate(alone))
-    for label, gen in (("exact", exact), ("large alone", bild.BiLDGenerator(small, large, fallback_threshold=1.0))):
-        got = gen.generate(ids, attention_mask=mask, **kw)
+    for label, gen in (("exact", exact), ("large alone", bild.BiLDGenerator(small, large, fallback_threshold=1.0)),
+                       ("defaults", bild.BiLDGenerator(small, large))):
+        # defaults: called as users do (no decoding arguments but the length): the large model's greedy output
+        got = gen.generate(ids, attention_mask=mask, **(kw if label != "defaults" else dict(max_new_tokens=N_NEW)))
         if by_rows:
             assert torch.equal(got, want), f"padded batch, {label} vs large.generate"
             continue
         assert all(got[r, P : P + len(a)].tolist() == a for r, a in enumerate(alone)), f"padded batch, {label}"
         assert padding_sensitive or torch.equal(got, want), f"padded batch, {label} vs large.generate"
-    bild_gen = bild.BiLDGenerator(small, large, fallback_threshold=0.5, rollback_threshold=2.0, max_small_steps=4)
-    batched = bild_gen.generate(ids, attention_mask=mask, **kw)
-    for r in range(3):
-        x, m = (ids[r : r + 1], mask[r : r + 1]) if by_rows else row(ids, mask, r, kind)
-        single = bild_gen.generate(x, attention_mask=m, **kw)
-        new = single[0, (x.shape[1] if kind != "encoder-decoder" else 1):]
-        assert batched[r, P : P + new.numel()].tolist() == new.tolist(), f"rollback row {r}"
+    for label, bild_gen in (
+            ("rollback", bild.BiLDGenerator(small, large, fallback_threshold=0.5, rollback_threshold=2.0,
+                                            max_small_steps=4)),
+            ("rollback at auto", bild.BiLDGenerator(small, large, rollback_threshold=2.0))):  # per-row policy
+        batched = bild_gen.generate(ids, attention_mask=mask, **kw)
+        for r in range(3):
+            x, m = (ids[r : r + 1], mask[r : r + 1]) if by_rows else row(ids, mask, r, kind)
+            single = bild_gen.generate(x, attention_mask=m, **kw)
+            new = single[0, (x.shape[1] if kind != "encoder-decoder" else 1):]
+            assert batched[r, P : P + new.numel()].tolist() == new.tolist(), f"{label} row {r}"

@@ -140,3 +140,17 @@ def test_rejection_resamples_from_residual_or_p(eps, resample):
     other = residual / residual.sum() if resample == "target" else p
     assert chi_square_pvalue(counts, target) > 1e-4
     assert chi_square_pvalue(counts, other) < 1e-10
+
+
+def test_default_arguments_sample_the_large_distribution(pair):
+    """BiLDGenerator(small, large) at default arguments (0.4: exact verification, adaptive policy) samples
+    the large model's distribution."""
+    small, large = pair
+    truth = exact_joint(large)
+    gen = bild.BiLDGenerator(small, large)
+    torch.manual_seed(0)
+    out = gen.generate(torch.tensor([PROMPT] * N), max_new_tokens=4, do_sample=True, temperature=TEMP, top_k=0)
+    t2, t3 = out[:, len(PROMPT) + 1], out[:, len(PROMPT) + 2]
+    counts = torch.bincount(t2 * V + t3, minlength=V * V).reshape(V, V).double()
+    assert gen.stats.drafted > 0  # the draft path ran
+    assert chi_square_pvalue(counts, truth) > 1e-4 and 0.5 * (counts / N - truth).abs().sum() < 0.05

@@ -12,10 +12,12 @@ from ._compat import check_transformers as _check_transformers
 
 _check_transformers(_transformers.__version__)  # outside the tested range: ImportError (older) or a warning
 
+from . import online_costs  # noqa: E402
 from .analysis import cost_model, theory  # noqa: E402
 from .generator import BiLDGenerator, generate  # noqa: E402
 from .pairs import alignment, controlled, smollm2  # noqa: E402
-from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy  # noqa: E402
+from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy,  # noqa: E402
+                       ThresholdPolicy)
 from .stats import GenerationStats, expected_speedup  # noqa: E402
 
 # module paths of version 0.2 (`bild.pair`, `bild.cost_model`, ...) keep working
@@ -25,5 +27,5 @@ for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", c
     globals()[_old] = _mod
 
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
-           "AdaptivePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts"]
-__version__ = "0.3.0"
+           "AdaptivePolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts"]
+__version__ = "0.4.0"

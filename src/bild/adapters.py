@@ -33,6 +33,8 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from . import online_costs
+
 
 class ModelAdapter:
     """Incremental decoding over one model's cache, for B rows that advance by different amounts.
@@ -58,6 +60,7 @@ class ModelAdapter:
         self.tokens_fed = 0
         self.forwards = 0
         self.compactions = 0
+        self.times = online_costs.model_times(model)  # forwards' host times feed the shared cost estimates
 
     @functools.cached_property
     def layout(self) -> str:
@@ -133,9 +136,14 @@ class ModelAdapter:
             kwargs.update(input_ids=ids, attention_mask=mask)
             if self.caps.takes_positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
+        timed = self.times is not None and self.length > n  # not the prefill
+        t0 = online_costs.clock() if timed else 0.0
         out = self.model(**kwargs)
+        logits = out.logits[:, -keep:].float()
+        if timed:
+            self.times.record(B, n, online_costs.clock() - t0)
         self.forwards += 1
-        return out.logits[:, -keep:].float()
+        return logits
 
     def keep_first(self, counts: list[int]) -> None:
         """Roll back: row r keeps its first `counts[r]` tokens; later slots are masked, and slots masked in

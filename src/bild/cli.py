@@ -2,10 +2,13 @@
 
     bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold auto|F] [--max_small_steps auto|N]
               [--rollback_threshold R] [--verification rollback|exact]
+
+``bild demo`` follows the library's defaults (lossless: exact verification with the adaptive draft
+policy); ``--rollback_threshold R`` selects BiLD's rollback rule, as in the library. It prints the rule.
     bild pair build | info | gen-data | train     (see ``python -m bild.pairs.smollm2 -h``)
 
 ``bild demo`` loads the offline SmolLM2 pair (:mod:`bild.pairs.smollm2`; built into the cache folder on
-first use), generates with BiLD, then with the large model alone on the same prompt, and prints
+first use), generates with the pair, then with the large model alone on the same prompt, and prints
 the text, both latencies, the speedup and which tokens each model wrote.
 """
 
@@ -39,6 +42,16 @@ def render(tokenizer, ids: Sequence[int], sources: Sequence[str], color: bool) -
     return "".join(parts)
 
 
+def rule_text(opts) -> str:
+    """The verification rule in force, in words."""
+    if opts.verification == "exact" and not (opts.uno_epsilon or opts.opt_epsilon):
+        return "exact (lossless)"
+    if opts.verification == "exact":
+        name, eps = ("Decoding-UNO", opts.uno_epsilon) if opts.uno_epsilon else ("Decoding-OPT", opts.opt_epsilon)
+        return f"{name}, epsilon {eps:g} (lossy)"
+    return f"rollback, threshold {opts.rollback_threshold:g} (BiLD, lossy)"
+
+
 def _auto(kind):
     """argparse type: 'auto' or a number of `kind`."""
     def parse(text):
@@ -54,9 +67,11 @@ def demo(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max_new_tokens", type=int, default=48)
     p.add_argument("--fallback_threshold", type=_auto(float), default="auto",
                    help="'auto' (adaptive draft policy, default) or a number in [0, 1]")
-    p.add_argument("--rollback_threshold", type=float, default=3.0)
+    p.add_argument("--rollback_threshold", type=float, default=None,
+                   help="BiLD's rollback rule with this threshold (default: none, the lossless exact rule)")
     p.add_argument("--max_small_steps", type=_auto(int), default="auto", help="'auto' (default) or an integer >= 1")
-    p.add_argument("--verification", choices=["rollback", "exact"], default="rollback")
+    p.add_argument("--verification", choices=["rollback", "exact"], default=None,
+                   help="default: exact, or rollback when --rollback_threshold is given (the library's defaults)")
     p.add_argument("--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
@@ -87,8 +102,8 @@ def demo(argv: Sequence[str] | None = None) -> int:
                         verification=a.verification)
     kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.no_grad():
-        # warm-up (first calls allocate; the adaptive policy measures its costs and starts learning, as in
-        # any first call of a session); then time both on the same prompt
+        # warm-up (first calls allocate; the adaptive policy starts learning acceptance and costs, as in any
+        # first call of a session); then time both on the same prompt
         pr.large.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
         gen.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
         t = time.perf_counter()
@@ -106,6 +121,7 @@ def demo(argv: Sequence[str] | None = None) -> int:
     n_new = len(new)
     st = gen.stats
     print(f"\nprompt: {instruction}\n")
+    print(f"rule: {rule_text(gen.options)}")
     print("BiLD output:", tok.decode(new, skip_special_tokens=True).strip())
     same = torch.equal(seq[0, : ref.shape[1]], ref[0]) and seq.shape[1] == ref.shape[1]
     print("large alone:", tok.decode(ref[0, n_prompt:], skip_special_tokens=True).strip(),
@@ -122,7 +138,12 @@ def demo(argv: Sequence[str] | None = None) -> int:
     print(f"speedup:     {t_large / t_bild:.2f}x  (large forwards {st.large_forwards}, small forwards "
           f"{st.small_forwards}, fallbacks {st.fallbacks}, rollbacks {st.rollbacks})")
     pol = st.policy
-    if pol.get("policy") == "adaptive":
+    if pol.get("policy") == "adaptive per row":
+        rows = pol["rows"][0] if pol.get("rows") else {}
+        print(f"policy:      adaptive per row (timing-free costs: small step = {pol['costs']['small']:.2f} large "
+              f"steps), drafting {'on' if rows.get('drafting') else 'off'}, acceptance {rows.get('alpha', 0):.2f}, "
+              f"rounds without a draft {st.draftless_rounds}/{st.rounds}")
+    elif pol.get("policy") == "adaptive":
         print(f"policy:      adaptive, drafting {'on' if pol['drafting'] else 'off (probing)'}, draft length "
               f"{pol['draft_length']}, acceptance {pol['alpha']:.2f}, small step = {pol['costs']['small']:.2f} "
               f"large steps, rounds without a draft {st.draftless_rounds}/{st.rounds}")

@@ -198,8 +198,12 @@ class DraftVerifyLoop:
             n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
         # a probe round of the adaptive policy (drafting off, measuring) is judged by the exact rule under
         # greedy decoding: it measures acceptance without letting in a token the large model would not write
-        elif o.verification == "rollback" and not (self.policy.probing and not self.do_sample):
+        elif o.verification == "rollback" and not (self.policy.probing is True and not self.do_sample):
             n_acc, nxt = verify_rollback(dt, n_draft, p_logits.softmax(-1), o.rollback_threshold, self.do_sample)
+            if isinstance(self.policy.probing, list) and any(self.policy.probing) and not self.do_sample:
+                ex_acc, ex_nxt = verify_exact_greedy(dt, n_draft, p_logits)  # per-row probes (RowwisePolicy)
+                sel = to_device(self.policy.probing, dev, torch.bool)
+                n_acc, nxt = torch.where(sel, ex_acc, n_acc), torch.where(sel, ex_nxt, nxt)
         elif self.do_sample:
             n_acc, nxt = verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), q, o.uno_epsilon or o.opt_epsilon,
                                                "target" if o.uno_epsilon else "residual")

@@ -16,19 +16,28 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 import weakref
 
 from .adapters import ModelAdapter, check_model, encoder_rows, vocab_width
-from .analysis.cost_model import CostTable, measure_costs
+from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
-from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, ThresholdPolicy
+from .online_costs import learned_costs, prior_costs
+from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy, ThresholdPolicy
 from .stats import GenerationStats
 
 VERIFICATIONS = ("rollback", "exact")
 DRAFT_SCHEDULES = ("constant", "heuristic")
 AUTO = "auto"
+DEFAULT_ROLLBACK_THRESHOLD = 5.0  # BiLD's rule when chosen without a number
 
 
-def check_options(fallback_threshold=AUTO, rollback_threshold=5.0, max_small_steps=AUTO, verification="rollback",
+def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_steps=AUTO, verification=None,
                   uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO, num_drafts=1) -> DecodeOptions:
-    """Validate the engine's own arguments; raise ValueError naming the argument and what is allowed."""
+    """Validate the engine's own arguments; raise ValueError naming the argument and what is allowed.
+
+    Defaults are lossless: `verification=None` means "exact", unless a `rollback_threshold` is given, which
+    selects BiLD's rollback rule; `rollback_threshold=None` is 5.0 when the rollback rule is in force."""
+    if verification is None:
+        verification = "exact" if rollback_threshold is None else "rollback"
+    if rollback_threshold is None:
+        rollback_threshold = DEFAULT_ROLLBACK_THRESHOLD
     def number(name, x):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
             raise ValueError(f"`{name}` must be a number, got {x!r}")
@@ -75,11 +84,20 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=5.0, max_small_ste
                          float(uno_epsilon), draft_schedule, float(opt_epsilon), costs, num_drafts)
 
 
+def lossy(opts: DecodeOptions) -> bool:
+    """The verification rule lets a draft decision change the text: rollback, Decoding-UNO / OPT."""
+    return opts.verification == "rollback" or opts.uno_epsilon > 0 or opts.opt_epsilon > 0
+
+
 def make_policy(opts: DecodeOptions) -> DraftPolicy:
-    """The draft policy the options ask for: adaptive when either knob is 'auto'."""
+    """The draft policy the options ask for: adaptive when either knob is 'auto'. Under exact verification
+    that is `AdaptivePolicy` (learns across calls, from learned costs: it cannot change greedy output); in
+    the lossy modes `RowwisePolicy` (the same rule, per call and per row, on timing-free costs), so that
+    the text is a function of the inputs there."""
     fb, steps = opts.fallback_threshold, opts.max_small_steps
     if AUTO in (fb, steps):
-        return AdaptivePolicy(None if fb == AUTO else fb, None if steps == AUTO else steps)
+        cls = RowwisePolicy if lossy(opts) else AdaptivePolicy
+        return cls(None if fb == AUTO else fb, None if steps == AUTO else steps)
     if opts.draft_schedule == "heuristic":
         return HeuristicPolicy(fb, steps)
     return ThresholdPolicy(fb, steps)
@@ -87,7 +105,9 @@ def make_policy(opts: DecodeOptions) -> DraftPolicy:
 
 def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, prompt_len: int,
                   max_new: int) -> DraftCosts | None:
-    """The policy's cost model: given, or measured once per batch size (kept on the policy)."""
+    """The policy's cost model: given, or with costs="auto" the shared online estimate for these models at this
+    batch size (`bild.online_costs.learned_costs`: no forward is run for it), except for `RowwisePolicy`,
+    which gets the timing-free prior at batch 1 (a row's decisions must not depend on time or batch)."""
     if not policy.needs_costs:
         return None
     if isinstance(costs, DraftCosts):
@@ -96,13 +116,9 @@ def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, pro
         return DraftCosts.from_table(costs)
     if costs != AUTO:
         return DraftCosts.from_ratio(costs)
-    measured = policy.__dict__.setdefault("measured_costs", {})
-    if batch_size not in measured:
-        table = measure_costs(small, large, prompt_len=max(1, min(prompt_len, 128)), new_tokens=max_new,
-                              batch_size=batch_size, repeats=5, warmup=1, forward_lens=[1, 2, 3, 5, 9, 17],
-                              prefill_lens=[1])
-        measured[batch_size] = DraftCosts.from_table(table)
-    return measured[batch_size]
+    if isinstance(policy, RowwisePolicy):
+        return prior_costs(small, large, 1)
+    return learned_costs(small, large, batch_size)
 
 
 def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
@@ -217,13 +233,13 @@ _POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _policy_for(small_model, large_model, opts: DecodeOptions) -> DraftPolicy:
     per_large = _POLICIES.setdefault(large_model, {})
     key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule, opts.num_drafts,
-           opts.verification, opts.rollback_threshold)
+           opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon, opts.costs == AUTO)
     return per_large.setdefault(key, make_policy(opts))
 
 
 def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-             small_model=None, fallback_threshold: float | str = AUTO, rollback_threshold: float = 5.0,
-             max_small_steps: int | str = AUTO, verification: str = "rollback", uno_epsilon: float = 0.0,
+             small_model=None, fallback_threshold: float | str = AUTO, rollback_threshold: float | None = None,
+             max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
              draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1,
              inputs_tensor=None,
              bild_streamer=None, bild_stats=None, bild_policy=None, **model_kwargs):
@@ -339,52 +355,70 @@ def _per_step(per_row: list[list[torch.Tensor]], steps: int):
 class BiLDGenerator:
     """A small and a large model of one vocabulary, decoding together.
 
+    At default arguments the output is the large model's: exactly `large_model.generate`'s under greedy
+    decoding, the large model's distribution under sampling (speculative decoding with the adaptive draft
+    policy). One argument away, `rollback_threshold=`, is BiLD's lossy rollback rule.
+
     Args:
         small_model, large_model: `PreTrainedModel`s with a language-modelling head, both decoder-only
             or both encoder-decoder, with the same vocabulary and special tokens.
         fallback_threshold: "auto" (default) or a number in [0, 1]. "auto": the adaptive draft policy
-            decides per token when the small model hands over (see `bild.policies.AdaptivePolicy`). A
-            number is BiLD's rule: hand over when the small model's top probability drops below it. 0 never
-            falls back (fixed drafts of `max_small_steps`); 1 means the large model writes every token
-            (output equals `large_model.generate`).
-        rollback_threshold: >= 0 or `float("inf")`. With verification="rollback", a drafted token whose
-            cross-entropy -log p_large(token) exceeds this is replaced by the large model's token (with
-            greedy decoding a draft equal to the large model's argmax is always kept). inf never rolls back.
-        max_small_steps: "auto" (default: the adaptive policy picks the draft length from the measured
-            costs and acceptance, at most 32) or an integer >= 1: most tokens drafted per round.
-        verification: "rollback" (BiLD, default) or "exact" (speculative decoding: greedy output equals
-            the large model's, sampling follows its distribution exactly).
+            decides per token when the small model hands over (see `bild.policies.AdaptivePolicy`; in the
+            lossy modes `bild.policies.RowwisePolicy`, the same rule per call and per row). A number is
+            BiLD's rule: hand over when the small model's top probability drops below it. 0 never falls
+            back (fixed drafts of `max_small_steps`); 1 means the large model writes every token (output
+            equals `large_model.generate`).
+        rollback_threshold: None (default) or >= 0 or `float("inf")`. A number selects BiLD's rollback rule
+            (unless `verification` says otherwise): a drafted token whose cross-entropy -log p_large(token)
+            exceeds it is replaced by the large model's token (with greedy decoding a draft equal to the
+            large model's argmax is always kept); inf never rolls back. None: 5.0 when
+            verification="rollback" is passed without a number.
+        max_small_steps: "auto" (default: the adaptive policy picks the draft length from the costs and the
+            acceptance it sees, at most 32) or an integer >= 1: most tokens drafted per round.
+        verification: None (default: "exact", or "rollback" when `rollback_threshold` is given), "exact"
+            (speculative decoding: greedy output equals the large model's, sampling follows its distribution
+            exactly) or "rollback" (BiLD's rule, lossy).
         uno_epsilon / opt_epsilon: >= 0, one of them, only with "exact" and sampling: Yin et al.'s slack
             (accept with min(1, (p + eps) / q)); on rejection UNO resamples from p, OPT from
             norm(max(0, p - q)). 0 is lossless speculative sampling for both.
         draft_schedule: "constant" (default) or "heuristic" (with numeric thresholds: the budget shrinks
             by 1 after a rejection and grows by 2 after a fully accepted draft, capped by max_small_steps).
-        costs: what the adaptive policy assumes a model call costs: "auto" (default: measured once per
-            batch size on first use; outputs of verification="rollback" can then differ between machines
-            and runs), a cost ratio c (small step / large step; a verify pass costs one large step, the
-            papers' GPU assumption), a `bild.analysis.cost_model.CostTable` or a `bild.policies.DraftCosts`.
-            With costs given, the same calls on a fresh generator make the same decisions.
+        costs: what the adaptive policy assumes a model call costs: "auto" (default), a cost ratio c (small
+            step / large step; a verify pass costs one large step, the papers' GPU assumption), a
+            `bild.analysis.cost_model.CostTable` or a `bild.policies.DraftCosts`. "auto" never times a
+            dedicated forward: under exact verification it starts from a parameter-count prior and learns
+            from the call's own forwards, shared by all generators of these models in the process
+            (`bild.online_costs`; CPU only, the prior elsewhere); in the lossy modes it is the timing-free
+            prior alone, so that the text never depends on timing.
         num_drafts: M >= 1 (default 1). M > 1 is Yin et al.'s batch speculative decoding (their Alg. 4):
             M independent drafts per prompt in one batched small-model pass, one large pass over all of
-            them, depth-first verification at the first position (lossless). Needs verification="exact",
+            them, depth-first verification at the first position (lossless). Needs exact verification,
             do_sample=True and a family whose batches decode together (README: supported families).
 
-    The draft policy (`self.policy`) keeps learning across calls; `reset_policy()` forgets.
+    Under exact verification the draft policy (`self.policy`) keeps learning across calls (`reset_policy()`
+    forgets); with costs="auto" it is shared by every generator and `bild.generate` call of these two models
+    with the same options in the process (a new generator starts where the last one left off). With costs
+    given, each generator has its own (fresh generators make the same decisions). In the lossy modes at
+    "auto" it starts afresh for every call and every row.
     """
 
     def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
-                 fallback_threshold: float | str = AUTO, rollback_threshold: float = 5.0,
-                 max_small_steps: int | str = AUTO, verification: str = "rollback", uno_epsilon: float = 0.0,
+                 fallback_threshold: float | str = AUTO, rollback_threshold: float | None = None,
+                 max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
                  draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1):
         self.options = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification,
                                      uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts)
         check_pair(small_model, large_model)
         self.small_model, self.large_model = small_model, large_model
         self.policy = make_policy(self.options)
+        if self.options.costs == AUTO and isinstance(self.policy, AdaptivePolicy):
+            # everything learned online, so shared: a new generator of these models starts where the last left
+            self.policy = _policy_for(small_model, large_model, self.options)
         self.stats = GenerationStats()
 
     def reset_policy(self) -> None:
-        """Forget what the draft policy learned (measured costs are kept)."""
+        """Forget what the draft policy learned (shared with the other generators of these models when
+        costs="auto"; learned costs are kept: `bild.online_costs.forget()` drops them)."""
         self.policy.reset()
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,

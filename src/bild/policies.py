@@ -48,6 +48,7 @@ class DraftCosts:
     # 2-core CPU a round cost 0.40-0.46 large steps more than its predicted model calls
     # (benchmarks/adaptive_policy.py, tokens per call against measured speed, 2026-11-23). Unmeasured on a GPU.
     ROUND_OVERHEAD = 0.4
+    MAX_DRAFTS = 32  # verify table length of fitted costs
 
     def verify_cost(self, k: int) -> float:
         v = self.verify
@@ -218,7 +219,9 @@ class AdaptivePolicy(DraftPolicy):
                    the first draft step is worth its cost (E_c[max(0, a(c) - R dv)] > R (c_small + overhead) over the
                    confidences seen at first steps). While off, a probe round every `probe_every` rounds
                    (doubling to 64 while probes fail) drafts `probe_length` tokens with no stopping rule,
-                   so the estimates keep learning; the first rounds of a fresh policy are probes too.
+                   so the estimates keep learning. The first rounds of a fresh policy are probes too, until
+                   `warmup_drafts` drafts are judged or `WARMUP_ROUNDS` rounds have run (a weak draft, judged
+                   about one draft per probe, would otherwise probe for a dozen rounds of a first call).
     With a numeric `fallback_threshold` the per-token rule is BiLD's (conf < threshold falls back) and
     only the draft length is chosen; with a numeric `max_small_steps` that is the cap.
 
@@ -230,6 +233,7 @@ class AdaptivePolicy(DraftPolicy):
     BINS = 10
     AUTO_CAP = 32
     PRIOR = 0.3  # pseudo-drafts per bin
+    WARMUP_ROUNDS = 4  # most warm-up probe rounds of a fresh policy
 
     def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
                  probe_length: int = 4, probe_every: int = 8, warmup_drafts: int = 12):
@@ -246,7 +250,8 @@ class AdaptivePolicy(DraftPolicy):
         self.tokens, self.cost = 1.0, 1.0  # moving sums behind the rate R
         self.on, self.length = True, min(self.cap, 4)
         self.interval, self.wait = self.probe_every, 0
-        self.probing = False
+        self.probing = self.warming = False
+        self.warm_rounds = 0
 
     # -- estimates ----------------------------------------------------------------------------------
     @property
@@ -279,7 +284,8 @@ class AdaptivePolicy(DraftPolicy):
         self._decide()
 
     def budgets(self, remaining):
-        self.probing = self.judged_total < self.warmup or (not self.on and self.wait <= 0)
+        self.warming = self.judged_total < self.warmup and self.warm_rounds < self.WARMUP_ROUNDS
+        self.probing = self.warming or (not self.on and self.wait <= 0)
         if not self.on and not self.probing:
             self.wait -= 1
         n = self.probe_length if self.probing else self.length if self.on else 0
@@ -321,6 +327,7 @@ class AdaptivePolicy(DraftPolicy):
         self.tokens = 0.9 * self.tokens + float(sum(rec.committed))
         self.cost = 0.9 * self.cost + round_cost
         was_probe = self.probing
+        self.warm_rounds += self.warming
         self._decide()
         if was_probe and not self.on:
             self.interval = min(64, self.interval * 2)
@@ -344,3 +351,64 @@ class AdaptivePolicy(DraftPolicy):
                 "fallback_threshold": "auto" if self.threshold is None else self.threshold,
                 "acceptance_by_confidence": [round(a / n, 3) for a, n in zip(self.acc, self.seen)],
                 "costs": self.costs.as_dict() if getattr(self, "costs", None) else None}
+
+
+class RowwisePolicy(DraftPolicy):
+    """The adaptive rule with state per call and per row, on costs that involve no timing: what "auto"
+    means in the lossy modes (rollback, Decoding-UNO / OPT), where a draft decision can change the text.
+
+    Each row of a call gets a fresh `AdaptivePolicy` (batch size 1) that learns from that row's rounds only,
+    and charges the row's own small steps and verify width. So a row's decisions, hence its text, depend on
+    the row's prompt and the arguments alone: not on the other rows of the batch, earlier calls, machine
+    load or measured time. `costs` come from the caller (`bild.generator.resolve_costs`: the given ones, or
+    the timing-free prior of `bild.online_costs.prior_costs`). A fresh row probes for its first
+    `warmup_drafts` judged drafts (4, not 12: the state lives one call); `probing` is a per-row list, and
+    under greedy decoding the loop judges a probing row's drafts exactly, as for `AdaptivePolicy`.
+    """
+
+    needs_costs = True
+
+    def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
+                 warmup_drafts: int = 4):
+        self.threshold, self.cap, self.warmup = fallback_threshold, max_small_steps, warmup_drafts
+        self.rows: list[AdaptivePolicy] = []
+        self.costs = None
+        self.probing = []
+
+    def begin(self, batch_size, costs=None):
+        super().begin(batch_size, costs)
+        if costs is None:
+            raise ValueError("RowwisePolicy needs costs")
+        self.costs = costs
+        self.rows = [AdaptivePolicy(self.threshold, self.cap, warmup_drafts=self.warmup) for _ in range(batch_size)]
+        self.probing = [False] * batch_size
+        for p in self.rows:
+            p.begin(1, costs)
+
+    def budgets(self, remaining):
+        out = [p.budgets([n])[0] for p, n in zip(self.rows, remaining)]
+        self.probing = [p.probing and b > 0 for p, b in zip(self.rows, out)]
+        return out
+
+    def step(self, j, conf, live):
+        keeps, mores = zip(*(p.step(j, conf[r : r + 1], live[r : r + 1]) for r, p in enumerate(self.rows)))
+        return torch.cat(keeps), torch.cat(mores)
+
+    def learn(self, rec):
+        for r, p in enumerate(self.rows):
+            if rec.first_conf[r] is None or (isinstance(rec.first_conf[r], float) and math.isnan(rec.first_conf[r])):
+                continue  # the row did not draft this round
+            k = rec.drafted[r]
+            p.learn(RoundRecord(conf=[rec.conf[r]], first_conf=[rec.first_conf[r]], drafted=[k],
+                                judged=[rec.judged[r]], accepted=[rec.accepted[r]], committed=[rec.committed[r]],
+                                small_steps=max(1, k), width=k))
+
+    def reset(self):
+        self.rows = []
+
+    def describe(self):
+        rows = [p.describe() for p in self.rows]
+        return {"policy": "adaptive per row", "rows": [{k: d[k] for k in ("drafting", "draft_length", "alpha")}
+                                                        for d in rows],
+                "fallback_threshold": "auto" if self.threshold is None else self.threshold,
+                "costs": self.costs.as_dict() if self.costs is not None else None}

@@ -1,0 +1,162 @@
+"""Model-call costs learned online, from the forwards a generate call runs anyway.
+
+No warm-up on the user's clock: `costs="auto"` never times a dedicated forward. It starts from a prior
+that needs no timing and refines it with the host-side wall time of the engine's own forwards:
+
+prior   a small step costs c = (small model's parameters) / (large model's parameters) large steps, input
+        embeddings left out (a lookup, not compute), the LM head counted at `HEAD_WEIGHT` (one matmul, against
+        a layer's many smaller ops: measured c was 0.087 for the controlled pair of benchmarks/, prior 0.081;
+        0.15 for the SmolLM2 pair, prior 0.19; counting the head in full gave 0.13 and 0.32); a verify pass over k drafts costs
+        1 + s k large steps, s = `CPU_SLOPE` x sqrt(batch) on a CPU (a forward over 11 tokens measured at
+        2.3 large steps at batch 1 and 2.3-4.2 at batch 8 on the 2-core machine of this project) and
+        `GPU_SLOPE` on other devices (a short forward is memory-bound there: the papers' assumption).
+learned `ModelAdapter.feed` reports (rows, new tokens, seconds) of every forward after the prefill to the
+        `ModelTimes` of its model, keyed by (device, dtype, torch threads) and held weakly by the model, so
+        every generator (and every `bild.generate` call) of the same models in the process shares it.
+        Per (rows, tokens) the last `KEEP` times are kept; a pair's `DraftCosts` at batch B are fitted from
+        their medians (`learned_costs`): the small step from the small model's 1-token forwards, the large
+        step and the verify slope by least squares through the large model's widths (the prior slope where
+        only one width was seen). Until a model has `MIN_SAMPLES` such forwards at that batch size, the
+        prior stands.
+CUDA    timing a forward on the host would need a synchronisation in the hot loop: on devices other than
+        the CPU nothing is timed and the prior is kept (pass `costs=` a ratio or a measured table there).
+
+Nothing is written to disk. Learned costs only steer the adaptive policy in exact verification, where they
+cannot change the output under greedy decoding (see `bild.generator.make_policy`).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import weakref
+from collections import deque
+
+import torch
+
+CPU_SLOPE = 0.13
+HEAD_WEIGHT = 0.25
+GPU_SLOPE = 0.02
+KEEP = 32  # times kept per (rows, tokens)
+MIN_SAMPLES = 6  # forwards after the prefill before a model's learned times replace the prior
+MAX_TOKENS = 64  # wider forwards (long catch-ups) are not recorded
+
+clock = time.perf_counter  # the timer; tests patch it
+
+
+def compute_params(model) -> float:
+    """Parameters that cost compute per token: all of them but the input embeddings (a lookup), the LM head
+    (tied to the embeddings or not) counted at `HEAD_WEIGHT`. Cached on the model."""
+    n = model.__dict__.get("_bild_compute_params")
+    if n is None:
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        weight = {}
+        if emb is not None and getattr(emb, "weight", None) is not None:
+            weight[id(emb.weight)] = 0.0
+        if head is not None and getattr(head, "weight", None) is not None:
+            weight[id(head.weight)] = HEAD_WEIGHT
+        seen, n = set(), 0.0
+        for p in model.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            n += weight.get(id(p), 1.0) * p.numel()
+        n = max(n, 1.0)
+        model.__dict__["_bild_compute_params"] = n
+    return n
+
+
+def prior_costs(small, large, batch_size: int = 1, device=None):
+    """The timing-free `DraftCosts`: parameter-count ratio, verify slope by device kind (module docstring)."""
+    from .policies import DraftCosts
+
+    dev = torch.device(device if device is not None else large.device)
+    c = compute_params(small) / compute_params(large)
+    slope = CPU_SLOPE * math.sqrt(max(1, batch_size)) if dev.type == "cpu" else GPU_SLOPE
+    return DraftCosts(float(c), tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
+                      DraftCosts.ROUND_OVERHEAD)
+
+
+class ModelTimes:
+    """Recent forward times of one model on one (device, dtype, threads): `times[(rows, tokens)]`."""
+
+    def __init__(self):
+        self.times: dict[tuple[int, int], deque] = {}
+
+    def record(self, rows: int, tokens: int, seconds: float) -> None:
+        if 0 < tokens <= MAX_TOKENS and seconds > 0:
+            self.times.setdefault((rows, tokens), deque(maxlen=KEEP)).append(seconds)
+
+    def medians(self, rows: int) -> dict[int, tuple[float, int]]:
+        """tokens -> (median seconds, samples) at this batch size."""
+        return {n: (statistics.median(d), len(d)) for (b, n), d in self.times.items() if b == rows and d}
+
+
+_TIMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _key(model):
+    return (str(model.device), str(model.dtype), torch.get_num_threads())
+
+
+def model_times(model) -> ModelTimes | None:
+    """The shared timing record of this model in its current setting; None where nothing is timed (not a
+    CPU) or the model cannot be held weakly."""
+    try:
+        if model.device.type != "cpu":
+            return None
+        per = _TIMES.get(model)
+        if per is None:
+            per = _TIMES[model] = {}
+    except (TypeError, AttributeError):
+        return None
+    return per.setdefault(_key(model), ModelTimes())
+
+
+def forget(model=None) -> None:
+    """Drop learned times (of one model, or of all)."""
+    if model is None:
+        _TIMES.clear()
+    else:
+        _TIMES.pop(model, None)
+
+
+def learned_costs(small, large, batch_size: int = 1):
+    """The pair's `DraftCosts` at this batch size: learned where both models have enough forwards timed,
+    else the prior."""
+    from .policies import DraftCosts
+
+    prior = prior_costs(small, large, batch_size)
+    ts, tl = model_times(small), model_times(large)
+    if ts is None or tl is None:
+        return prior
+    ms, ml = ts.medians(batch_size), tl.medians(batch_size)
+    if sum(k for _, k in ms.values()) < MIN_SAMPLES or sum(k for _, k in ml.values()) < MIN_SAMPLES:
+        return prior
+    prior_slope = prior.verify[1] - 1.0
+    # large: t(n) = a (1 + s (n - 1)), least squares over the widths seen (weights: samples, capped)
+    pts = [(n - 1, t, min(k, 8)) for n, (t, k) in ml.items()]
+    if len({x for x, _, _ in pts}) >= 2:
+        w = sum(k for _, _, k in pts)
+        mx = sum(k * x for x, _, k in pts) / w
+        my = sum(k * y for _, y, k in pts) / w
+        sxx = sum(k * (x - mx) ** 2 for x, _, k in pts)
+        b = max(0.0, sum(k * (x - mx) * (y - my) for x, y, k in pts) / sxx)
+        a = my - b * mx
+        if a <= 0:  # noisy: keep the prior's shape through the mean
+            a = my / (1.0 + prior_slope * mx)
+            b = a * prior_slope
+        slope = b / a
+    else:
+        (x, y, _), = pts
+        slope = prior_slope
+        a = y / (1.0 + slope * x)
+    # small: its 1-token step (a catch-up of n tokens scaled by the large model's shape where that is all)
+    if 1 in ms:
+        small_step = ms[1][0]
+    else:
+        n, (t, _) = min(ms.items())
+        small_step = t / (1.0 + slope * (n - 1))
+    return DraftCosts(small_step / a, tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
+                      DraftCosts.ROUND_OVERHEAD)
