@@ -89,7 +89,6 @@ class ModelAdapter:
     # -- setup --------------------------------------------------------------------------------------
     def start(self, batch_size: int, device: torch.device, encoder_kwargs: dict | None = None) -> None:
         """Fresh cache. `encoder_kwargs` (encoder-decoder only): `encoder_outputs` and `attention_mask`."""
-        cfg = self.model.config
         self.cache = new_cache(self.model)
         self.encoder_kwargs = encoder_kwargs or {}
         self.device = device
@@ -248,9 +247,9 @@ def _unrollable_window(model: PreTrainedModel) -> bool:
     cannot roll window layers back: no full-layer replacement exists, so the model is refused."""
     if model.config.is_encoder_decoder:
         return False
-    layers = DynamicCache(config=model.config).layers
-    windowed = any("Sliding" in type(layer).__name__ for layer in layers)
-    return windowed and not _window_layers(DynamicCache(config=model.config)) and not window_rollback_works()
+    cache = DynamicCache(config=model.config)
+    windowed = any("Sliding" in type(layer).__name__ for layer in cache.layers)
+    return windowed and not _window_layers(cache) and not window_rollback_works()
 
 
 @functools.lru_cache(maxsize=1)
@@ -307,10 +306,12 @@ def capabilities(model: PreTrainedModel) -> Capabilities:
 
 
 def _accepts(model, name: str, unknown: bool | None) -> bool | None:
-    """Whether the forward's signature (followed through `functools.wraps` wrappers) names `name`: True if it
-    does, False if it names other arguments but not this one, `unknown` if it names none (`*args, **kwargs`)."""
+    """Whether the forward's signature names `name`, as transformers' generate reads it (a PEFT model's base
+    model's forward; `functools.wraps` wrappers followed): True if it does, False if it names other arguments
+    but not this one, `unknown` if it names none (`*args, **kwargs`)."""
+    spelled = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     try:
-        params = inspect.signature(model.forward).parameters
+        params = inspect.signature(spelled.forward).parameters
     except (TypeError, ValueError):
         return unknown
     if name in params:
@@ -362,8 +363,8 @@ def _probe_cache_arg(model: PreTrainedModel) -> tuple[str | None, str]:
                     filled = filled and _cached_tokens(cache) == 4
                     outs.append(out.logits[0, -1].float())
             except Exception:  # noqa: BLE001 - a keyword the forward rejects, or a cache it cannot continue from
-                if ran:
-                    problem = NOT_CONTINUED if filled and problem == NOT_FILLED and outs else problem
+                if outs and filled:  # it kept 4 tokens at once, then failed to continue in pieces
+                    problem = NOT_CONTINUED
                 continue
         if not filled:
             continue
@@ -396,8 +397,7 @@ def _probe_positions(model: PreTrainedModel) -> bool:
     when moving one token's position changes the logits."""
     if model.config.is_encoder_decoder:
         return False
-    spelled = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    said = _accepts(spelled, "position_ids", None)
+    said = _accepts(model, "position_ids", None)
     if said is not None:
         return said
     t = _probe_tokens(model, 3)
@@ -413,8 +413,7 @@ def _probe_positions(model: PreTrainedModel) -> bool:
 def _probe_logits_to_keep(model: PreTrainedModel) -> bool:
     """The forward computes only the last positions' logits when asked: said by its signature, or for one
     that names nothing, seen in the shape of a 2-token forward's logits with `logits_to_keep=1`."""
-    spelled = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    said = _accepts(spelled, "logits_to_keep", None)
+    said = _accepts(model, "logits_to_keep", None)
     if said is not None:
         return said
     try:
@@ -494,8 +493,7 @@ def _holes_are_ignored(model: PreTrainedModel) -> bool:
     cached = getattr(model, "_bild_holes_ok", None)
     if cached is not None:
         return cached
-    vocab, dev = int(model.config.vocab_size), execution_device(model)
-    t = [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, 5)]
+    t, dev = _probe_tokens(model, 4), execution_device(model)
 
     arg = capabilities(model).cache_arg
 
@@ -527,8 +525,7 @@ def _alignment_is_exact(model: PreTrainedModel) -> bool:
     sees slot distances, which re-packing keeps equal to token distances; ALiBi over slots), false where
     positions come from the slot index (BART, Marian, Pegasus: learned or sinusoidal positions from the
     cache length). Checked once per model."""
-    vocab, dev = int(model.config.vocab_size), execution_device(model)
-    t = [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, 5)]
+    t, dev = _probe_tokens(model, 4), execution_device(model)
     try:
         def run(first, valid):
             a = ModelAdapter(model)

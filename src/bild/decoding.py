@@ -81,7 +81,6 @@ class DraftVerifyLoop:
             self.eos_ids = {int(x) for t in eos_c for x in t.tolist()}
         else:
             self.eos_ids = set() if eos is None else set(eos.reshape(-1).tolist())
-        self.eos = eos
         pad = generation_config.pad_token_id
         if pad is None and eos is not None and eos.numel():
             pad = int(eos.reshape(-1)[0])
@@ -103,8 +102,6 @@ class DraftVerifyLoop:
         if self.max_length is not None:  # the criteria list's length (a user's MaxLengthCriteria included)
             max_new_tokens = max(1, self.max_length - P)
         self.P, self.B, self.max_new = P, B, max_new_tokens
-        if self.eos is not None:
-            self.eos = self.eos.to(dev)
         self.seqs = torch.full((B, P + max_new_tokens), self.pad, dtype=torch.long, device=dev)
         self.seqs[:, :P] = input_ids
         # prompt padding, on the host (read once): which prompt columns hold a token, per row
@@ -198,11 +195,11 @@ class DraftVerifyLoop:
             n_acc, nxt = torch.zeros(B, dtype=torch.long, device=dev), self._choose(p_logits[:, 0])
         # a probe round of the adaptive policy (drafting off, measuring) is judged by the exact rule under
         # greedy decoding: it measures acceptance without letting in a token the large model would not write
-        elif o.verification == "rollback" and not (self.policy.probing is True and not self.do_sample):
+        elif o.verification == "rollback" and not all(exact_rows := self._probe_rows()):
             n_acc, nxt = verify_rollback(dt, n_draft, p_logits.softmax(-1), o.rollback_threshold, self.do_sample)
-            if isinstance(self.policy.probing, list) and any(self.policy.probing) and not self.do_sample:
-                ex_acc, ex_nxt = verify_exact_greedy(dt, n_draft, p_logits)  # per-row probes (RowwisePolicy)
-                sel = to_device(self.policy.probing, dev, torch.bool)
+            if any(exact_rows):  # some rows probe (RowwisePolicy): those are judged exactly
+                ex_acc, ex_nxt = verify_exact_greedy(dt, n_draft, p_logits)
+                sel = to_device(exact_rows, dev, torch.bool)
                 n_acc, nxt = torch.where(sel, ex_acc, n_acc), torch.where(sel, ex_nxt, nxt)
         elif self.do_sample:
             n_acc, nxt = verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), q, o.uno_epsilon or o.opt_epsilon,
@@ -211,6 +208,14 @@ class DraftVerifyLoop:
             n_acc, nxt = verify_exact_greedy(dt, n_draft, p_logits)
         n_acc, nxt = torch.stack([n_acc, nxt]).tolist()  # the round's one read of the verdict
         return n_acc, nxt, None
+
+    def _probe_rows(self) -> list[bool]:
+        """Per row, whether this round only measures under greedy decoding (judged by the exact rule, so a
+        probe never lets in a token the large model would not write). `policy.probing`: one flag for the
+        batch (AdaptivePolicy) or one per row (RowwisePolicy)."""
+        probing = self.policy.probing
+        rows = probing if isinstance(probing, list) else [bool(probing)] * self.B
+        return [p and not self.do_sample for p in rows]
 
     def _count(self, budget, drafts, own, judged, accepted, n_acc, committed) -> None:
         """Statistics of a round (definitions in `stats.py`). Only committed tokens count: a row that

@@ -234,7 +234,9 @@ def _policy_for(small_model, large_model, opts: DecodeOptions) -> DraftPolicy:
     per_large = _POLICIES.setdefault(large_model, {})
     key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule, opts.num_drafts,
            opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon, opts.costs == AUTO)
-    return per_large.setdefault(key, make_policy(opts))
+    if key not in per_large:
+        per_large[key] = make_policy(opts)
+    return per_large[key]
 
 
 def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
@@ -410,10 +412,11 @@ class BiLDGenerator:
                                      uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts)
         check_pair(small_model, large_model)
         self.small_model, self.large_model = small_model, large_model
-        self.policy = make_policy(self.options)
-        if self.options.costs == AUTO and isinstance(self.policy, AdaptivePolicy):
-            # everything learned online, so shared: a new generator of these models starts where the last left
-            self.policy = _policy_for(small_model, large_model, self.options)
+        # with costs="auto" everything the adaptive policy knows is learned online, so it is shared: a new
+        # generator of these models starts where the last one left off
+        shared = self.options.costs == AUTO and AUTO in (self.options.fallback_threshold,
+                                                         self.options.max_small_steps) and not lossy(self.options)
+        self.policy = _policy_for(small_model, large_model, self.options) if shared else make_policy(self.options)
         self.stats = GenerationStats()
 
     def reset_policy(self) -> None:

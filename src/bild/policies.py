@@ -64,7 +64,7 @@ class DraftCosts:
         return cls(float(cost_ratio), (1.0, 1.0))
 
     @classmethod
-    def from_table(cls, table, max_drafts: int = 32) -> "DraftCosts":
+    def from_table(cls, table, max_drafts: int | None = None) -> "DraftCosts":
         """From a measured `bild.analysis.cost_model.CostTable` (seconds per call). Verify passes are fitted by
         verify[k] = 1 + s k (least squares, s >= 0) through the one-token step: timing noise between single
         widths would otherwise look like a marginal cost and cut drafts short or make them long."""
@@ -73,7 +73,8 @@ class DraftCosts:
         ks = torch.tensor([k for k, _ in pts] or [1], dtype=torch.float64)
         extra = torch.tensor([v for _, v in pts] or [0.0], dtype=torch.float64)
         slope = max(0.0, float((ks * extra).sum() / (ks * ks).sum()))
-        return cls(table.small(1) / step, tuple(1.0 + slope * k for k in range(max_drafts + 1)), cls.ROUND_OVERHEAD)
+        n = cls.MAX_DRAFTS if max_drafts is None else max_drafts
+        return cls(table.small(1) / step, tuple(1.0 + slope * k for k in range(n + 1)), cls.ROUND_OVERHEAD)
 
     def as_dict(self) -> dict:
         return {"small": round(self.small, 4), "verify": [round(x, 3) for x in self.verify[:17]],

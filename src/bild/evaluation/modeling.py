@@ -130,14 +130,6 @@ def uses_chat_template(cfg: EvalConfig, tokenizer: Any, is_encoder_decoder: bool
     return bool(cfg.chat_template and not is_encoder_decoder and getattr(tokenizer, "chat_template", None))
 
 
-def chat_text(tokenizer: Any, prompt: str) -> str:
-    """``prompt`` as one user turn in the tokenizer's chat template, with the generation prompt
-    (the offline pair's :func:`~bild.pairs.smollm2.chat_prompt`)."""
-    from ..pairs.smollm2 import chat_prompt
-
-    return chat_prompt(tokenizer, prompt)
-
-
 def _truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
@@ -211,8 +203,10 @@ class BatchGenerator:
         """
         if not self.chat_template:
             return [task_prompt(self.cfg, s) for s in sources]
+        from ..pairs.smollm2 import chat_prompt
+
         tok = self.bundle.tokenizer
-        return [chat_text(tok, task_prompt(self.cfg, _truncate_tokens(tok, s, self.cfg.max_source_length)))
+        return [chat_prompt(tok, task_prompt(self.cfg, _truncate_tokens(tok, s, self.cfg.max_source_length)))
                 for s in sources]
 
     def encode(self, sources: Sequence[str]) -> dict[str, Any]:
