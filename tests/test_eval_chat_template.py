@@ -24,12 +24,7 @@ TEMPLATE = ("{{ '<s>' }}{% for m in messages %}<|user|> {{ m['content'] }} <|end
 INSTRUCT = "Translate to English: {source}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def chat_tokenizer(with_template: bool = True):
