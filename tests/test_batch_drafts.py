@@ -196,7 +196,7 @@ def _engine_token_after_prefill(family, monkeypatch=None, rule=None, n=3000, M=3
     small, large = make_pair(family)
     ids, mask = make_inputs(family, 1, seed=5)
     if rule is not None:
-        monkeypatch.setattr("bild.decoding.verify_batch_drafts", rule)
+        monkeypatch.setattr("bild.acceptance.verify_batch_drafts", rule)
     gen = bild.BiLDGenerator(small, large, verification="exact", num_drafts=M, fallback_threshold=0.0,
                              max_small_steps=2)
     torch.manual_seed(seed)

@@ -7,6 +7,7 @@ from scipy import stats as sstats
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import bild
+import bild.acceptance
 import bild.decoding
 from bild.verification import verify_exact_sampling
 
@@ -75,7 +76,7 @@ def test_speculative_sampling_preserves_the_large_distribution(pair, monkeypatch
     assert chi_square_pvalue(counts, truth) > 1e-4 and tv < 0.05, tv
 
     # control: the same test rejects a rule that accepts every draft
-    monkeypatch.setattr(bild.decoding, "verify_exact_sampling", accept_every_draft)
+    monkeypatch.setattr(bild.acceptance, "verify_exact_sampling", accept_every_draft)
     bad, _ = sampled_joint(small, large)
     assert chi_square_pvalue(bad, truth) < 1e-10 and 0.5 * (bad / N - truth).abs().sum() > 0.1
 

@@ -29,7 +29,10 @@ class GenerationStats:
                      one entry per row and pass
     verify_widths    padded width of each verify pass (what the batched forward computes per row)
     small_tokens_fed / large_tokens_fed   token positions each model read (prompt included, padding excluded)
-    token_sources    per row, "small" or "large" for each new token: which model wrote it
+    drafted_by / accepted_by   the same `drafted` / `accepted` counts split by drafter: {"small": n, "lookup": n}
+                     (a drafter that drafted nothing this call is absent)
+    token_sources    per row, for each new token, who wrote it: "small" (a small-model draft the large model
+                     kept), "lookup" (a prompt-lookup draft it kept) or "large" (the large model's own token)
     policy           what the draft policy had in force at the end of the call (see `bild.policies`)
     """
 
@@ -50,6 +53,8 @@ class GenerationStats:
     verify_widths: list[int] = field(default_factory=list)
     small_tokens_fed: int = 0
     large_tokens_fed: int = 0
+    drafted_by: dict[str, int] = field(default_factory=dict)
+    accepted_by: dict[str, int] = field(default_factory=dict)
     token_sources: list[list[str]] = field(default_factory=list)
     policy: dict = field(default_factory=dict)
 
