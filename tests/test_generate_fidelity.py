@@ -62,7 +62,8 @@ def test_layouts_cover_every_batch_layout():
 # -- what every GenerationConfig field is expected to do ----------------------------------------------
 # kind: "exact" (output equal to large.generate; where large.generate raises, bild raises the same), "refused"
 # (ValueError naming the field), "sampled" (sampling: token by token under the same seed with the large model
-# alone, and with drafts under top_k=1), "meta" (bookkeeping, not an argument). value: the kwargs, from ctx.
+# alone, and with drafts under top_k=1), "drafter" (a drafter's knob: greedy output equal to large.generate without
+# it), "meta" (bookkeeping, not an argument). value: the kwargs, from ctx.
 def _kw(**kw):
     return lambda ctx: kw
 
@@ -123,7 +124,9 @@ FIELDS = {
     "num_assistant_tokens": ("exact", _kw(num_assistant_tokens=3)),
     "num_assistant_tokens_schedule": ("exact", _kw(num_assistant_tokens_schedule="constant")),
     "assistant_confidence_threshold": ("exact", _kw(assistant_confidence_threshold=0.2)),
-    "prompt_lookup_num_tokens": ("refused", _kw(prompt_lookup_num_tokens=3)),
+    # prompt lookup: a drafter, so the greedy output is large.generate's without it (which batches, where
+    # transformers' own prompt lookup is batch 1 only)
+    "prompt_lookup_num_tokens": ("drafter", _kw(prompt_lookup_num_tokens=3)),
     "max_matching_ngram_size": ("exact", _kw(max_matching_ngram_size=3)),
     "assistant_early_exit": ("refused", _kw(assistant_early_exit=1)),
     "assistant_lookbehind": ("exact", _kw(assistant_lookbehind=5)),
@@ -233,6 +236,10 @@ def test_generation_config_field(name, field):
             _quiet(lambda: bild_generate(small, large, ids, mask, max_new_tokens=NEW, **kw))
     elif kind == "sampled":
         compare_sampled(small, large, ids, mask, kw, LAYOUTS[name])
+    elif kind == "drafter":
+        ref = _quiet(lambda: large.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False))
+        assert_same(ref, _quiet(lambda: bild_generate(small, large, ids, mask, max_new_tokens=NEW, do_sample=False,
+                                                      **kw)))
     else:
         compare(small, large, ids, mask, **kw)
 

@@ -18,8 +18,9 @@ import weakref
 from .adapters import ModelAdapter, check_model, encoder_rows, vocab_width
 from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
-from .online_costs import learned_costs, prior_costs
+from .online_costs import learned_costs, lookup_costs, prior_costs
 from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy, ThresholdPolicy
+from .proposers import CombinedProposer, PromptLookupProposer, Proposer
 from .stats import GenerationStats
 
 VERIFICATIONS = ("rollback", "exact")
@@ -121,6 +122,64 @@ def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, pro
     return learned_costs(small, large, batch_size)
 
 
+LOOKUP_PRIOR = 0.4  # prompt lookup's acceptance before any is seen, in every position bin
+DEFAULT_NGRAM = 2  # transformers' default `max_matching_ngram_size`
+
+
+def check_lookup(gc: GenerationConfig, opts: DecodeOptions, has_small: bool) -> tuple[int, int] | None:
+    """(prompt_lookup_num_tokens, max_matching_ngram_size) when prompt lookup is asked for, else None;
+    ValueError for values or combinations the engine does not take, and when there is no drafter at all."""
+    n, ngram = getattr(gc, "prompt_lookup_num_tokens", None), getattr(gc, "max_matching_ngram_size", None)
+    for name, x in (("prompt_lookup_num_tokens", n), ("max_matching_ngram_size", ngram)):
+        if x is not None and (isinstance(x, bool) or not isinstance(x, int) or x < 1):
+            raise ValueError(f"`{name}` must be None or an integer >= 1, got {x!r}")
+    if n is None:
+        if not has_small:
+            raise ValueError("no drafter: pass `small_model` (a draft model) and/or `prompt_lookup_num_tokens` "
+                             "(prompt lookup, e.g. 10)")
+        return None
+    if opts.num_drafts > 1:
+        raise ValueError("`num_drafts` > 1 (batch speculative decoding of M sampled drafts) cannot be combined with "
+                         "`prompt_lookup_num_tokens`: prompt lookup proposes one deterministic draft per row")
+    return n, ngram or DEFAULT_NGRAM
+
+
+def make_lookup_policy(opts: DecodeOptions, num_tokens: int) -> DraftPolicy:
+    """Prompt lookup's policy: under the adaptive policy (either knob "auto") `num_tokens` caps the draft
+    length the policy picks per position; with numeric thresholds drafts are `num_tokens` long (as far as a
+    match continues), as in transformers."""
+    if AUTO in (opts.fallback_threshold, opts.max_small_steps):
+        cls = RowwisePolicy if lossy(opts) else AdaptivePolicy
+        return cls(None, num_tokens, prior=LOOKUP_PRIOR)
+    return ThresholdPolicy(0.0, num_tokens)
+
+
+def resolve_lookup_costs(policy: DraftPolicy, costs, large, batch_size: int) -> DraftCosts | None:
+    """Prompt lookup's costs: the verify table of the given costs (or, at "auto", the large model's learned
+    one; the prior for `RowwisePolicy`) with a free draft step (`DraftCosts.for_lookup`)."""
+    if not policy.needs_costs:
+        return None
+    if isinstance(costs, DraftCosts):
+        return costs.for_lookup()
+    if isinstance(costs, CostTable):
+        return DraftCosts.from_table(costs).for_lookup()
+    if costs != AUTO:
+        return DraftCosts.from_ratio(costs).for_lookup()
+    if isinstance(policy, RowwisePolicy):
+        return lookup_costs(large, 1, learned=False)
+    return lookup_costs(large, batch_size)
+
+
+def source_tokens(model, inputs_tensor, attention_mask) -> list[list[int]] | None:
+    """Per row, the encoder input's tokens (padding left out) for prompt lookup; None for decoder-only
+    models and non-token encoder inputs (audio features, pixels)."""
+    if not model.config.is_encoder_decoder or inputs_tensor is None or inputs_tensor.is_floating_point():
+        return None
+    ids = inputs_tensor.tolist()
+    mask = [[1] * len(r) for r in ids] if attention_mask is None else attention_mask.tolist()
+    return [[t for t, m in zip(r, k) if m and t >= 0] for r, k in zip(ids, mask)]
+
+
 def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
     """The two models must share the vocabulary and special tokens."""
     if small is None:
@@ -153,7 +212,6 @@ _REFUSED_FIELDS = (
     ("constraints", lambda v: v is not None, "constrained beam search is another decoding method"),
     ("force_words_ids", lambda v: v is not None, "constrained beam search is another decoding method"),
     ("use_mtp", lambda v: bool(v), "multi-token prediction is transformers' own assisted decoding"),
-    ("prompt_lookup_num_tokens", lambda v: v is not None, "prompt lookup is transformers' own assisted decoding"),
     ("assistant_early_exit", lambda v: v is not None, "early-exit self-speculation is transformers' own assisted "
      "decoding"),
     ("is_assistant", lambda v: bool(v), "it marks the assistant's own generate inside transformers' assisted "
@@ -230,12 +288,14 @@ def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small
 _POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _policy_for(small_model, large_model, opts: DecodeOptions) -> DraftPolicy:
+def _policy_for(small_model, large_model, opts: DecodeOptions, lookup: tuple[int, int] | None = None) -> DraftPolicy:
+    """The shared policy of these models and options (`lookup`: prompt lookup's (num_tokens, ngram) instead of
+    the small model's)."""
     per_large = _POLICIES.setdefault(large_model, {})
     key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule, opts.num_drafts,
-           opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon, opts.costs == AUTO)
+           opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon, opts.costs == AUTO, lookup)
     if key not in per_large:
-        per_large[key] = make_policy(opts)
+        per_large[key] = make_policy(opts) if lookup is None else make_lookup_policy(opts, lookup[0])
     return per_large[key]
 
 
@@ -244,40 +304,56 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
              max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
              draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1,
              inputs_tensor=None,
-             bild_streamer=None, bild_stats=None, bild_policy=None, **model_kwargs):
+             bild_streamer=None, bild_stats=None, bild_policy=None, bild_lookup_policy=None, **model_kwargs):
     """Draft-then-verify decoding as a transformers `custom_generate` callable.
 
-    ``large.generate(ids, custom_generate=bild.generate, small_model=small, ...)``
+    ``large.generate(ids, custom_generate=bild.generate, small_model=small, ...)``, or with prompt lookup as
+    transformers spells it, ``prompt_lookup_num_tokens=10`` (and `max_matching_ngram_size`), with or without
+    a `small_model` (both: the lookup's draft where it finds a match, the small model's elsewhere).
 
     transformers calls this with its prepared `input_ids` (decoder start ids for encoder-decoder
     models), logits processors, stopping criteria and generation config. Pass `bild_stats=GenerationStats()`
     to read the counters back. The adaptive policy's state is kept per (large model, small model, options)
-    across calls; pass `bild_policy=` to use your own. transformers does not forward `streamer` to custom
-    callables; use `BiLDGenerator.generate` (or `bild_streamer=`) to stream.
+    across calls; pass `bild_policy=` (`bild_lookup_policy=` for prompt lookup) to use your own. transformers
+    does not forward `streamer` to custom callables; use `BiLDGenerator.generate` (or `bild_streamer=`) to stream.
     """
     opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
                          draft_schedule, opt_epsilon, costs, num_drafts)
-    check_pair(small_model, model)
     gc = generation_config
+    lookup = check_lookup(gc, opts, small_model is not None)
+    if small_model is not None:
+        check_pair(small_model, model)
+    else:
+        check_model(model, "large_model")
+    uses_small = small_model is not None and opts.uses_small
     check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
-    check_inputs(model, input_ids, inputs_tensor, model_kwargs, opts.uses_small)
+    check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
     if not gc.do_sample and (opts.uno_epsilon or opts.opt_epsilon):
         raise ValueError("`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
                          "exactly the large model's argmax")
     if opts.num_drafts > 1 and not gc.do_sample:
         raise ValueError("`num_drafts` > 1 needs do_sample=True: under greedy decoding M drafts would be M copies")
-    policy = bild_policy if bild_policy is not None else _policy_for(small_model, model, opts)
+    policy = None
+    if uses_small:
+        policy = bild_policy if bild_policy is not None else _policy_for(small_model, model, opts)
+    lookup_policy = None
+    if lookup is not None:
+        lookup_policy = bild_lookup_policy if bild_lookup_policy is not None else _policy_for(
+            small_model, model, opts, lookup)
     stats = bild_stats if bild_stats is not None else GenerationStats()
     stats.__dict__.update(GenerationStats().__dict__)  # reset in place: callers hold this object
     max_new = gc.max_length - input_ids.shape[1]
     if bild_streamer is not None:
         bild_streamer.put(input_ids.cpu())
-    small, large = ModelAdapter(small_model), ModelAdapter(model)
+    small = ModelAdapter(small_model) if uses_small else None
+    large = ModelAdapter(model)
     attention_mask = model_kwargs.get("attention_mask")
-    enc = None
+    enc, src = None, None
+    if lookup is not None:
+        src = source_tokens(model, inputs_tensor, attention_mask)
     if large.is_encoder_decoder:
         enc_large = {"encoder_outputs": model_kwargs["encoder_outputs"], "attention_mask": attention_mask}
-        enc_small = small.encode(inputs_tensor, attention_mask) if opts.uses_small else None
+        enc_small = small.encode(inputs_tensor, attention_mask) if uses_small else None
         enc = (enc_small, enc_large)
         attention_mask = model_kwargs.get("decoder_attention_mask")  # the decoder prompt's padding, if any
     M = opts.num_drafts
@@ -287,19 +363,27 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         enc = None if enc is None else tuple(
             None if e is None else encoder_rows(e, lambda x: x.repeat_interleave(M, 0)) for e in enc)
         if not (large.supports_holes and small.supports_holes):
-            raise ValueError(f"`num_drafts` > 1 needs models whose batch rows decode together; "
+            raise ValueError(f"`num_drafts` > 1 needs models whose batches decode together; "
                              f"{type(model).__name__} / {type(small_model).__name__} decode row by row "
                              "(see bild.adapters)")
     B = input_ids.shape[0]
 
     def loop(batch, prompt_len, slot=None, streamer=None):
-        if opts.uses_small:  # otherwise the loop never consults the policy
+        lp = DraftVerifyLoop(None, large, opts, None, gc, logits_processor, stopping_criteria, streamer, stats,
+                             batch_slot=slot)
+        proposer = None
+        if uses_small:
             costs = resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new)
-            policy.begin(batch // opts.num_drafts, costs)  # the policy sees prompts; forwards run batch rows
-        return DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
-                               batch_slot=slot)
+            policy.begin(batch // M, costs)  # the policy sees prompts; forwards run batch rows
+            proposer = lp.model_proposer(small, policy)
+        if lookup is not None:
+            lookup_policy.begin(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
+            lk = PromptLookupProposer(lookup_policy, lookup[1])
+            proposer = lk if proposer is None else CombinedProposer(lk, proposer)
+        lp.proposer = proposer if proposer is not None else Proposer()
+        return lp
 
-    if B > 1 and not (large.supports_holes and (small.supports_holes or not opts.uses_small)):
+    if B > 1 and not (large.supports_holes and (not uses_small or small.supports_holes)):
         # rows of this family cannot leave masked cache slots for one another: decode row by row, each with its
         # prompt padding where transformers has it (what its logits processors and criteria count, and what
         # sliding windows and slot positions see), on the shared encoder outputs for encoder-decoder models
@@ -309,20 +393,21 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
                 None if e is None else encoder_rows(e, lambda x: x[r : r + 1]) for e in enc)
             lp = loop(1, input_ids.shape[1], slot=(r, B))
             row_mask = None if attention_mask is None else attention_mask[r : r + 1]
-            rows.append(lp.run(input_ids[r : r + 1], row_mask, max_new, row_enc))
+            rows.append(lp.run(input_ids[r : r + 1], row_mask, max_new, row_enc, None if src is None else [src[r]]))
             sources += stats.token_sources
         stats.token_sources = sources
         sequences, scores, raw = _stack_rows(input_ids, rows, lp.pad)
     else:
         lp = loop(B, input_ids.shape[1], streamer=bild_streamer)
-        sequences, scores, raw = lp.run(input_ids, attention_mask, max_new, enc)
+        sequences, scores, raw = lp.run(input_ids, attention_mask, max_new, enc, src)
     if M > 1:
         sequences, scores, raw = sequences[::M], scores[::M], raw[::M]
         stats.token_sources = stats.token_sources[::M]
         input_ids = input_ids[::M]
-    stats.small_forwards, stats.large_forwards = small.forwards, large.forwards
-    stats.small_tokens_fed, stats.large_tokens_fed = small.tokens_fed, large.tokens_fed
-    stats.policy = policy.describe() if opts.uses_small else {"policy": "large model only"}
+    if small is not None:
+        stats.small_forwards, stats.small_tokens_fed = small.forwards, small.tokens_fed
+    stats.large_forwards, stats.large_tokens_fed = large.forwards, large.tokens_fed
+    stats.policy = lp.proposer.describe()
     if not gc.return_dict_in_generate:
         return sequences
     steps = sequences.shape[1] - input_ids.shape[1]
@@ -410,19 +495,34 @@ class BiLDGenerator:
                  draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1):
         self.options = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification,
                                      uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts)
-        check_pair(small_model, large_model)
+        if small_model is not None:
+            check_pair(small_model, large_model)
+        else:  # prompt lookup alone: `generate` then needs `prompt_lookup_num_tokens`
+            check_model(large_model, "large_model")
         self.small_model, self.large_model = small_model, large_model
         # with costs="auto" everything the adaptive policy knows is learned online, so it is shared: a new
         # generator of these models starts where the last one left off
-        shared = self.options.costs == AUTO and AUTO in (self.options.fallback_threshold,
-                                                         self.options.max_small_steps) and not lossy(self.options)
-        self.policy = _policy_for(small_model, large_model, self.options) if shared else make_policy(self.options)
+        self.shared = self.options.costs == AUTO and AUTO in (self.options.fallback_threshold,
+                                                              self.options.max_small_steps) and not lossy(self.options)
+        self.policy = (_policy_for(small_model, large_model, self.options) if self.shared
+                       else make_policy(self.options))
+        self.lookup_policies: dict[tuple[int, int], DraftPolicy] = {}  # per (num_tokens, ngram) asked for
         self.stats = GenerationStats()
 
+    def lookup_policy(self, num_tokens: int, ngram: int) -> DraftPolicy:
+        """Prompt lookup's policy for these settings (shared like `self.policy`)."""
+        key = (num_tokens, ngram)
+        if key not in self.lookup_policies:
+            self.lookup_policies[key] = (_policy_for(self.small_model, self.large_model, self.options, key)
+                                         if self.shared else make_lookup_policy(self.options, num_tokens))
+        return self.lookup_policies[key]
+
     def reset_policy(self) -> None:
-        """Forget what the draft policy learned (shared with the other generators of these models when
+        """Forget what the draft policies learned (shared with the other generators of these models when
         costs="auto"; learned costs are kept: `bild.online_costs.forget()` drops them)."""
         self.policy.reset()
+        for p in self.lookup_policies.values():
+            p.reset()
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
                  streamer=None, **kwargs):
@@ -431,6 +531,9 @@ class BiLDGenerator:
         gc.update(**kwargs)
         check_generation_config(gc, _batch_size(inputs, kwargs), streamer)
         o = self.options
+        lookup = check_lookup(gc, o, self.small_model is not None)
+        if lookup is not None:
+            kwargs["bild_lookup_policy"] = self.lookup_policy(*lookup)
         return self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
             *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate,
             small_model=self.small_model,

@@ -122,20 +122,14 @@ def forget(model=None) -> None:
         _TIMES.pop(model, None)
 
 
-def learned_costs(small, large, batch_size: int = 1):
-    """The pair's `DraftCosts` at this batch size: learned where both models have enough forwards timed,
-    else the prior."""
-    from .policies import DraftCosts
-
-    prior = prior_costs(small, large, batch_size)
-    ts, tl = model_times(small), model_times(large)
-    if ts is None or tl is None:
-        return prior
-    ms, ml = ts.medians(batch_size), tl.medians(batch_size)
-    if sum(k for _, k in ms.values()) < MIN_SAMPLES or sum(k for _, k in ml.values()) < MIN_SAMPLES:
-        return prior
-    prior_slope = prior.verify[1] - 1.0
-    # large: t(n) = a (1 + s (n - 1)), least squares over the widths seen (weights: samples, capped)
+def _large_fit(large, batch_size: int, prior_slope: float) -> tuple[float, float] | None:
+    """(seconds per large step, verify slope) fitted from the large model's timed forwards at this batch
+    size, or None until it has `MIN_SAMPLES` of them."""
+    tl = model_times(large)
+    ml = tl.medians(batch_size) if tl is not None else {}
+    if sum(k for _, k in ml.values()) < MIN_SAMPLES:
+        return None
+    # t(n) = a (1 + s (n - 1)), least squares over the widths seen (weights: samples, capped)
     pts = [(n - 1, t, min(k, 8)) for n, (t, k) in ml.items()]
     if len({x for x, _, _ in pts}) >= 2:
         w = sum(k for _, _, k in pts)
@@ -147,11 +141,23 @@ def learned_costs(small, large, batch_size: int = 1):
         if a <= 0:  # noisy: keep the prior's shape through the mean
             a = my / (1.0 + prior_slope * mx)
             b = a * prior_slope
-        slope = b / a
-    else:
-        (x, y, _), = pts
-        slope = prior_slope
-        a = y / (1.0 + slope * x)
+        return a, b / a
+    (x, y, _), = pts
+    return y / (1.0 + prior_slope * x), prior_slope
+
+
+def learned_costs(small, large, batch_size: int = 1):
+    """The pair's `DraftCosts` at this batch size: learned where both models have enough forwards timed,
+    else the prior."""
+    from .policies import DraftCosts
+
+    prior = prior_costs(small, large, batch_size)
+    ts = model_times(small)
+    ms = ts.medians(batch_size) if ts is not None else {}
+    fit = _large_fit(large, batch_size, prior.verify[1] - 1.0)
+    if fit is None or sum(k for _, k in ms.values()) < MIN_SAMPLES:
+        return prior
+    a, slope = fit
     # small: its 1-token step (a catch-up of n tokens scaled by the large model's shape where that is all)
     if 1 in ms:
         small_step = ms[1][0]
@@ -160,3 +166,18 @@ def learned_costs(small, large, batch_size: int = 1):
         small_step = t / (1.0 + slope * (n - 1))
     return DraftCosts(small_step / a, tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
                       DraftCosts.ROUND_OVERHEAD)
+
+
+def lookup_costs(large, batch_size: int = 1, learned: bool = True):
+    """`DraftCosts` of prompt lookup: a draft costs no model call (`DraftCosts.LOOKUP_STEP`), a round
+    `DraftCosts.LOOKUP_OVERHEAD` beyond its verify pass; the verify pass as learned for the large model
+    (`learned`, else the prior slope)."""
+    from .policies import DraftCosts
+
+    dev = large.device
+    slope = CPU_SLOPE * math.sqrt(max(1, batch_size)) if dev.type == "cpu" else GPU_SLOPE
+    fit = _large_fit(large, batch_size, slope) if learned else None
+    if fit is not None:
+        slope = fit[1]
+    return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
+                      DraftCosts.LOOKUP_OVERHEAD)

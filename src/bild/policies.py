@@ -49,6 +49,13 @@ class DraftCosts:
     # (benchmarks/adaptive_policy.py, tokens per call against measured speed, 2026-11-23). Unmeasured on a GPU.
     ROUND_OVERHEAD = 0.4
     MAX_DRAFTS = 32  # verify table length of fitted costs
+    # prompt lookup: a draft is a dictionary lookup on the host, a round's bookkeeping is a verify pass's
+    LOOKUP_STEP = 0.0
+    LOOKUP_OVERHEAD = 0.1
+
+    def for_lookup(self) -> "DraftCosts":
+        """These costs with prompt lookup's draft step and round overhead (the verify table kept)."""
+        return DraftCosts(self.LOOKUP_STEP, self.verify, self.LOOKUP_OVERHEAD)
 
     def verify_cost(self, k: int) -> float:
         v = self.verify
@@ -237,14 +244,17 @@ class AdaptivePolicy(DraftPolicy):
     WARMUP_ROUNDS = 4  # most warm-up probe rounds of a fresh policy
 
     def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
-                 probe_length: int = 4, probe_every: int = 8, warmup_drafts: int = 12):
+                 probe_length: int = 4, probe_every: int = 8, warmup_drafts: int = 12,
+                 prior: float | None = None):
         self.threshold, self.cap = fallback_threshold, max_small_steps or self.AUTO_CAP
         self.probe_length, self.probe_every, self.warmup = min(probe_length, self.cap), probe_every, warmup_drafts
+        self.prior = prior  # acceptance every bin starts from; None: the bin's centre (a calibrated draft)
         self.reset()
 
     def reset(self):
-        self.seen = [self.PRIOR] * self.BINS  # prior: a calibrated draft (acceptance = the bin's centre)
-        self.acc = [(b + 0.5) / self.BINS * self.PRIOR for b in range(self.BINS)]
+        self.seen = [self.PRIOR] * self.BINS
+        self.acc = [(self.prior if self.prior is not None else (b + 0.5) / self.BINS) * self.PRIOR
+                    for b in range(self.BINS)]
         self.first = [0.0] * self.BINS  # confidences at first draft steps
         self._est = None  # acceptance per bin on the loop's device
         self.judged_total = 0
@@ -370,8 +380,8 @@ class RowwisePolicy(DraftPolicy):
     needs_costs = True
 
     def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
-                 warmup_drafts: int = 4):
-        self.threshold, self.cap, self.warmup = fallback_threshold, max_small_steps, warmup_drafts
+                 warmup_drafts: int = 4, prior: float | None = None):
+        self.threshold, self.cap, self.warmup, self.prior = fallback_threshold, max_small_steps, warmup_drafts, prior
         self.rows: list[AdaptivePolicy] = []
         self.costs = None
         self.probing = []
@@ -381,7 +391,8 @@ class RowwisePolicy(DraftPolicy):
         if costs is None:
             raise ValueError("RowwisePolicy needs costs")
         self.costs = costs
-        self.rows = [AdaptivePolicy(self.threshold, self.cap, warmup_drafts=self.warmup) for _ in range(batch_size)]
+        self.rows = [AdaptivePolicy(self.threshold, self.cap, warmup_drafts=self.warmup, prior=self.prior)
+                     for _ in range(batch_size)]
         self.probing = [False] * batch_size
         for p in self.rows:
             p.begin(1, costs)

@@ -254,11 +254,11 @@ class PromptLookupProposer(Proposer):
         for n in range(min(self.max_ngram, L), 0, -1):
             end = idx.get(tuple(corpus[L - n :]))
             if end is not None and end < L:
-                cont = [t for t in corpus[end : end + budget]]
-                if self.NO_SOURCE in cont:
-                    cont = cont[: cont.index(self.NO_SOURCE)]
-                if cont:
-                    return cont, n
+                cont = corpus[end : end + budget]
+                stop = next((j for j, t in enumerate(cont) if t == self.NO_SOURCE or t in self.state.eos_ids), None)
+                if stop is not None:  # no draft across the source's end, none past an eos (as transformers)
+                    cont = cont[:stop]
+                return cont, n  # the first earlier occurrence of the longest n-gram decides, as in transformers
         return [], 0
 
     @staticmethod
