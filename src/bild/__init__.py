@@ -19,6 +19,7 @@ from .pairs import alignment, controlled, smollm2  # noqa: E402
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy,  # noqa: E402
                        ThresholdPolicy)
 from .stats import GenerationStats, expected_speedup  # noqa: E402
+from .vocabulary import draft_vocabulary, load_draft, prune_draft_vocabulary  # noqa: E402
 
 # module paths of version 0.2 (`bild.pair`, `bild.cost_model`, ...) keep working
 for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", controlled),
@@ -27,5 +28,6 @@ for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", c
     globals()[_old] = _mod
 
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
-           "AdaptivePolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts"]
+           "AdaptivePolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
+           "prune_draft_vocabulary", "load_draft", "draft_vocabulary"]
 __version__ = "0.4.0"

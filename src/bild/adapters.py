@@ -34,6 +34,7 @@ from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from . import online_costs
+from .vocabulary import token_index, widen_logits
 
 
 class ModelAdapter:
@@ -61,6 +62,7 @@ class ModelAdapter:
         self.forwards = 0
         self.compactions = 0
         self.times = online_costs.model_times(model)  # forwards' host times feed the shared cost estimates
+        self.vocab = token_index(model, execution_device(model))  # a pruned head's (ids, V), or None
 
     @functools.cached_property
     def layout(self) -> str:
@@ -108,8 +110,9 @@ class ModelAdapter:
     def feed(self, ids: torch.Tensor, valid: list[list[bool]], keep: int) -> torch.Tensor:
         """Append `ids` [B, n] to the cache; `valid[r][j]` (host) marks real tokens (False = a masked slot).
 
-        Returns float32 logits [B, keep, V] of the last `keep` positions. A "rows" model takes masked slots
-        only as a single row (B = 1: its left-padded prompt, fed as transformers' generate feeds it).
+        Returns float32 logits [B, keep, V] of the last `keep` positions (full width for a pruned head too). A
+        "rows" model takes masked slots only as a single row (B = 1: its left-padded prompt, fed as
+        transformers' generate feeds it).
         """
         B, n = ids.shape
         if B > 1 and not all(all(v) for v in valid) and self.layout == "rows":
@@ -139,6 +142,8 @@ class ModelAdapter:
         t0 = online_costs.clock() if timed else 0.0
         out = self.model(**kwargs)
         logits = out.logits[:, -keep:].float()
+        if self.vocab is not None:  # [B, keep, V_sub] -> [B, keep, V], the other tokens improbable
+            logits = widen_logits(logits, *self.vocab)
         if timed:
             self.times.record(B, n, online_costs.clock() - t0)
         self.forwards += 1

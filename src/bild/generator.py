@@ -22,6 +22,7 @@ from .online_costs import learned_costs, lookup_costs, prior_costs
 from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy, ThresholdPolicy
 from .proposers import CombinedProposer, PromptLookupProposer, Proposer
 from .stats import GenerationStats
+from .vocabulary import draft_vocabulary
 
 VERIFICATIONS = ("rollback", "exact")
 DRAFT_SCHEDULES = ("constant", "heuristic")
@@ -181,22 +182,40 @@ def source_tokens(model, inputs_tensor, attention_mask) -> list[list[int]] | Non
 
 
 def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
-    """The two models must share the vocabulary and special tokens."""
+    """The two models must share the vocabulary (the small model's head may cover a recorded subset of it) and
+    special tokens."""
     if small is None:
         raise ValueError("`small_model` is required: pass the draft model, e.g. small_model=AutoModelFor...(...)")
     if bool(small.config.is_encoder_decoder) != bool(large.config.is_encoder_decoder):
         raise ValueError("`small_model` and the large model must both be decoder-only or both encoder-decoder")
     for role, m in (("small_model", small), ("large_model", large)):
         check_model(m, role)
-    ws, wl = vocab_width(small), vocab_width(large)
-    if ws != wl:
-        raise ValueError(f"the small and large models' logits differ in width ({ws} vs {wl}): "
-                         "they must share one vocabulary")
+    check_widths(small, large)
     for name in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
         a, b = (getattr(m.generation_config, name, None) for m in (small, large))
         norm = lambda x: None if x is None else tuple(sorted(x)) if isinstance(x, (list, tuple)) else (x,)  # noqa: E731
         if a is not None and b is not None and norm(a) != norm(b):
             raise ValueError(f"the small and large models have different `{name}` ({a} vs {b})")
+
+
+def check_widths(small: PreTrainedModel, large: PreTrainedModel) -> None:
+    """The small model's logits cover the large model's vocabulary, or a subset of it recorded by
+    `bild.prune_draft_vocabulary`; the large model's head is never pruned (verification reads all of it)."""
+    if draft_vocabulary(large) is not None:
+        raise ValueError("the large model's head is pruned (bild.prune_draft_vocabulary): verification needs its "
+                         "full vocabulary; prune the small model only")
+    ws, wl, pruned = vocab_width(small), vocab_width(large), draft_vocabulary(small)
+    if pruned is None:
+        if ws != wl:
+            hint = (" (a narrower draft head needs its token map: bild.prune_draft_vocabulary)" if ws < wl else "")
+            raise ValueError(f"the small and large models' logits differ in width ({ws} vs {wl}): "
+                             f"they must share one vocabulary{hint}")
+        return
+    ids, full = pruned
+    if full != wl or len(ids) != ws or ids[-1] >= wl:
+        raise ValueError(f"`small_model` records a pruned vocabulary of {len(ids)} of {full} tokens, but its head "
+                         f"gives {ws} logits and the large model's {wl}" +
+                         (": load a saved pruned draft with bild.load_draft" if ws == full else ""))
 
 
 # generation-config fields that switch transformers to a decoding the draft-verify loop does not do, or that

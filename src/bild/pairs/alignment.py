@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -50,6 +51,9 @@ __all__ = [
     "align_small_model",
     "greedy_agreement",
     "freeze_embeddings",
+    "token_frequencies",
+    "special_token_ids",
+    "frequent_token_ids",
 ]
 
 
@@ -559,7 +563,8 @@ def greedy_agreement(small, records: Sequence[TeacherRecord], *, batch_size: int
 
     Teacher forced along the large model's own continuation (the records from
     :func:`generate_teacher_outputs`), which equals the per-token acceptance rate of greedy
-    speculative decoding with this pair.
+    speculative decoding with this pair. A pruned draft head (:func:`bild.prune_draft_vocabulary`)
+    is read through its token map.
     """
     was_training = small.training
     small.eval()
@@ -568,6 +573,7 @@ def greedy_agreement(small, records: Sequence[TeacherRecord], *, batch_size: int
     coll = AlignmentCollator(pad_token_id, encoder_decoder=enc_dec)
     hit = tot = 0
     device = next(small.parameters()).device
+    pruned = _draft_token_ids(small, device)
     for i in range(0, len(ds), batch_size):
         feats = [ds[j] for j in range(i, min(len(ds), i + batch_size))]
         for f in feats:
@@ -583,8 +589,94 @@ def greedy_agreement(small, records: Sequence[TeacherRecord], *, batch_size: int
             lab = b["labels"][:, 1:]
             sel = lab != -100
             pred, tgt = logits.argmax(-1)[sel], lab[sel]
+        if pruned is not None:  # a pruned head's argmax is a row of its subset
+            pred = pruned[pred]
         hit += int((pred == tgt).sum())
         tot += int(sel.sum())
     if was_training:
         small.train()
     return hit / max(tot, 1)
+
+
+def _draft_token_ids(model, device) -> torch.Tensor | None:
+    """The token ids of a pruned head's rows (bild.prune_draft_vocabulary), or None for a full head."""
+    from ..vocabulary import draft_vocabulary
+
+    known = draft_vocabulary(model)
+    return None if known is None else torch.tensor(known[0], device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# draft vocabulary (FR-Spec): the tokens a pruned draft head keeps
+# ----------------------------------------------------------------------------------------------
+def token_frequencies(data: Iterable, tokenizer=None, *, prompts: bool = True) -> collections.Counter:
+    """Token id -> count over ``data``: :class:`TeacherRecord` objects (``prompt_ids`` + ``output_ids``;
+    ``output_ids`` only with ``prompts=False``), lists of token ids, or strings (tokenised with ``tokenizer``,
+    no special tokens added)."""
+    counts: collections.Counter = collections.Counter()
+    for item in data:
+        if isinstance(item, TeacherRecord):
+            counts.update(int(t) for t in item.output_ids)
+            if prompts:
+                counts.update(int(t) for t in item.prompt_ids)
+        elif isinstance(item, str):
+            if tokenizer is None:
+                raise ValueError("`tokenizer` is needed to count tokens in strings")
+            counts.update(tokenizer(item, add_special_tokens=False)["input_ids"])
+        else:
+            counts.update(int(t) for t in item)
+    return counts
+
+
+def special_token_ids(tokenizer=None, model=None) -> set[int]:
+    """Ids a draft head must keep however rare: the tokenizer's special and special added tokens (bos, eos,
+    pad, unk, chat-template markers such as ``<|im_start|>``), the tokens of its chat template's skeleton, and
+    the model's generation-config bos / eos / pad / decoder-start ids."""
+    ids: set[int] = set()
+    if tokenizer is not None:
+        ids.update(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
+        for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+            if getattr(tok, "special", False):
+                ids.add(int(i))
+        if getattr(tokenizer, "chat_template", None):
+            msgs = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+            try:
+                text = tokenizer.apply_chat_template(msgs, tokenize=False)
+                ids.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+            except Exception:  # noqa: BLE001 - a template that takes other messages: its special tokens suffice
+                pass
+    if model is not None:
+        gc = model.generation_config
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            v = getattr(gc, name, None)
+            ids.update(int(x) for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None)
+    return ids
+
+
+def frequent_token_ids(data, size: int, *, tokenizer=None, model=None, vocab_size: int | None = None,
+                       prompts: bool = True) -> list[int]:
+    """The ``size`` token ids a pruned draft head keeps (FR-Spec): every :func:`special_token_ids`, then the
+    most frequent tokens of ``data`` (a ``Counter`` from :func:`token_frequencies`, or what it takes), ties by
+    ascending id; when ``data`` has fewer distinct tokens, unseen ids in ascending order (BPE vocabularies
+    number their early, frequent merges first) up to ``vocab_size`` (default: the model's logits width,
+    else ``len(tokenizer)``). Returns sorted ids; pass them to :func:`bild.prune_draft_vocabulary`."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"`size` must be an integer >= 1, got {size!r}")
+    counts = data if isinstance(data, collections.Counter) else token_frequencies(data, tokenizer, prompts=prompts)
+    if vocab_size is None:
+        from ..adapters import vocab_width
+
+        vocab_size = vocab_width(model) if model is not None else len(tokenizer) if tokenizer is not None else None
+    keep = set(special_token_ids(tokenizer, model))
+    if len(keep) > size:
+        raise ValueError(f"`size` {size} is below the {len(keep)} special tokens a draft head must keep")
+    for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(keep) >= size:
+            break
+        if vocab_size is None or t < vocab_size:
+            keep.add(int(t))
+    for t in range(vocab_size or 0):
+        if len(keep) >= size:
+            break
+        keep.add(t)
+    return sorted(keep)

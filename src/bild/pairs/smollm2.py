@@ -15,6 +15,7 @@ Command line::
     python -m bild.pairs.smollm2 build            # or: bild pair build
     python -m bild.pairs.smollm2 info
     python -m bild.pairs.smollm2 train --minutes 40 --out runs/draft   # re-create the shipped draft
+    python -m bild.pairs.smollm2 prune --size 16384 --out runs/draft-16k  # the draft, head over 16k tokens
 
 The cache folder is ``$BILD_CACHE`` or ``~/.cache/bild/smollm2-pair``.  The cached small model is
 keyed to the sha256 of the draft weights it was built from: a different draft (a new release, a
@@ -554,6 +555,40 @@ def _cmd_train(a) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def frequency_texts(tokenizer, data_dir: Path | None = None, per_file: int | None = None,
+                    max_source_chars: int = 1500) -> list[str]:
+    """Texts to count draft-vocabulary tokens in: the chat prompts of :func:`training_instructions` and the
+    ``target`` of the same dev rows (what the large model is asked to write; never test)."""
+    texts = [chat_prompt(tokenizer, x) for x in training_instructions(data_dir, per_file, max_source_chars)]
+    data_dir = data_dir or shared_data_dir()
+    if data_dir is not None:
+        for name in DATASET_TASKS:
+            f = data_dir / name / "dev.jsonl"
+            if f.exists():
+                texts += [row["target"] for row in read_jsonl(f, per_file) if row.get("target")]
+    return texts
+
+
+def _cmd_prune(a) -> None:
+    """Save the pair's draft with its head pruned to the --size most frequent tokens (FR-Spec)."""
+    from ..vocabulary import prune_draft_vocabulary
+    from .alignment import frequent_token_ids, load_teacher_records, token_frequencies
+
+    pair = load_pair(a.cache)
+    if a.records:
+        counts = token_frequencies(load_teacher_records(a.records))
+    else:
+        counts = token_frequencies(frequency_texts(pair.tokenizer, Path(a.data) if a.data else None, a.per_file),
+                                   pair.tokenizer)
+    ids = frequent_token_ids(counts, a.size, tokenizer=pair.tokenizer, model=pair.small)
+    prune_draft_vocabulary(pair.small, ids)
+    pair.small.save_pretrained(a.out)
+    pair.tokenizer.save_pretrained(a.out)
+    seen = sum(c for t, c in counts.items() if t in set(ids)) / max(sum(counts.values()), 1)
+    print(f"head over {len(ids)} tokens ({seen:.1%} of the {sum(counts.values())} counted) -> {a.out}; "
+          "load it with bild.load_draft")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bild pair", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default=None, help="cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
@@ -585,6 +620,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--ckpt_every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    r = sub.add_parser("prune", help="save the draft with its head over the most frequent tokens (FR-Spec)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--size", type=int, default=16384, help="tokens the head keeps (special tokens included)")
+    r.add_argument("--records", default=None, help="teacher records (gen-data) to count tokens in (default: the "
+                   "dev splits' chat prompts and targets)")
+    r.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
+    r.add_argument("--per_file", type=int, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.cmd in ("gen-data", "train"):
@@ -610,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _cmd_gen_data(a)
     elif a.cmd == "train":
         _cmd_train(a)
+    elif a.cmd == "prune":
+        _cmd_prune(a)
     return 0
 
 
