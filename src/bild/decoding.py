@@ -27,7 +27,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from .adapters import ModelAdapter, to_device
 from .policies import DraftPolicy, RoundRecord
 from .stats import GenerationStats
-from .verification import verify_batch_drafts, verify_exact_greedy, verify_exact_sampling, verify_rollback
+from .verification import verify_batch_drafts, verify_block, verify_exact_greedy, verify_exact_sampling, verify_rollback
 
 
 @dataclass
@@ -35,12 +35,17 @@ class DecodeOptions:
     fallback_threshold: float | str = "auto"
     rollback_threshold: float = 5.0
     max_small_steps: int | str = "auto"
-    verification: str = "rollback"  # "rollback" | "exact"
+    verification: str = "rollback"  # "rollback" | "exact" | "block"
     uno_epsilon: float = 0.0
     draft_schedule: str = "constant"  # "constant" | "heuristic"
     opt_epsilon: float = 0.0
     costs: object = "auto"  # see BiLDGenerator
     num_drafts: int = 1  # Yin et al.'s batch speculative decoding: M drafts per prompt (sampling, exact)
+
+    @property
+    def exact_rule(self) -> bool:
+        """A lossless rule ("exact", "block"): what it keeps never changes the output's distribution."""
+        return self.verification in ("exact", "block")
 
     @property
     def uses_small(self) -> bool:
@@ -201,6 +206,8 @@ class DraftVerifyLoop:
                 ex_acc, ex_nxt = verify_exact_greedy(dt, n_draft, p_logits)
                 sel = to_device(exact_rows, dev, torch.bool)
                 n_acc, nxt = torch.where(sel, ex_acc, n_acc), torch.where(sel, ex_nxt, nxt)
+        elif self.do_sample and o.verification == "block":
+            n_acc, nxt = verify_block(dt, n_draft, p_logits.softmax(-1), q)
         elif self.do_sample:
             n_acc, nxt = verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), q, o.uno_epsilon or o.opt_epsilon,
                                                "target" if o.uno_epsilon else "residual")
@@ -252,7 +259,7 @@ class DraftVerifyLoop:
         own = [0] * B  # each row's own drafts (before its stop)
         active = [b > 0 for b in budget]  # rows drafting this step
         driving = list(active)  # rows writing their own draft: the batch drafts while one is left
-        fill = self.fill_batch_drafts and B > 1 and self.opts.verification == "exact"
+        fill = self.fill_batch_drafts and B > 1 and self.opts.exact_rule
         first_conf, steps = None, 1
         for j in range(max(budget)):
             probs = self._process_rows(lambda: [self._row(r, drafts[r]) for r in range(B)], logits).softmax(-1)
@@ -269,7 +276,7 @@ class DraftVerifyLoop:
                                                                           keep_l[:: self.M]))
             driving = [m and x > 0 for m, x in zip(mine, more_l)]
             any_driving = any(driving)
-            if self.do_sample and self.opts.verification == "exact":
+            if self.do_sample and self.opts.exact_rule:
                 qs.append(probs)
             for r in range(B):
                 own[r] += mine[r]
