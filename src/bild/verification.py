@@ -120,17 +120,18 @@ def verify_block(drafts, n_draft, p, q):
     B, K = drafts.shape
     q = q[:, :K]
     i = torch.arange(K + 1, device=p.device)
-    in_draft = i[None, :K] < n_draft[:, None]                                   # [B, K]
+    in_draft = i[None, :K] < n_draft[:, None]                               # [B, K]
     p_draft = p[:, :K].gather(-1, drafts[..., None]).squeeze(-1)
     q_draft = q.gather(-1, drafts[..., None]).squeeze(-1)
     ratio = torch.where(in_draft, p_draft / q_draft.clamp(min=torch.finfo(q.dtype).tiny), 1.0)
-    w = _block_weights(ratio)                                                   # p_0 .. p_K  [B, K+1]
-    q_next = torch.cat([q * in_draft[..., None], q.new_zeros(B, 1, q.shape[-1])], dim=1)  # 0 from X^gamma on
-    residual = _block_residual(w, p, q_next)                                    # [B, K+1, V]
-    mass = residual.sum(-1)                                                     # Z_i  [B, K+1]
+    w = _block_weights(ratio)                                               # p_0 .. p_K  [B, K+1]
+    q_next = torch.where(in_draft[..., None], q, 0.0)                       # M_s(.|X^i), 0 from X^gamma on
+    q_next = torch.cat([q_next, q.new_zeros(B, 1, q.shape[-1])], dim=1)     # [B, K+1, V]
+    residual = _block_residual(w, p, q_next)                                # [B, K+1, V]
+    mass = residual.sum(-1)                                                 # Z_0 .. Z_K  [B, K+1]
     h = _block_h(mass, w)
-    passed = (torch.rand_like(h) < h) & (i >= 1) & (i <= n_draft[:, None])
-    n_accept = (passed * i).amax(-1)
+    passed = (torch.rand_like(h) < h) & (i >= 1) & (i <= n_draft[:, None])  # eta_i < h_i, i in 1..gamma
+    n_accept = (passed * i).amax(-1)                                        # tau: the last pass (0 if none)
     res, z = _at(residual, n_accept), _at(mass, n_accept)[:, None]
     nxt = torch.where(z > 0, res / z.clamp(min=torch.finfo(z.dtype).tiny), _at(p, n_accept))
     return n_accept, _choose(nxt, True)
