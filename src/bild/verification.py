@@ -117,6 +117,17 @@ def verify_block(drafts, n_draft, p, q):
     h_gamma = p_gamma and the residual is M_b(.|X^gamma). A residual of mass 0 (a rounding case) samples
     M_b(.|X^tau). A draft with q = 0 (not drawn from q) counts as a ratio of 1/tiny.
     """
+    h, residual, mass = _block_terms(drafts, n_draft, p, q)
+    i = torch.arange(h.shape[1], device=h.device)
+    n_accept = ((torch.rand_like(h) < h) * i).amax(-1)                      # tau: the last eta_i < h_i, else 0
+    res, z = _at(residual, n_accept), _at(mass, n_accept)[:, None]
+    nxt = torch.where(z > 0, res / z.clamp(min=torch.finfo(z.dtype).tiny), _at(p, n_accept))
+    return n_accept, _choose(nxt, True)
+
+
+def _block_terms(drafts, n_draft, p, q):
+    """`verify_block`'s deterministic part -> h [B, K+1] (h_i; 0 outside i in 1..gamma), the residuals
+    max(0, p_i M_b(.|X^i) - M_s(.|X^i)) [B, K+1, V] and their masses Z_i [B, K+1]."""
     B, K = drafts.shape
     q = q[:, :K]
     i = torch.arange(K + 1, device=p.device)
@@ -129,12 +140,8 @@ def verify_block(drafts, n_draft, p, q):
     q_next = torch.cat([q_next, q.new_zeros(B, 1, q.shape[-1])], dim=1)     # [B, K+1, V]
     residual = _block_residual(w, p, q_next)                                # [B, K+1, V]
     mass = residual.sum(-1)                                                 # Z_0 .. Z_K  [B, K+1]
-    h = _block_h(mass, w)
-    passed = (torch.rand_like(h) < h) & (i >= 1) & (i <= n_draft[:, None])  # eta_i < h_i, i in 1..gamma
-    n_accept = (passed * i).amax(-1)                                        # tau: the last pass (0 if none)
-    res, z = _at(residual, n_accept), _at(mass, n_accept)[:, None]
-    nxt = torch.where(z > 0, res / z.clamp(min=torch.finfo(z.dtype).tiny), _at(p, n_accept))
-    return n_accept, _choose(nxt, True)
+    candidate = (i >= 1) & (i <= n_draft[:, None])
+    return torch.where(candidate, _block_h(mass, w), 0.0), residual, mass
 
 
 def verify_batch_drafts(drafts, n_draft, p, q):
