@@ -333,8 +333,9 @@ def test_padding_beyond_the_drafts_is_ignored():
     p.append(tree.P[tree.row(3, code)])
     drafts, p, q = torch.stack(drafts, 1), torch.stack(p, 1).float(), torch.stack(q, 1).float()
     q_extra = torch.cat([q, torch.rand(5000, 1, 5)], 1)  # the engine's q can have one more slot
-    pad = torch.arange(4)[None, :, None] > n_draft[:, None, None]
-    p_bad, q_bad = p.masked_fill(pad, float("nan")), q_extra.masked_fill(pad, float("nan"))
+    slot = torch.arange(4)[None, :, None]
+    p_bad = p.masked_fill(slot > n_draft[:, None, None], float("nan"))  # p[:, n_draft] is read: the bonus
+    q_bad = q_extra.masked_fill(slot >= n_draft[:, None, None], float("nan"))
     torch.manual_seed(5)
     want = verify_block(drafts, n_draft, p, q)
     torch.manual_seed(5)
@@ -389,8 +390,9 @@ def exact_tail(large) -> torch.Tensor:
     return lp.exp().reshape(V_E2E, -1).sum(0)
 
 
-def sampled_tail(small, large) -> tuple[torch.Tensor, bild.GenerationStats]:
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=3, verification="block")
+def sampled_tail(small, large, fallback_threshold=0.0) -> tuple[torch.Tensor, bild.GenerationStats]:
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=fallback_threshold, max_small_steps=3,
+                             verification="block")
     torch.manual_seed(0)
     out = gen.generate(torch.tensor([PROMPT] * N_E2E), max_new_tokens=5, do_sample=True, temperature=TEMP, top_k=0)
     t = out[:, len(PROMPT) + 1 : len(PROMPT) + 4]
@@ -410,6 +412,16 @@ def test_engine_samples_the_large_distribution(monkeypatch):
     monkeypatch.setattr(verification, "_block_h", skip_h_normalisation)
     bad, _ = sampled_tail(small, large)
     assert chi_square_pvalue(bad, truth) < 1e-10
+
+
+def test_engine_batch_fill_keeps_the_large_distribution():
+    """With a fallback, rows that stopped draft on while others drive (batch fill): each row's block then has
+    a length set by its confidences and the other rows, and the output still follows the large model."""
+    small, large = tiny_llama(1), tiny_llama(2)
+    truth = exact_tail(large)
+    counts, st = sampled_tail(small, large, fallback_threshold=0.4)
+    assert st.fallbacks > 0 and st.fill_drafted > 0 and st.fill_accepted > 0
+    assert chi_square_pvalue(counts, truth) > 1e-4 and 0.5 * (counts / N_E2E - truth).abs().sum() < 0.1
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])

@@ -115,7 +115,11 @@ def verify_block(drafts, n_draft, p, q):
     drafts an earlier failure would have dropped.
     Here M_s(.|X^gamma) is taken as 0, which makes i = gamma the same formulas: Z_gamma = p_gamma, so
     h_gamma = p_gamma and the residual is M_b(.|X^gamma). A residual of mass 0 (a rounding case) samples
-    M_b(.|X^tau). A draft with q = 0 (not drawn from q) counts as a ratio of 1/tiny.
+    M_b(.|X^tau). A draft with q = 0 (not drawn from q) counts as a ratio of 1/tiny. The paper's p_i is `w`
+    in the code (p is the large model's probabilities here).
+    gamma may depend on the drafts (a fallback, eos, batch fill): a stop is a draft of an end symbol that M_b
+    never writes, so the output stays exact. Sampling only: under greedy decoding the engine uses
+    `verify_exact_greedy`.
     """
     h, residual, mass = _block_terms(drafts, n_draft, p, q)
     i = torch.arange(h.shape[1], device=h.device)
