@@ -4,6 +4,7 @@
     ExactGreedy      speculative decoding, greedy: drafts kept while they equal the large model's argmax
     ExactSampling    speculative sampling (Leviathan et al.); with eps > 0 Yin et al.'s Decoding-UNO / OPT
     Rollback         BiLD's rule (Kim et al.): reject at the first draft with -log p_large > threshold
+    Block            block verification (Sun et al., ICLR 2025): lossless, keeps at least as many drafts
     BatchDrafts      Yin et al.'s Alg. 4: M drafts per prompt, the rule picks the one to follow
 
 `make_rule(opts, do_sample)` picks the rule the options ask for.
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import to_device
-from .verification import verify_batch_drafts, verify_exact_greedy, verify_exact_sampling, verify_rollback
+from .verification import (verify_batch_drafts, verify_block, verify_exact_greedy, verify_exact_sampling,
+                           verify_rollback)
 
 
 @dataclass
@@ -55,6 +57,14 @@ class ExactSampling(AcceptanceRule):
     def rule(self, dt, n_draft, p_logits, proposal):
         q = proposal.draft_probs(dt, p_logits.shape[-1])
         return verify_exact_sampling(dt, n_draft, p_logits.softmax(-1), q, self.epsilon, self.resample)
+
+
+class Block(AcceptanceRule):
+    """The draft judged as one block (sampling; greedy decoding uses `ExactGreedy`)."""
+
+    def rule(self, dt, n_draft, p_logits, proposal):
+        q = proposal.draft_probs(dt, p_logits.shape[-1])
+        return verify_block(dt, n_draft, p_logits.softmax(-1), q)
 
 
 class Rollback(AcceptanceRule):
@@ -99,6 +109,8 @@ def make_rule(opts, do_sample: bool) -> AcceptanceRule:
         return BatchDrafts(opts.num_drafts)
     if opts.verification == "rollback":
         return Rollback(opts.rollback_threshold, do_sample)
+    if do_sample and opts.verification == "block":
+        return Block()
     if do_sample:
         return ExactSampling(opts.uno_epsilon or opts.opt_epsilon, "target" if opts.uno_epsilon else "residual")
     return ExactGreedy()

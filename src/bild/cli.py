@@ -1,7 +1,7 @@
 """``bild`` console script.
 
     bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold auto|F] [--max_small_steps auto|N]
-              [--rollback_threshold R] [--verification rollback|exact]
+              [--rollback_threshold R] [--verification rollback|exact|block]
 
 ``bild demo`` follows the library's defaults (lossless: exact verification with the adaptive draft
 policy); ``--rollback_threshold R`` selects BiLD's rollback rule, as in the library. It prints the rule.
@@ -44,6 +44,8 @@ def render(tokenizer, ids: Sequence[int], sources: Sequence[str], color: bool) -
 
 def rule_text(opts) -> str:
     """The verification rule in force, in words."""
+    if opts.verification == "block":
+        return "block (lossless)"
     if opts.verification == "exact" and not (opts.uno_epsilon or opts.opt_epsilon):
         return "exact (lossless)"
     if opts.verification == "exact":
@@ -70,7 +72,7 @@ def demo(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rollback_threshold", type=float, default=None,
                    help="BiLD's rollback rule with this threshold (default: none, the lossless exact rule)")
     p.add_argument("--max_small_steps", type=_auto(int), default="auto", help="'auto' (default) or an integer >= 1")
-    p.add_argument("--verification", choices=["rollback", "exact"], default=None,
+    p.add_argument("--verification", choices=["rollback", "exact", "block"], default=None,
                    help="default: exact, or rollback when --rollback_threshold is given (the library's defaults)")
     p.add_argument("--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")

@@ -36,7 +36,7 @@ class DecodeOptions:
     fallback_threshold: float | str = "auto"
     rollback_threshold: float = 5.0
     max_small_steps: int | str = "auto"
-    verification: str = "rollback"  # "rollback" | "exact"
+    verification: str = "rollback"  # "rollback" | "exact" | "block"
     uno_epsilon: float = 0.0
     draft_schedule: str = "constant"  # "constant" | "heuristic"
     opt_epsilon: float = 0.0
@@ -50,8 +50,9 @@ class DecodeOptions:
 
     @property
     def exact_rule(self) -> bool:
-        """The verification rule keeps the large model's output (greedy) or distribution (sampling)."""
-        return self.verification != "rollback"
+        """A lossless rule ("exact", "block"): it keeps the large model's output (greedy) or distribution
+        (sampling)."""
+        return self.verification in ("exact", "block")
 
 
 class DraftVerifyLoop:

@@ -24,7 +24,7 @@ from .proposers import CombinedProposer, PromptLookupProposer, Proposer
 from .stats import GenerationStats
 from .vocabulary import draft_vocabulary
 
-VERIFICATIONS = ("rollback", "exact")
+VERIFICATIONS = ("rollback", "exact", "block")
 DRAFT_SCHEDULES = ("constant", "heuristic")
 AUTO = "auto"
 DEFAULT_ROLLBACK_THRESHOLD = 5.0  # BiLD's rule when chosen without a number
@@ -77,6 +77,9 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_st
                          f"bild.analysis.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}")
     if isinstance(num_drafts, bool) or not isinstance(num_drafts, int) or num_drafts < 1:
         raise ValueError(f"`num_drafts` must be an integer >= 1, got {num_drafts!r}")
+    if num_drafts > 1 and verification == "block":
+        raise ValueError("`num_drafts` > 1 is not supported with verification='block': block verification judges "
+                         "one draft per prompt; use verification='exact' for batch speculative decoding")
     if num_drafts > 1 and verification != "exact":
         raise ValueError("`num_drafts` > 1 (batch speculative decoding) needs verification='exact'")
     if num_drafts > 1 and (uno_epsilon > 0 or opt_epsilon > 0):
@@ -483,7 +486,9 @@ class BiLDGenerator:
             acceptance it sees, at most 32) or an integer >= 1: most tokens drafted per round.
         verification: None (default: "exact", or "rollback" when `rollback_threshold` is given), "exact"
             (speculative decoding: greedy output equals the large model's, sampling follows its distribution
-            exactly) or "rollback" (BiLD's rule, lossy).
+            exactly), "block" (Sun et al.'s block verification, `bild.verification.verify_block`: lossless
+            too, judges the draft as one block and keeps at least as many drafts in expectation as "exact";
+            greedy decoding is "exact"'s check; no epsilon, num_drafts 1) or "rollback" (BiLD's rule, lossy).
         uno_epsilon / opt_epsilon: >= 0, one of them, only with "exact" and sampling: Yin et al.'s slack
             (accept with min(1, (p + eps) / q)); on rejection UNO resamples from p, OPT from
             norm(max(0, p - q)). 0 is lossless speculative sampling for both.

@@ -7,6 +7,7 @@ All rules take the same tensors (B rows, K draft slots, V vocabulary):
                           distribution for draft slot j, p[b, n_draft[b]] the one after the last draft
     q         [B, K, V]   small-model probabilities the drafts were drawn from (sampling rules only)
 and return `n_accept` [B] (kept drafts) and `next_token` [B] (the large model's token after them).
+`verify_block` judges the drafts jointly (Sun et al. 2025) instead of one by one.
 `verify_batch_drafts` takes M drafts per row (an extra dim after B) and also returns which one it followed.
 
 Notation. Leviathan et al. (2023) call the large (target) model p and the small (draft) model q;
@@ -76,6 +77,75 @@ def verify_exact_sampling(drafts, n_draft, p, q, epsilon: float = 0.0, resample:
         use = rejected[:, None] & (mass > 0)
         p_next = torch.where(use, residual / mass.clamp(min=1e-30), p_next)
     return n_accept, _choose(p_next, True)
+
+
+def _block_weights(ratio: torch.Tensor) -> torch.Tensor:
+    """ratio [B, K] -> [B, K+1]: w_0 = 1, w_i = min(1, w_{i-1} * ratio_i) (the paper's p_i).
+    A clamped running product, in log space: log w_i = S_i - max_{j<=i} S_j with S_i = sum_{j<=i} log ratio_j."""
+    s = torch.cat([ratio.new_zeros(ratio.shape[0], 1), ratio.log().cumsum(-1)], dim=1)
+    return (s - s.cummax(-1).values).exp()
+
+
+def _block_residual(w: torch.Tensor, p: torch.Tensor, q_next: torch.Tensor) -> torch.Tensor:
+    """w [B, K+1], p and q_next [B, K+1, V] -> max(0, w_i p(.|X^i) - q(.|X^i)) [B, K+1, V]."""
+    return (w[..., None] * p - q_next).clamp(min=0)
+
+
+def _block_h(mass: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """h_i = Z_i / (Z_i + 1 - w_i) [B, K+1]; 0/0 (Z_i = 0, w_i = 1: p(.|X^i) = q(.|X^i)) is 1."""
+    den = mass + (1 - w)
+    return torch.where(den > 0, mass / den.clamp(min=torch.finfo(den.dtype).tiny), torch.ones_like(den))
+
+
+def verify_block(drafts, n_draft, p, q):
+    """Block verification (Sun et al., ICLR 2025, "Block Verification Accelerates Speculative Decoding",
+    Alg. 2): the drafts are judged as one block. Lossless (the output follows p exactly), and in expectation
+    it keeps at least as many drafts as `verify_exact_sampling` (eps 0) on the same p, q.
+
+    Shapes as in the module docstring (q may have more than K slots: the extra ones are ignored).
+    Paper -> here: M_b = p (large), M_s = q (small), gamma = n_draft[b], X_i = drafts[b, i-1],
+    M_b(.|c, X^i) = p[b, i], M_s(.|c, X^i) = q[b, i]. Per row, with p_0 = 1 and eta_i ~ U(0, 1):
+        p_i  = min(1, p_{i-1} * M_b(X_i | X^{i-1}) / M_s(X_i | X^{i-1}))             i = 1..gamma
+        Z_i  = sum_x max(0, p_i M_b(x | X^i) - M_s(x | X^i))                         i = 0..gamma-1
+        h_i  = Z_i / (Z_i + 1 - p_i) for i < gamma;  h_gamma = p_gamma
+        tau  = max{i in 1..gamma : eta_i <= h_i}, or 0 if there is none
+    n_accept = tau (X_1..X_tau kept). next_token ~ norm(max(0, p_tau M_b(.|X^tau) - M_s(.|X^tau))) if
+    tau < gamma (tau = 0: the token-wise residual norm(max(0, p - q))), ~ M_b(.|X^gamma) if tau = gamma
+    (the bonus token). Unlike the token-wise rule, tau is the LAST index that passes: a later pass keeps
+    drafts an earlier failure would have dropped.
+    Here M_s(.|X^gamma) is taken as 0, which makes i = gamma the same formulas: Z_gamma = p_gamma, so
+    h_gamma = p_gamma and the residual is M_b(.|X^gamma). A residual of mass 0 (a rounding case) samples
+    M_b(.|X^tau). A draft with q = 0 (not drawn from q) counts as a ratio of 1/tiny. The paper's p_i is `w`
+    in the code (p is the large model's probabilities here).
+    gamma may depend on the drafts (a fallback, eos, batch fill): a stop is a draft of an end symbol that M_b
+    never writes, so the output stays exact. Sampling only: under greedy decoding the engine uses
+    `verify_exact_greedy`.
+    """
+    h, residual, mass = _block_terms(drafts, n_draft, p, q)
+    i = torch.arange(h.shape[1], device=h.device)
+    n_accept = ((torch.rand_like(h) < h) * i).amax(-1)                      # tau: the last eta_i < h_i, else 0
+    res, z = _at(residual, n_accept), _at(mass, n_accept)[:, None]
+    nxt = torch.where(z > 0, res / z.clamp(min=torch.finfo(z.dtype).tiny), _at(p, n_accept))
+    return n_accept, _choose(nxt, True)
+
+
+def _block_terms(drafts, n_draft, p, q):
+    """`verify_block`'s deterministic part -> h [B, K+1] (h_i; 0 outside i in 1..gamma), the residuals
+    max(0, p_i M_b(.|X^i) - M_s(.|X^i)) [B, K+1, V] and their masses Z_i [B, K+1]."""
+    B, K = drafts.shape
+    q = q[:, :K]
+    i = torch.arange(K + 1, device=p.device)
+    in_draft = i[None, :K] < n_draft[:, None]                               # [B, K]
+    p_draft = p[:, :K].gather(-1, drafts[..., None]).squeeze(-1)
+    q_draft = q.gather(-1, drafts[..., None]).squeeze(-1)
+    ratio = torch.where(in_draft, p_draft / q_draft.clamp(min=torch.finfo(q.dtype).tiny), 1.0)
+    w = _block_weights(ratio)                                               # p_0 .. p_K  [B, K+1]
+    q_next = torch.where(in_draft[..., None], q, 0.0)                       # M_s(.|X^i), 0 from X^gamma on
+    q_next = torch.cat([q_next, q.new_zeros(B, 1, q.shape[-1])], dim=1)     # [B, K+1, V]
+    residual = _block_residual(w, p, q_next)                                # [B, K+1, V]
+    mass = residual.sum(-1)                                                 # Z_0 .. Z_K  [B, K+1]
+    candidate = (i >= 1) & (i <= n_draft[:, None])
+    return torch.where(candidate, _block_h(mass, w), 0.0), residual, mass
 
 
 def verify_batch_drafts(drafts, n_draft, p, q):
