@@ -11,7 +11,7 @@ from test_sampling import N, PROMPT, TEMP, chi_square_pvalue, exact_joint, tiny_
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import bild
-import bild.decoding
+import bild.acceptance
 from bild.pairs.alignment import TeacherRecord, frequent_token_ids, special_token_ids, token_frequencies
 from bild.verification import verify_exact_sampling
 
@@ -84,7 +84,7 @@ def test_sampling_with_a_pruned_draft_keeps_the_large_distribution(monkeypatch, 
         p = torch.where(mask, p, 0.0)
         return verify_exact_sampling(drafts, n_draft, p / p.sum(-1, keepdim=True), q, *args)
 
-    monkeypatch.setattr(bild.decoding, "verify_exact_sampling", in_subset)
+    monkeypatch.setattr(bild.acceptance, "verify_exact_sampling", in_subset)
     bad, _ = joint()
     assert chi_square_pvalue(bad, truth) < 1e-10 and 0.5 * (bad / N - truth).abs().sum() > 0.1
 
