@@ -185,3 +185,20 @@ def test_adaptive_lookup_policy_learns_per_position():
     pol = gen.lookup_policy(8, 2)
     assert pol.cap == 8 and pol.judged_total > 0
     assert gen.stats.policy["max_matching_ngram_size"] == 2
+
+
+def test_the_docs_own_proposer_runs_exactly():
+    """docs/proposers.md's example, as written there: a user's proposer in the loop keeps greedy output."""
+    import re
+    from pathlib import Path
+    text = Path(__file__).resolve().parents[1].joinpath("docs", "proposers.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    _, large = make_pair("llama")
+    ids, mask = repetitive_inputs("llama", 2)
+    ns = {"large": large, "input_ids": ids, "attention_mask": mask}
+    for b in blocks:
+        exec(b, ns)  # noqa: S102 - the documentation's code
+    want = large.generate(ids, attention_mask=mask, max_new_tokens=32, do_sample=False)
+    assert torch.equal(ns["sequences"], want[:, : ns["sequences"].shape[1]])
+    assert ns["sequences"].shape == want.shape
+    assert any(s == "lookup" for row in ns["loop"].stats.token_sources for s in row)
