@@ -49,9 +49,11 @@ class DraftCosts:
     # (benchmarks/adaptive_policy.py, tokens per call against measured speed, 2026-11-23). Unmeasured on a GPU.
     ROUND_OVERHEAD = 0.4
     MAX_DRAFTS = 32  # verify table length of fitted costs
-    # prompt lookup: a draft is a dictionary lookup on the host, a round's bookkeeping is a verify pass's
+    # prompt lookup: a draft is a dictionary lookup on the host; a lookup round's host time beyond its forward
+    # was 1.5-4.8 ms against 0.7-1.5 ms for a plain large step whose forward took 70-170 ms (SmolLM2 pair,
+    # XSUM dev, 1 thread, 2026-11-29): ~0.02 large steps
     LOOKUP_STEP = 0.0
-    LOOKUP_OVERHEAD = 0.1
+    LOOKUP_OVERHEAD = 0.02
 
     def for_lookup(self) -> "DraftCosts":
         """These costs with prompt lookup's draft step and round overhead (the verify table kept)."""
