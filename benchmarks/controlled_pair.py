@@ -428,7 +428,11 @@ def profile(small, large, info, args, device, log):
     time, nothing edited), model forwards timed by hooks and excluded."""
     import bild
     import bild.adapters as adapters
+    import bild.acceptance as acceptance
+    import bild.batch as batch_state
     import bild.decoding as decoding
+    import bild.proposers as proposers
+    import bild.scoring as scoring
     import bild.generator as generator
     from transformers.generation.utils import GenerationMixin
 
@@ -441,14 +445,18 @@ def profile(small, large, info, args, device, log):
         ex.wrap(GenerationMixin, "generate", "transformers generate (set-up)")
         ex.wrap(generator, "generate", "bild.generator.generate")
         ex.wrap(generator.BiLDGenerator, "generate", "BiLDGenerator.generate")
-        for m in ("run", "_round", "_draft", "_verify", "_catch_up", "_commit", "_keep", "_process_rows", "_row",
-                  "_choose"):
-            ex.wrap(decoding.DraftVerifyLoop, m, f"DraftVerifyLoop.{m}")
+        for owner, names in ((decoding.DraftVerifyLoop, ("run", "_round", "_accept", "_commit", "_choose")),
+                             (proposers.ModelProposer, ("propose", "_draft", "settle")),
+                             (proposers.PromptLookupProposer, ("propose", "settle")),
+                             (scoring.Scorer, ("prefill", "score")),
+                             (batch_state.CacheReader, ("catch_up", "keep", "even_out")),
+                             (batch_state.RowProcessors, ("__call__",))):
+            for m in names:
+                ex.wrap(owner, m, f"{owner.__name__}.{m}")
         for m in ("feed", "keep_first", "start", "encode"):
             ex.wrap(adapters.ModelAdapter, m, f"ModelAdapter.{m}")
-        for f in ("verify_exact_greedy", "verify_rollback", "verify_exact_sampling"):
-            if hasattr(decoding, f):
-                ex.wrap(decoding, f, f"verification.{f}")
+        for f in ("verify_exact_greedy", "verify_rollback", "verify_exact_sampling", "verify_block"):
+            ex.wrap(acceptance, f, f"verification.{f}")
         handles = []
 
         def pre(*_):  # hooks must return None (a value would replace the inputs / outputs)

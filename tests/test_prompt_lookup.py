@@ -202,3 +202,18 @@ def test_the_docs_own_proposer_runs_exactly():
     assert torch.equal(ns["sequences"], want[:, : ns["sequences"].shape[1]])
     assert ns["sequences"].shape == want.shape
     assert any(s == "lookup" for row in ns["loop"].stats.token_sources for s in row)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bart"])
+def test_folder_takes_prompt_lookup(family):
+    """The custom_generate/ folder: prompt lookup with and without a small model, as the callable gives it."""
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    small, large = make_pair(family)
+    ids, mask = repetitive_inputs(family, 2, seed=7)
+    kw = dict(attention_mask=mask, max_new_tokens=16, prompt_lookup_num_tokens=4, fallback_threshold=0.5,
+              rollback_threshold=1.5, max_small_steps=4)  # rollback: lossy, so equality shows the same decisions
+    for sm in (None, small):
+        want = large.generate(ids, custom_generate=bild.generate, small_model=sm, **kw)
+        got = large.generate(ids, custom_generate=str(repo), trust_remote_code=True, small_model=sm, **kw)
+        assert torch.equal(got, want)
