@@ -16,7 +16,7 @@ from . import online_costs  # noqa: E402
 from .analysis import cost_model, theory  # noqa: E402
 from .generator import BiLDGenerator, generate  # noqa: E402
 from .pairs import alignment, controlled, smollm2  # noqa: E402
-from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy,  # noqa: E402
+from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,  # noqa: E402
                        ThresholdPolicy)
 from .stats import GenerationStats, expected_speedup  # noqa: E402
 from .vocabulary import draft_vocabulary, load_draft, prune_draft_vocabulary  # noqa: E402
@@ -28,6 +28,6 @@ for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", c
     globals()[_old] = _mod
 
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
-           "AdaptivePolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
+           "AdaptivePolicy", "LookupPolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
            "prune_draft_vocabulary", "load_draft", "draft_vocabulary"]
 __version__ = "0.4.0"

@@ -19,7 +19,8 @@ from .adapters import ModelAdapter, check_model, encoder_rows, vocab_width
 from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .online_costs import learned_costs, lookup_costs, prior_costs
-from .policies import AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, RowwisePolicy, ThresholdPolicy
+from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
+                       ThresholdPolicy)
 from .proposers import CombinedProposer, PromptLookupProposer, Proposer
 from .stats import GenerationStats
 from .vocabulary import draft_vocabulary
@@ -153,8 +154,9 @@ def make_lookup_policy(opts: DecodeOptions, num_tokens: int) -> DraftPolicy:
     length the policy picks per position; with numeric thresholds drafts are `num_tokens` long (as far as a
     match continues), as in transformers."""
     if AUTO in (opts.fallback_threshold, opts.max_small_steps):
-        cls = RowwisePolicy if lossy(opts) else AdaptivePolicy
-        return cls(None, num_tokens, prior=LOOKUP_PRIOR)
+        if lossy(opts):
+            return RowwisePolicy(None, num_tokens, prior=LOOKUP_PRIOR, row_policy=LookupPolicy)
+        return LookupPolicy(None, num_tokens, prior=LOOKUP_PRIOR)
     return ThresholdPolicy(0.0, num_tokens)
 
 

@@ -366,6 +366,24 @@ class AdaptivePolicy(DraftPolicy):
                 "costs": self.costs.as_dict() if getattr(self, "costs", None) else None}
 
 
+class LookupPolicy(AdaptivePolicy):
+    """The adaptive rule for a drafter whose whole candidate is known before any check (prompt lookup), with
+    a "confidence" that names the draft position and kind of match (`PromptLookupProposer.confidence`), so
+    each bin's acceptance is that of one position. A copy's later tokens are accepted more often than its
+    first (measured on XSUM: 0.57, 0.77, 0.90 for a 2-gram match's first three), which an i.i.d. draft
+    length misses: the budget is the cap, and the per-token rule alone cuts the candidate (keep token j
+    while the expected tokens it adds, A_j a_j, pay for its verify cost; there is no next step to price, so
+    "more" is "keep")."""
+
+    def budgets(self, remaining):
+        out = super().budgets(remaining)
+        return [min(self.cap, x) if b and not self.probing else b for b, x in zip(out, remaining)]
+
+    def step(self, j, conf, live):
+        keep, _ = super().step(j, conf, live)
+        return keep, keep
+
+
 class RowwisePolicy(DraftPolicy):
     """The adaptive rule with state per call and per row, on costs that involve no timing: what "auto"
     means in the lossy modes (rollback, Decoding-UNO / OPT), where a draft decision can change the text.
@@ -382,8 +400,9 @@ class RowwisePolicy(DraftPolicy):
     needs_costs = True
 
     def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
-                 warmup_drafts: int = 4, prior: float | None = None):
+                 warmup_drafts: int = 4, prior: float | None = None, row_policy: type = AdaptivePolicy):
         self.threshold, self.cap, self.warmup, self.prior = fallback_threshold, max_small_steps, warmup_drafts, prior
+        self.row_policy = row_policy  # AdaptivePolicy, or LookupPolicy for prompt lookup
         self.rows: list[AdaptivePolicy] = []
         self.costs = None
         self.probing = []
@@ -393,7 +412,7 @@ class RowwisePolicy(DraftPolicy):
         if costs is None:
             raise ValueError("RowwisePolicy needs costs")
         self.costs = costs
-        self.rows = [AdaptivePolicy(self.threshold, self.cap, warmup_drafts=self.warmup, prior=self.prior)
+        self.rows = [self.row_policy(self.threshold, self.cap, warmup_drafts=self.warmup, prior=self.prior)
                      for _ in range(batch_size)]
         self.probing = [False] * batch_size
         for p in self.rows:
