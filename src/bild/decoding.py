@@ -100,10 +100,8 @@ class DraftVerifyLoop:
     def model_proposer(self, small: ModelAdapter, policy: DraftPolicy) -> ModelProposer:
         """The small model as a proposer, with this loop's sampling and batch-fill settings."""
         o = self.opts
-        p = ModelProposer(small, policy, self.processors_arg, self.do_sample, self.do_sample and o.exact_rule,
-                          self.fill_batch_drafts and o.exact_rule, self.stats)
-        p.batch_slot = self.batch_slot
-        return p
+        return ModelProposer(small, policy, self.processors_arg, self.do_sample, self.do_sample and o.exact_rule,
+                             self.fill_batch_drafts and o.exact_rule, self.stats, self.batch_slot)
 
     # -- public -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -8,7 +8,7 @@ A proposer is asked once per round for per-row drafts and told afterwards what t
     select_rows(pick)                             batch speculative decoding: row r now continues row pick[r]
 
 Proposers:
-    NoProposer            proposes nothing: the large model writes every token
+    Proposer              (the base) proposes nothing: the large model writes every token
     ModelProposer         the small model drafts token by token under a `DraftPolicy` (BiLD's fallback, the
                           adaptive rule); with exact verification in a batch, rows that stopped fill in while
                           another row drafts ("batch fill": those slots are computed anyway)
@@ -95,8 +95,6 @@ class Proposer:
         return {"policy": "large model only"}
 
 
-NoProposer = Proposer
-
 
 class ModelProposer(Proposer):
     """The small model drafts up to its policy's budget per row; the policy stops a row (fallback, or
@@ -105,14 +103,17 @@ class ModelProposer(Proposer):
     name = "small"
 
     def __init__(self, adapter: ModelAdapter, policy: DraftPolicy, processors, do_sample: bool, keep_q: bool,
-                 fill: bool, stats):
+                 fill: bool, stats, batch_slot: tuple[int, int] | None = None):
+        """processors: transformers' logits processors (applied to the draft's scores too); keep_q: return
+        the draft probabilities (sampling under a lossless rule); fill: batch fill; batch_slot: see
+        `RowProcessors`."""
         self.adapter, self.policy, self.do_sample, self.keep_q, self.fill = adapter, policy, do_sample, keep_q, fill
-        self.processors_arg, self.stats = processors, stats
+        self.processors_arg, self.stats, self.batch_slot = processors, stats, batch_slot
 
     def start(self, state, encoder_kwargs=None, source_tokens=None):
         self.state = state
         self.reader = CacheReader(self.adapter, state)
-        self.processors = RowProcessors(self.processors_arg, state, getattr(self, "batch_slot", None))
+        self.processors = RowProcessors(self.processors_arg, state, self.batch_slot)
         self.adapter.start(state.B, state.device, encoder_kwargs)
         self.round = None
 
