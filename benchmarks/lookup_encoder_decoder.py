@@ -357,8 +357,8 @@ def main(argv=None) -> int:
             sizes = f"d_model {c.d_model}, d_ff {c.d_ff}, {c.num_layers}+{c.num_decoder_layers} layers"
         line = (f"- {role}: {c.model_type.upper()} {sizes}, vocab {c.vocab_size} ({params:.1f} M parameters), "
                 f"random init (seed {info['seed']}); {info['steps']} steps of {info['batch']} examples (sources of "
-                f"8-48 tokens; AdamW, lr {info['lr']}, warm-up then cosine{', guided alignment' if info['guide'] else ''})"
-                f" in {info['seconds']:.0f} s at 1 thread, final loss {info['final_loss']:.4f}; exact output "
+                f"8-48 tokens; AdamW, lr {info['lr']}, warm-up then cosine"
+                f"{', guided alignment' if info['guide'] else ''}) in {info['seconds']:.0f} s at 1 thread, final loss {info['final_loss']:.4f}; exact output "
                 f"(greedy = target) on 64 held-out sources: {acc:.0%}")
         print(line, flush=True)
         train_lines.append(line)
