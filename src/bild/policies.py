@@ -372,15 +372,26 @@ class LookupPolicy(AdaptivePolicy):
     each bin's acceptance is that of one position. A copy's later tokens are accepted more often than its
     first (measured on XSUM: 0.57, 0.77, 0.90 for a 2-gram match's first three), which an i.i.d. draft
     length misses: the budget is the cap, and the per-token rule alone cuts the candidate (keep token j
-    while the expected tokens it adds, A_j a_j, pay for its verify cost; there is no next step to price, so
-    "more" is "keep")."""
+    while the expected tokens it adds pay for its verify cost; there is no next step to price, so "more" is
+    "keep").
+
+    In a batch the verify pass is as wide as its longest draft, so the cost of draft column j is the batch's:
+    the column is kept while the batch's expected tokens from it, sum_r A_r a_r, pay R (verify[j+1] -
+    verify[j]), and then every row with a candidate token there keeps it (the column is computed anyway).
+    At batch 1 this is the per-token rule."""
 
     def budgets(self, remaining):
         out = super().budgets(remaining)
         return [min(self.cap, x) if b and not self.probing else b for b, x in zip(out, remaining)]
 
     def step(self, j, conf, live):
-        keep, _ = super().step(j, conf, live)
+        if self.probing or self.threshold is not None:
+            keep, _ = super().step(j, conf, live)
+            return keep, keep
+        A = live.float() if j == 0 or self.A is None else self.A * live
+        gain = A * self._a(conf)
+        keep = live & (gain.sum() >= self.rate * self._dv(j))
+        self.A = torch.where(keep, gain, torch.zeros_like(gain))
         return keep, keep
 
 
