@@ -120,7 +120,7 @@ class CacheReader:
     def keep(self, read: list[int]) -> None:
         """Roll the cache back: row r keeps the first read[r] committed columns it has read."""
         st = self.state
-        self.read = list(read)
+        self.read[:] = read  # in place: `catch_up` holds this list across `even_out`
         # a finished row keeps what it holds (its cache is never read again)
         self.adapter.keep_first([self.adapter.n_valid[r] if st.done[r] else st.cache_tokens(r, n)
                                  for r, n in enumerate(read)])
