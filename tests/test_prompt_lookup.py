@@ -217,3 +217,14 @@ def test_folder_takes_prompt_lookup(family):
         want = large.generate(ids, custom_generate=bild.generate, small_model=sm, **kw)
         got = large.generate(ids, custom_generate=str(repo), trust_remote_code=True, small_model=sm, **kw)
         assert torch.equal(got, want)
+
+
+def test_demo_marks_lookup_tokens():
+    """`bild demo` shows who wrote each token: plain = small, {braced} = lookup, [bracketed] = large."""
+    from bild.cli import render
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=False):
+            return {1: "a", 2: "b", 3: "c"}[ids[0]]
+
+    assert render(Tok(), [1, 2, 3], ["small", "lookup", "large"], color=False) == "a{b}[c]"

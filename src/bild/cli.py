@@ -1,7 +1,7 @@
 """``bild`` console script.
 
     bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold auto|F] [--max_small_steps auto|N]
-              [--rollback_threshold R] [--verification rollback|exact|block]
+              [--rollback_threshold R] [--verification rollback|exact|block] [--prompt_lookup N]
 
 ``bild demo`` follows the library's defaults (lossless: exact verification with the adaptive draft
 policy); ``--rollback_threshold R`` selects BiLD's rollback rule, as in the library. It prints the rule.
@@ -21,13 +21,14 @@ import time
 from typing import Sequence
 
 GREEN = "\033[32m"
+CYAN = "\033[36m"
 BOLD_BLUE = "\033[1;34m"
 DIM = "\033[2m"
 RESET = "\033[0m"
 
 
 def token_provenance(gen) -> list[str]:
-    """'small' / 'large' for each new token of row 0, from the engine's record."""
+    """'small' / 'lookup' / 'large' for each new token of row 0, from the engine's record."""
     return list(gen.stats.token_sources[0])
 
 
@@ -36,9 +37,9 @@ def render(tokenizer, ids: Sequence[int], sources: Sequence[str], color: bool) -
     for tok, src in zip(ids, sources):
         text = tokenizer.decode([int(tok)], skip_special_tokens=False)
         if color:
-            parts.append((GREEN if src == "small" else BOLD_BLUE) + text + RESET)
+            parts.append({"small": GREEN, "lookup": CYAN}.get(src, BOLD_BLUE) + text + RESET)
         else:
-            parts.append(f"[{text}]" if src == "large" else text)
+            parts.append(f"[{text}]" if src == "large" else f"{{{text}}}" if src == "lookup" else text)
     return "".join(parts)
 
 
@@ -74,6 +75,9 @@ def demo(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max_small_steps", type=_auto(int), default="auto", help="'auto' (default) or an integer >= 1")
     p.add_argument("--verification", choices=["rollback", "exact", "block"], default=None,
                    help="default: exact, or rollback when --rollback_threshold is given (the library's defaults)")
+    p.add_argument("--prompt_lookup", type=int, default=None, metavar="N",
+                   help="also draft by prompt lookup (prompt_lookup_num_tokens=N): copies from the prompt, where "
+                        "it matches, in place of the small model")
     p.add_argument("--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
@@ -103,16 +107,17 @@ def demo(argv: Sequence[str] | None = None) -> int:
                         rollback_threshold=a.rollback_threshold, max_small_steps=a.max_small_steps,
                         verification=a.verification)
     kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    lookup = {} if a.prompt_lookup is None else {"prompt_lookup_num_tokens": a.prompt_lookup}
     with torch.no_grad():
         # warm-up (first calls allocate; the adaptive policy starts learning acceptance and costs, as in any
         # first call of a session); then time both on the same prompt
         pr.large.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
-        gen.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+        gen.generate(**enc, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id, **lookup)
         t = time.perf_counter()
         ref = pr.large.generate(**enc, **kw)
         t_large = time.perf_counter() - t
         t = time.perf_counter()
-        out = gen.generate(**enc, return_dict_in_generate=True, **kw)
+        out = gen.generate(**enc, return_dict_in_generate=True, **kw, **lookup)
         t_bild = time.perf_counter() - t
     seq = out.sequences if hasattr(out, "sequences") else out
     new = seq[0, n_prompt:]
@@ -128,18 +133,21 @@ def demo(argv: Sequence[str] | None = None) -> int:
     same = torch.equal(seq[0, : ref.shape[1]], ref[0]) and seq.shape[1] == ref.shape[1]
     print("large alone:", tok.decode(ref[0, n_prompt:], skip_special_tokens=True).strip(),
           "(identical)" if same else "(differs)")
-    legend = (f"{GREEN}small model{RESET}, {BOLD_BLUE}large model{RESET}" if color
-              else "plain = small model, [bracketed] = large model")
+    legend = (f"{GREEN}small model{RESET}, {CYAN}prompt lookup{RESET}, {BOLD_BLUE}large model{RESET}" if color
+              else "plain = small model, {braced} = prompt lookup, [bracketed] = large model")
     print(f"\nwho wrote which token ({legend}):")
     print(render(tok, shown, sources, color))
-    n_small = sum(s == "small" for s in sources)
-    print(f"\nsmall model wrote {n_small}/{len(sources)} tokens")
+    n_small, n_lookup = sum(s == "small" for s in sources), sum(s == "lookup" for s in sources)
+    print(f"\nsmall model wrote {n_small}/{len(sources)} tokens"
+          + (f", prompt lookup {n_lookup}" if lookup else ""))
     n_ref = ref.shape[1] - n_prompt
     print(f"large alone: {t_large:.2f}s for {n_ref} tokens ({1000 * t_large / max(n_ref, 1):.0f} ms/token)")
     print(f"BiLD:        {t_bild:.2f}s for {n_new} tokens ({1000 * t_bild / max(n_new, 1):.0f} ms/token)")
     print(f"speedup:     {t_large / t_bild:.2f}x  (large forwards {st.large_forwards}, small forwards "
           f"{st.small_forwards}, fallbacks {st.fallbacks}, rollbacks {st.rollbacks})")
     pol = st.policy
+    if pol.get("policy") == "combined":
+        pol = pol["small"]
     if pol.get("policy") == "adaptive per row":
         rows = pol["rows"][0] if pol.get("rows") else {}
         print(f"policy:      adaptive per row (timing-free costs: small step = {pol['costs']['small']:.2f} large "
