@@ -52,11 +52,11 @@ class BatchState:
 
     def tokens(self) -> list[list[int]]:
         """Host copy of each row's tokens (prompt padding left out), kept up to date by `commit`. The first
-        call reads the prompts from the device once."""
+        call reads the buffer from the device once."""
         if self.history is None:
-            prompts = self.seqs[:, : self.P].tolist()
-            self.history = [[t for t, v in zip(p, valid) if v] + self.seqs[r, self.P : self.cur[r]].tolist()
-                            for r, (p, valid) in enumerate(zip(prompts, self.prompt_valid))]
+            rows = self.seqs.tolist()
+            self.history = [[t for t, v in zip(row, valid) if v] + row[self.P : c]
+                            for row, valid, c in zip(rows, self.prompt_valid, self.cur)]
         return self.history
 
     def cache_tokens(self, r: int, columns: int) -> int:

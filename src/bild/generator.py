@@ -21,7 +21,7 @@ from .decoding import DecodeOptions, DraftVerifyLoop
 from .online_costs import learned_costs, lookup_costs, prior_costs
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
                        ThresholdPolicy)
-from .proposers import CombinedProposer, PromptLookupProposer, Proposer
+from .proposers import CombinedProposer, PromptLookupProposer
 from .stats import GenerationStats
 from .vocabulary import draft_vocabulary
 
@@ -116,15 +116,20 @@ def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, pro
     which gets the timing-free prior at batch 1 (a row's decisions must not depend on time or batch)."""
     if not policy.needs_costs:
         return None
+    if costs != AUTO:
+        return given_costs(costs)
+    if isinstance(policy, RowwisePolicy):
+        return prior_costs(small, large, 1)
+    return learned_costs(small, large, batch_size)
+
+
+def given_costs(costs) -> DraftCosts:
+    """`costs=` other than "auto" as `DraftCosts`: as given, from a measured table, or from a ratio."""
     if isinstance(costs, DraftCosts):
         return costs
     if isinstance(costs, CostTable):
         return DraftCosts.from_table(costs)
-    if costs != AUTO:
-        return DraftCosts.from_ratio(costs)
-    if isinstance(policy, RowwisePolicy):
-        return prior_costs(small, large, 1)
-    return learned_costs(small, large, batch_size)
+    return DraftCosts.from_ratio(costs)
 
 
 LOOKUP_PRIOR = 0.4  # prompt lookup's acceptance before any is seen, in every position bin
@@ -165,12 +170,8 @@ def resolve_lookup_costs(policy: DraftPolicy, costs, large, batch_size: int) -> 
     one; the prior for `RowwisePolicy`) with a free draft step (`DraftCosts.for_lookup`)."""
     if not policy.needs_costs:
         return None
-    if isinstance(costs, DraftCosts):
-        return costs.for_lookup()
-    if isinstance(costs, CostTable):
-        return DraftCosts.from_table(costs).for_lookup()
     if costs != AUTO:
-        return DraftCosts.from_ratio(costs).for_lookup()
+        return given_costs(costs).for_lookup()
     if isinstance(policy, RowwisePolicy):
         return lookup_costs(large, 1, learned=False)
     return lookup_costs(large, batch_size)
@@ -393,18 +394,15 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     B = input_ids.shape[0]
 
     def loop(batch, prompt_len, slot=None, streamer=None):
-        lp = DraftVerifyLoop(None, large, opts, None, gc, logits_processor, stopping_criteria, streamer, stats,
-                             batch_slot=slot)
-        proposer = None
         if uses_small:
             costs = resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new)
             policy.begin(batch // M, costs)  # the policy sees prompts; forwards run batch rows
-            proposer = lp.model_proposer(small, policy)
+        lp = DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
+                             batch_slot=slot)  # its proposer: the small model, or none
         if lookup is not None:
             lookup_policy.begin(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
             lk = PromptLookupProposer(lookup_policy, lookup[1])
-            proposer = lk if proposer is None else CombinedProposer(lk, proposer)
-        lp.proposer = proposer if proposer is not None else Proposer()
+            lp.proposer = CombinedProposer(lk, lp.proposer) if uses_small else lk
         return lp
 
     if B > 1 and not (large.supports_holes and (not uses_small or small.supports_holes)):

@@ -67,13 +67,17 @@ def compute_params(model) -> float:
     return n
 
 
+def prior_slope(device, batch_size: int) -> float:
+    """The prior's verify slope s (a pass over k drafts costs 1 + s k large steps), by device kind."""
+    return CPU_SLOPE * math.sqrt(max(1, batch_size)) if torch.device(device).type == "cpu" else GPU_SLOPE
+
+
 def prior_costs(small, large, batch_size: int = 1, device=None):
     """The timing-free `DraftCosts`: parameter-count ratio, verify slope by device kind (module docstring)."""
     from .policies import DraftCosts
 
-    dev = torch.device(device if device is not None else large.device)
     c = compute_params(small) / compute_params(large)
-    slope = CPU_SLOPE * math.sqrt(max(1, batch_size)) if dev.type == "cpu" else GPU_SLOPE
+    slope = prior_slope(device if device is not None else large.device, batch_size)
     return DraftCosts(float(c), tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
                       DraftCosts.ROUND_OVERHEAD)
 
@@ -174,8 +178,7 @@ def lookup_costs(large, batch_size: int = 1, learned: bool = True):
     (`learned`, else the prior slope)."""
     from .policies import DraftCosts
 
-    dev = large.device
-    slope = CPU_SLOPE * math.sqrt(max(1, batch_size)) if dev.type == "cpu" else GPU_SLOPE
+    slope = prior_slope(large.device, batch_size)
     fit = _large_fit(large, batch_size, slope) if learned else None
     if fit is not None:
         slope = fit[1]

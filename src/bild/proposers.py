@@ -88,6 +88,16 @@ class Proposer:
     def settle(self, n_accept: list[int], committed: list[int], before: list[int], width: int) -> None:
         pass
 
+    def budgets(self, state: BatchState, allowed: list[bool] | None) -> tuple[list[int], list[bool]]:
+        """Per row, the drafts the policy allows this round (it decides per prompt; with num_drafts each of
+        the prompt's M rows gets that budget) and whether the round is one of its probes."""
+        remaining = state.remaining()
+        if allowed is not None:
+            remaining = [n if a else 0 for n, a in zip(remaining, allowed)]
+        budget = state.expand(self.policy.budgets(state.lead(remaining)))
+        probing = self.policy.probing
+        return budget, (state.expand(probing) if isinstance(probing, list) else [bool(probing)] * state.B)
+
     def select_rows(self, pick: list[int]) -> None:
         pass
 
@@ -118,12 +128,7 @@ class ModelProposer(Proposer):
         self.round = None
 
     def propose(self, state, allowed=None):
-        remaining = state.remaining()
-        if allowed is not None:
-            remaining = [n if a else 0 for n, a in zip(remaining, allowed)]
-        budget = state.expand(self.policy.budgets(state.lead(remaining)))  # per prompt; its M rows draft it
-        probing = self.policy.probing
-        probing = state.expand(probing) if isinstance(probing, list) else [bool(probing)] * state.B
+        budget, probing = self.budgets(state, allowed)
         if not any(budget):  # nothing to draft: no forward
             self.round = None
             empty = Proposal.empty(state.B)
@@ -268,12 +273,7 @@ class PromptLookupProposer(Proposer):
 
     def propose(self, state, allowed=None):
         B = state.B
-        remaining = state.remaining()
-        if allowed is not None:
-            remaining = [x if a else 0 for x, a in zip(remaining, allowed)]
-        budget = self.policy.budgets(remaining)
-        probing = self.policy.probing
-        probing = list(probing) if isinstance(probing, list) else [bool(probing)] * B
+        budget, probing = self.budgets(state, allowed)
         tokens = state.tokens() if any(budget) else None
         cands, ngram = [[] for _ in range(B)], [0] * B
         for r in range(B):
@@ -336,8 +336,8 @@ class CombinedProposer(Proposer):
         a = self.lookup.propose(state, allowed)
         rest = [not d and (allowed is None or allowed[r]) for r, d in enumerate(a.drafts)]
         b = self.model.propose(state, rest)
-        pick = [bool(d) for d in a.drafts]
-        merged = [[x if p else y for x, y, p in zip(u, v, pick)] for u, v in
+        from_lookup = [bool(d) for d in a.drafts]
+        merged = [[x if f else y for x, y, f in zip(u, v, from_lookup)] for u, v in
                   ((a.drafts, b.drafts), (a.own, b.own), (a.source, b.source), (a.budget, b.budget),
                    (a.probing, b.probing))]
         return Proposal(*merged, q=b.q)
