@@ -30,9 +30,12 @@ from bild.pairs.smollm2 import chat_prompt, format_instruction, load_pair, read_
 TASKS = {"xsum": ("xsum", "summarization"), "iwslt": ("iwslt2017_de_en", "translation"),
          "wmt": ("wmt14_de_en", "translation")}
 METHODS = ("large", "tf_lookup", "bild_small", "bild_lookup", "bild_combined")
+# also: tf_assisted (transformers' assisted generation with the same draft, full head) and bild_tuned
+# (BiLD, rollback, at --tuned FALLBACK,ROLLBACK: thresholds swept on the dev split's tune half)
+ALL_METHODS = METHODS + ("tf_assisted", "bild_tuned")
 
 
-def make_methods(small, large, kw, lookup: int, batch: int):
+def make_methods(small, large, kw, lookup: int, batch: int, tuned=None, assistant=None):
     gens = {"bild_small": BiLDGenerator(small, large), "bild_lookup": BiLDGenerator(None, large),
             "bild_combined": BiLDGenerator(small, large)}
     lk = dict(prompt_lookup_num_tokens=lookup)
@@ -41,8 +44,14 @@ def make_methods(small, large, kw, lookup: int, batch: int):
          "bild_lookup": lambda enc: (gens["bild_lookup"].generate(**enc, **kw, **lk), gens["bild_lookup"].stats),
          "bild_combined": lambda enc: (gens["bild_combined"].generate(**enc, **kw, **lk),
                                        gens["bild_combined"].stats)}
-    if batch == 1:  # transformers' prompt lookup is batch 1 only
+    if tuned is not None:
+        gens["bild_tuned"] = BiLDGenerator(small, large, verification="rollback", fallback_threshold=tuned[0],
+                                           rollback_threshold=tuned[1])
+        m["bild_tuned"] = lambda enc: (gens["bild_tuned"].generate(**enc, **kw), gens["bild_tuned"].stats)
+    if batch == 1:  # transformers' prompt lookup and assisted generation are batch 1 only
         m["tf_lookup"] = lambda enc: (large.generate(**enc, **kw, **lk), None)
+        if assistant is not None:
+            m["tf_assisted"] = lambda enc: (large.generate(**enc, **kw, assistant_model=assistant), None)
     return m
 
 
@@ -59,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out_dir", default="bench_out/drafters")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--tuned", default=None, metavar="FALLBACK,ROLLBACK",
+                   help="thresholds of bild_tuned (from examples/sweep_thresholds.py on the tune half of dev)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from transformers.utils import logging as hf_logging
@@ -74,8 +85,18 @@ def main(argv=None) -> int:
     tok.padding_side = "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     kw = dict(do_sample=False, max_new_tokens=a.max_new_tokens, pad_token_id=pad)
-    methods = {k: v for k, v in make_methods(small, large, kw, a.lookup, a.batch_size).items()
-               if k in a.methods.split(",")}
+    want = a.methods.split(",")
+    unknown = sorted(set(want) - set(ALL_METHODS))
+    if unknown or ("bild_tuned" in want and not a.tuned):
+        raise SystemExit(f"--methods: unknown {unknown} (allowed: {', '.join(ALL_METHODS)}); bild_tuned needs --tuned")
+    tuned = tuple(float(x) for x in a.tuned.split(",")) if a.tuned else None
+    assistant = None
+    if "tf_assisted" in want:  # transformers reads a full-width head: the same draft, head not pruned
+        from bild.pairs.smollm2 import default_draft_weights, load_draft_from_weights
+
+        assistant = load_draft_from_weights(large, default_draft_weights(), prune=False)
+    methods = {k: v for k, v in make_methods(small, large, kw, a.lookup, a.batch_size, tuned, assistant).items()
+               if k in want}
 
     def encode(rows):
         texts = [chat_prompt(tok, format_instruction(r["source"], task, a.max_source_chars)) for r in rows]
@@ -99,44 +120,57 @@ def main(argv=None) -> int:
             continue
         enc = encode(test[i : i + B])
         order = names[e % len(names):] + names[: e % len(names)]
-        res, seqs = {"example": i, "prompt_tokens": int(enc["attention_mask"].sum(1).max())}, {}
+        res, seqs = {"example": i, "prompt_tokens": int(enc["attention_mask"].sum(1).max()),
+                     "references": [r["target"] for r in test[i : i + B]]}, {}
+        width = enc["input_ids"].shape[1]
         for name in order:
             t0 = time.perf_counter()
             seq, st = methods[name](enc)
             res[name] = {"s": time.perf_counter() - t0}
             seqs[name] = seq
+            new = seq[:, width:]
+            res[name]["texts"] = tok.batch_decode(new, skip_special_tokens=True)
+            res[name]["new_tokens"] = int((new != pad).sum())
             if st is not None:
                 res[name].update(tokens_per_call=round(st.tokens_per_large_call, 3), drafted_by=st.drafted_by,
-                                 accepted_by=st.accepted_by)
+                                 accepted_by=st.accepted_by, fallbacks=st.fallbacks, rollbacks=st.rollbacks)
         for name in names:
             res[name]["same_as_large"] = bool(torch.equal(seqs[name], seqs["large"])) if "large" in seqs else None
         with log.open("a") as fh:
             fh.write(json.dumps(res) + "\n")
-        print(json.dumps({k: (round(v["s"], 2) if isinstance(v, dict) else v) for k, v in res.items()}), flush=True)
-    report(log, names, a)
+        print(json.dumps({k: (round(v["s"], 2) if isinstance(v, dict) else v) for k, v in res.items()
+                          if k != "references"}), flush=True)
+    report(log, names, a, task)
     return 0
 
 
-def report(log: Path, names: list[str], a) -> None:
+def report(log: Path, names: list[str], a, task: str) -> None:
+    from bild.evaluation.metrics import quality
+
     rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    metric = "bleu" if task == "translation" else "rouge"
+    refs = [t for r in rows for t in r.get("references", [])]
     print(f"\n`python benchmarks/drafters.py --task {a.task} --limit {a.limit} --batch_size {a.batch_size} "
-          f"--lookup {a.lookup} --threads {a.threads}` ({len(rows)} batches, "
+          f"--lookup {a.lookup} --threads {a.threads}" + (f" --tuned {a.tuned}" if a.tuned else "")
+          + f" --methods {','.join(names)}` ({len(rows)} batches, "
           f"median prompt {statistics.median(r['prompt_tokens'] for r in rows)} tokens)\n")
-    print("| method | speedup vs large (median of per-example ratios) | mean s | tokens / large call | "
-          "accepted by drafter | same text as large |")
-    print("|---|---|---|---|---|---|")
+    print(f"| method | speedup vs large (median of per-example ratios) | tokens / s | {'BLEU' if metric == 'bleu' else 'ROUGE-L'} | "
+          "tokens / large call | accepted by drafter | same text as large |")
+    print("|---|---|---|---|---|---|---|")
     for n in names:
         ratios = [r["large"]["s"] / r[n]["s"] for r in rows]
+        tps = sum(r[n].get("new_tokens", 0) for r in rows) / sum(r[n]["s"] for r in rows)
+        score = "-"
+        if refs and all("texts" in r[n] for r in rows):
+            score = f"{quality(metric, [t.strip() for r in rows for t in r[n]['texts']], refs)['score']:.2f}"
         tpc = [r[n]["tokens_per_call"] for r in rows if "tokens_per_call" in r[n]]
         acc: dict[str, int] = {}
         for r in rows:
             for k, v in r[n].get("accepted_by", {}).items():
                 acc[k] = acc.get(k, 0) + v
         same = sum(bool(r[n]["same_as_large"]) for r in rows)
-        print(f"| {n} | {statistics.median(ratios):.2f}x | {statistics.mean(r[n]['s'] for r in rows):.2f} | "
-              f"{statistics.mean(tpc):.2f} | {acc or '-'} | {same}/{len(rows)} |" if tpc else
-              f"| {n} | {statistics.median(ratios):.2f}x | {statistics.mean(r[n]['s'] for r in rows):.2f} | - | - | "
-              f"{same}/{len(rows)} |")
+        print(f"| {n} | {statistics.median(ratios):.2f}x | {tps:.1f} | {score} | "
+              f"{f'{statistics.mean(tpc):.2f}' if tpc else '-'} | {acc or '-'} | {same}/{len(rows)} |")
 
 
 if __name__ == "__main__":

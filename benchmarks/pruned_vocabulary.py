@@ -26,8 +26,8 @@ from transformers import DynamicCache
 import bild
 from bild.adapters import capabilities
 from bild.pairs.alignment import frequent_token_ids, generate_teacher_outputs, greedy_agreement, token_frequencies
-from bild.pairs.smollm2 import (DATASET_TASKS, chat_prompt, format_instruction, frequency_texts, load_pair,
-                                read_jsonl, shared_data_dir)
+from bild.pairs.recipe import frequency_texts
+from bild.pairs.smollm2 import DATASET_TASKS, chat_prompt, format_instruction, load_pair, read_jsonl, shared_data_dir
 from bild.vocabulary import draft_vocabulary, widen_logits
 
 

@@ -18,6 +18,7 @@ from bild.pairs.alignment import (  # noqa: E402
     load_prompts,
     load_teacher_records,
     save_teacher_records,
+    teacher_forced_records,
 )
 
 V = 96
@@ -70,6 +71,31 @@ def test_collator_teacher_rows_align_with_labels():
     assert torch.equal(batch["labels"][:, 1:][sel], batch["teacher_ids"][:, 0])
     loss, metrics = alignment_loss(large, batch, kl_weight=0.5)
     assert torch.isfinite(loss) and metrics["agree"] == 1.0  # the teacher agrees with itself
+
+
+def test_teacher_forced_records_cover_the_prompt():
+    """Teacher-forced records: the large model's top-k at every position after `start`, equal to an uncached
+    forward of the whole sequence; its top token is the training target (not the text's next token)."""
+    large = tiny_llama(2, 32, 0)
+    recs = generate_teacher_outputs(large, None, random_prompts(4, 3, lo=6, hi=12), max_new_tokens=5,
+                                    batch_size=2, topk=4, progress=False)
+    forced = teacher_forced_records(large, recs, start=3, topk=4, batch_size=3, progress=False)
+    for r, f in zip(recs, forced):
+        seq = r.prompt_ids + r.output_ids
+        assert f.prompt_ids == seq[:3] and f.output_ids == seq[3:]
+        with torch.no_grad():
+            lp = torch.log_softmax(large(torch.tensor([seq])).logits[0].float(), -1)[2:-1]
+        vals, ids = lp.topk(4, -1)
+        assert torch.equal(f.topk_ids.long(), ids)
+        assert torch.allclose(f.topk_logprobs.float(), vals, atol=1e-2)
+        # along the greedy output the teacher's top token is the output itself
+        assert f.topk_ids[-len(r.output_ids):, 0].tolist() == r.output_ids
+    batch = AlignmentCollator(0)([AlignmentDataset(forced)[i] for i in range(4)])
+    _, metrics = alignment_loss(large, batch, kl_weight=0.5)
+    assert metrics["agree"] == 1.0  # scored against the teacher's top token, so the teacher agrees everywhere
+    text = AlignmentCollator(0)([{k: v for k, v in AlignmentDataset(forced)[i].items() if "teacher" not in k}
+                                 for i in range(4)])
+    assert alignment_loss(large, text)[1]["agree"] < 1.0  # against the prompt's own tokens it does not
 
 
 def test_alignment_improves_agreement_decoder_only(tmp_path):

@@ -380,7 +380,20 @@ def test_sweep_writes_csv_and_png_and_resumes(tiny, tmp_path, fake_engine, monke
             "--large", tiny["large"], "--small", tiny["small"], "--tokenizer", tiny["large"],
             "--max_target_length", "10", "--warmup", "1", "--limit", "3", "--output_dir", str(out),
             "--fallback", "0.5,0.9", "--rollback", "2,inf"]
+    calls = []  # (point, first source) of every generate call, in order
+    real_generate = modeling.BatchGenerator.generate
+
+    def logged(self, enc):
+        calls.append((Path(self.cfg.output_dir).name, int(enc["input_ids"].shape[0])))
+        return real_generate(self, enc)
+
+    monkeypatch.setattr(modeling.BatchGenerator, "generate", logged)
     rows = sweep.main(argv)
+    # interleaved: after each point's warm-up call, every point runs example k before any runs example k + 1,
+    # in an order rotated from example to example
+    points = ["large", "bild_fb0.5_rb2", "bild_fb0.5_rbinf", "bild_fb0.9_rb2", "bild_fb0.9_rbinf"]
+    assert [name for name, _ in calls[:5]] == points  # warm-up
+    assert [name for name, _ in calls[5:]] == [points[(k + m) % 5] for k in range(3) for m in range(5)]
 
     with open(out / "sweep.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
@@ -393,6 +406,9 @@ def test_sweep_writes_csv_and_png_and_resumes(tiny, tmp_path, fake_engine, monke
     point = json.loads((out / "bild_fb0.9_rbinf" / "results.json").read_text())
     row = next(r for r in table if r["run_dir"].endswith("bild_fb0.9_rbinf"))
     assert float(row["speedup"]) == pytest.approx(base["latency"]["mean"] / point["latency"]["mean"])
+    per_example = [b["generation_seconds"] / p["generation_seconds"] for b, p in
+                   zip(read_lines(out / "large" / "predictions.jsonl"), read_lines(out / "bild_fb0.9_rbinf" / "predictions.jsonl"))]
+    assert float(row["speedup_median"]) == pytest.approx(sorted(per_example)[1])  # the median of 3
     assert float(row["score"]) == pytest.approx(point["score"])
     png = out / "sweep.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

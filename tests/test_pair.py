@@ -203,11 +203,68 @@ def test_prompt_formatting():
 
 def test_training_instructions_use_dev_not_test(tmp_path):
     (tmp_path / "xsum").mkdir()
-    (tmp_path / "xsum" / "dev.jsonl").write_text('{"source": "DEVDOC", "target": "t"}\n')
+    (tmp_path / "xsum" / "dev.jsonl").write_text("".join(f'{{"source": "DEV{i}", "target": "t"}}\n' for i in range(5)))
     (tmp_path / "xsum" / "test.jsonl").write_text('{"source": "TESTDOC", "target": "t"}\n')
-    instr = pair.training_instructions(tmp_path)
-    assert "Summarize in one sentence: DEVDOC" in instr
-    assert not any("TESTDOC" in x for x in instr)
+    from bild.pairs import recipe
+
+    train = recipe.training_instructions(tmp_path)
+    assert not any("TESTDOC" in x for x in train)
+    # the dev split in two: the first half trains the draft, the second tunes thresholds, never both
+    assert [x for x in train if "DEV" in x] == [f"Summarize in one sentence: DEV{i}" for i in (0, 1)]
+    tune = recipe.training_instructions(tmp_path, part="tune")
+    assert [x for x in tune if "DEV" in x] == [f"Summarize in one sentence: DEV{i}" for i in (2, 3, 4)]
+    assert len([x for x in recipe.training_instructions(tmp_path, part="all") if "DEV" in x]) == 5
+    with pytest.raises(ValueError, match="part"):
+        recipe.dev_rows(tmp_path / "xsum" / "dev.jsonl", "test")
+
+
+def test_lora_draft_ships_as_a_delta(tmp_path):
+    """A LoRA-aligned draft saves as adapters + norms (+ a pruned vocabulary) and loads back equal to the
+    trained model, built on the large model's own layers; a plain one still saves its layers."""
+    pytest.importorskip("peft")
+    from bild.pairs.delta import inject_lora, merge_lora_delta
+
+    large = tiny_large()
+    small = pair.make_small_from_large(large, [0, 1, 2])
+    inject_lora(small, rank=4)
+    trainable = {n for n, p in small.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "norm" in n for n in trainable)
+    assert not any("embed_tokens" in n or "lm_head" in n for n in trainable)
+    torch.manual_seed(1)
+    with torch.no_grad():  # as if trained: B starts at zero
+        for n, p in small.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    ids = torch.tensor([[1, 4, 7, 9, 30, 41]])
+    with torch.no_grad():
+        want = small(ids).logits
+    vocab = list(range(0, 80, 2)) + [1, 3]
+    path = pair.save_draft_weights(small, tmp_path / "d.safetensors", vocabulary=vocab)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+    assert not any(k.endswith("proj.weight") for k in keys)  # no layer weights: they come from `large`
+    assert any(k.endswith(".lora_A") for k in keys) and "model.norm.weight" in keys
+    back = pair.load_draft_from_weights(large, path)
+    from bild.vocabulary import draft_vocabulary
+
+    assert draft_vocabulary(back)[0] == sorted(vocab)
+    with torch.no_grad():
+        got = back(ids).logits
+    sub = torch.tensor(sorted(vocab))
+    assert got.shape[-1] == len(vocab)  # the pruned head's rows, in token-id order
+    assert torch.allclose(got, want[..., sub], atol=2e-2)  # fp16 storage
+    # without the delta the draft would differ: the test can fail
+    plain = pair.make_small_from_large(large, [0, 1, 2])
+    with torch.no_grad():
+        assert not torch.allclose(plain(ids).logits[..., sub], want[..., sub], atol=2e-2)
+    # a plain draft keeps the "layers" format; the delta file is smaller
+    layers_path = pair.save_draft_weights(pair.make_small_from_large(large, [0, 1, 2]), tmp_path / "l.safetensors")
+    assert layers_path.stat().st_size > path.stat().st_size
+    with pytest.raises(ValueError, match="no Linear"):
+        merge_lora_delta(plain, {"model.layers.9.mlp.up_proj.lora_A": torch.zeros(4, 32),
+                                 "model.layers.9.mlp.up_proj.lora_B": torch.zeros(64, 4)})
 
 
 REAL = pair.default_cache_dir() / "large" / "config.json"
@@ -224,3 +281,30 @@ def test_real_pair_shares_vocab_and_generates():
     ids = p.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = p.small.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > ids.input_ids.shape[1]
+
+
+def test_low_rank_delta_of_a_fine_tuned_draft(tmp_path):
+    """A fully fine-tuned draft compressed to a rank-r delta: exact when the change has rank <= r, and saved in
+    the delta format it loads back as that draft."""
+    from bild.pairs.delta import low_rank_delta
+
+    large = tiny_large()
+    base = pair.make_small_from_large(large, [0, 1])
+    tuned = pair.make_small_from_large(large, [0, 1])
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, m in tuned.named_modules():
+            if isinstance(m, torch.nn.Linear) and ".layers." in name:
+                o, i = m.weight.shape
+                m.weight.add_(0.1 * torch.randn(o, 2, generator=g) @ torch.randn(2, i, generator=g))  # rank 2
+        tuned.model.norm.weight.mul_(1.5)
+    ids = torch.tensor([[1, 4, 7, 9, 30]])
+    with torch.no_grad():
+        want = tuned(ids).logits
+    path = pair.save_draft_weights(tuned, tmp_path / "c.safetensors", delta=low_rank_delta(tuned, base, 2))
+    back = pair.load_draft_from_weights(large, path)
+    with torch.no_grad():
+        assert torch.allclose(back(ids).logits, want, atol=2e-2)
+        rank1 = pair.load_draft_from_weights(
+            large, pair.save_draft_weights(tuned, tmp_path / "r1.safetensors", delta=low_rank_delta(tuned, base, 1)))
+        assert not torch.allclose(rank1(ids).logits, want, atol=2e-2)  # a rank-2 change needs rank 2

@@ -64,9 +64,12 @@ def _torch_dtype(name: str):
 def _load_model(path: str, dtype: str, device):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    from ..vocabulary import load_draft
+
     config = AutoConfig.from_pretrained(path)
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = cls.from_pretrained(path, dtype=_torch_dtype(dtype))
+    # load_draft: from_pretrained, plus a pruned draft head (bild.prune_draft_vocabulary) put back
+    model = load_draft(path, cls, config=config, dtype=_torch_dtype(dtype))
     return model.to(device).eval(), bool(config.is_encoder_decoder)
 
 

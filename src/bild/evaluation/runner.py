@@ -126,6 +126,29 @@ def _batches(items: Sequence[Example], size: int) -> list[Sequence[Example]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def generate_batch(generator: Any, batch: Sequence[Example], sink) -> list[dict[str, Any]]:
+    """Generate one batch, timing only the generate call; its records are written to ``sink`` and flushed."""
+    enc = generator.encode([e.source for e in batch])
+    sequences, seconds = timed(lambda: generator.generate(enc), generator.bundle.device)
+    stats = generator.last_stats()
+    predictions, counts = generator.decode(enc, sequences)
+    records = [{
+        "id": example.id,
+        "source": example.source,
+        "reference": example.target,
+        "prediction": prediction,
+        "generation_seconds": seconds / len(batch),
+        "batch_seconds": seconds,
+        "batch_first_id": batch[0].id,
+        "batch_size": len(batch),
+        "new_tokens": count,
+        "stats": stats,
+    } for example, prediction, count in zip(batch, predictions, counts)]
+    sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    sink.flush()
+    return records
+
+
 def generate_records(cfg: EvalConfig, generator: Any, examples: Sequence[Example], sink, state: Any) -> list[dict[str, Any]]:
     """Warm up (untimed), then generate every example, timing only the generate call.
 
@@ -145,29 +168,10 @@ def generate_records(cfg: EvalConfig, generator: Any, examples: Sequence[Example
                disable=not state.is_main_process, dynamic_ncols=True)
     try:
         for batch in batches:
-            enc = generator.encode([e.source for e in batch])
-            sequences, seconds = timed(lambda: generator.generate(enc), device)
-            stats = generator.last_stats()
-            predictions, counts = generator.decode(enc, sequences)
-            lines = []
-            for example, prediction, count in zip(batch, predictions, counts):
-                record = {
-                    "id": example.id,
-                    "source": example.source,
-                    "reference": example.target,
-                    "prediction": prediction,
-                    "generation_seconds": seconds / len(batch),
-                    "batch_seconds": seconds,
-                    "batch_first_id": batch[0].id,
-                    "batch_size": len(batch),
-                    "new_tokens": count,
-                    "stats": stats,
-                }
-                records.append(record)
-                lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-            sink.write("".join(lines))
-            sink.flush()
-            total_tokens += sum(counts)
+            done = generate_batch(generator, batch, sink)
+            records += done
+            seconds = done[0]["batch_seconds"]
+            total_tokens += sum(r["new_tokens"] for r in done)
             total_seconds += seconds
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{total_tokens / total_seconds:.1f}" if total_seconds else "-",
@@ -250,10 +254,7 @@ def run(cfg: EvalConfig, examples: Sequence[Example], done: dict[int, dict[str, 
 
     state = state or LocalState()
     run_dir = Path(cfg.output_dir)
-    wanted = {e.id for e in examples}
-    kept = {i: r for i, r in done.items() if i not in wanted}  # beyond a smaller --limit: kept, not scored
-    done = {i: r for i, r in done.items() if i in wanted}
-    pending = [e for e in examples if e.id not in done]
+    done, kept, pending = split_done(examples, done)  # kept: beyond a smaller --limit, not scored
     device = resolve_device(cfg, state)
     new_records: list[dict[str, Any]] = []
     tokenizer = chat_template = None
@@ -273,9 +274,24 @@ def run(cfg: EvalConfig, examples: Sequence[Example], done: dict[int, dict[str, 
     gathered = state.gather_object(new_records)
     if not state.is_main_process:
         return None
-    records = sorted([*done.values(), *gathered], key=lambda r: r["id"])
+    return finish_run(cfg, done, kept, gathered, device_name(device), state.num_processes, tokenizer, chat_template)
+
+
+def split_done(examples: Sequence[Example], done: dict[int, dict[str, Any]]):
+    """(records of ``examples`` already done, records beyond them (kept, not scored), examples left to do)."""
+    wanted = {e.id for e in examples}
+    return ({i: r for i, r in done.items() if i in wanted}, {i: r for i, r in done.items() if i not in wanted},
+            [e for e in examples if e.id not in done])
+
+
+def finish_run(cfg: EvalConfig, done: dict[int, dict[str, Any]], kept: dict[int, dict[str, Any]],
+               new_records: Sequence[dict[str, Any]], device: str, num_processes: int, tokenizer=None,
+               chat_template=None) -> dict[str, Any]:
+    """Write the run's predictions (sorted by id) and results.json; returns the results."""
+    run_dir = Path(cfg.output_dir)
+    records = sorted([*done.values(), *new_records], key=lambda r: r["id"])
     write_predictions(run_dir, [*records, *kept.values()])
-    results = build_results(cfg, records, device_name(device), state.num_processes, resumed=len(done), tokenizer=tokenizer,
+    results = build_results(cfg, records, device, num_processes, resumed=len(done), tokenizer=tokenizer,
                             chat_template=chat_template)
     _write_json(run_dir / RESULTS_FILE, results)
     return results

@@ -192,8 +192,12 @@ def generate_teacher_outputs(
     add_special_tokens: bool = True,
     progress: bool = True,
     on_batch: Callable[[list[TeacherRecord]], None] | None = None,
+    temperature: float = 0.0,
 ) -> list[TeacherRecord]:
     """Greedy-decode ``prompts`` with ``large`` and keep its outputs (+ top-k log-probs).
+
+    ``temperature`` > 0 samples the outputs instead (more paths near the greedy one to align on; the
+    top-k log-probs stay those of the large model's untempered distribution).
 
     ``prompts`` are strings (tokenised with ``tokenizer``) or already tokenised id lists.
     Prompts are processed in length-sorted batches (left padding for decoder-only models) and
@@ -238,7 +242,8 @@ def generate_teacher_outputs(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            do_sample=temperature > 0,
+            **({"temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}),
             num_beams=1,
             output_logits=topk > 0,
             return_dict_in_generate=True,
@@ -265,6 +270,60 @@ def generate_teacher_outputs(
         if on_batch is not None:
             on_batch([results[i] for i in sorted(results)])
     return [results[i] for i in range(len(encoded))]
+
+
+@torch.no_grad()
+def teacher_forced_records(
+    large,
+    records: Sequence[TeacherRecord],
+    *,
+    start: int = 16,
+    topk: int = 32,
+    batch_size: int = 8,
+    progress: bool = True,
+    on_batch: Callable[[list[TeacherRecord]], None] | None = None,
+) -> list[TeacherRecord]:
+    """Records that also align the draft on the prompt's positions (decoder-only models).
+
+    For each record (prompt P, output O), one forward of ``large`` over P + O gives its top-k next-token
+    distribution at every position; the new record is (P[:start], P[start:] + O) with those rows, so the
+    draft learns the large model's predictions along the prompt text too (German sources, documents), from
+    one forward per record instead of a decode.  Training takes the teacher's top token as the target there
+    (:func:`alignment_loss`), not the text's own next token.
+    """
+    large.eval()
+    device = next(large.parameters()).device
+    out: list[TeacherRecord] = []
+    order = sorted(range(len(records)), key=lambda i: len(records[i].prompt_ids) + len(records[i].output_ids))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    it: Iterable = batches
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            it = tqdm(batches, desc="teacher forcing")
+        except ImportError:  # pragma: no cover
+            pass
+    done: dict[int, TeacherRecord] = {}
+    for idx in it:
+        seqs = [list(records[i].prompt_ids) + list(records[i].output_ids) for i in idx]
+        width = max(len(x) for x in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, x in enumerate(seqs):  # right padding: positions need no offsets
+            ids[r, : len(x)] = torch.tensor(x)
+            mask[r, : len(x)] = 1
+        logits = large(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+        for r, i in enumerate(idx):
+            rec, n = records[i], len(seqs[r])
+            s = min(start, len(rec.prompt_ids) - 1)
+            lp = torch.log_softmax(logits[r, s - 1 : n - 1], dim=-1)  # row t predicts token s + t
+            vals, tids = lp.topk(min(topk, lp.shape[-1]), dim=-1)
+            done[i] = TeacherRecord(prompt_ids=seqs[r][:s], output_ids=seqs[r][s:],
+                                    topk_ids=tids.to(torch.int32), topk_logprobs=vals.to(torch.float16))
+        if on_batch is not None:
+            on_batch([done[i] for i in sorted(done)])
+    return [done[i] for i in range(len(records))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +406,8 @@ def alignment_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss on the positions that predict the large model's tokens.
 
-    ``(1 - kl_weight) * CE(large greedy token) + kl_weight * T^2 * CE(teacher top-k dist)``.
+    ``(1 - kl_weight) * CE(large greedy token) + kl_weight * T^2 * CE(teacher top-k dist)``; with teacher
+    top-k rows the CE target is the teacher's top token (the output token itself along greedy outputs).
     For decoder-only models the LM head is applied only at those positions (saves the
     vocabulary projection over long prompts).
     """
@@ -371,6 +431,9 @@ def alignment_loss(
         else:
             logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1][sel]
     logits = logits.float()
+    if "teacher_ids" in inputs and inputs["teacher_ids"].shape[0] == targets.shape[0]:
+        # the large model's top token: the label itself along greedy outputs, its argmax along sampled ones
+        targets = inputs["teacher_ids"][:, 0].to(targets)
     ce = F.cross_entropy(logits, targets)
     metrics = {"ce": float(ce.detach())}
     loss = ce

@@ -5,17 +5,18 @@
   ``transformers`` (``gguf_file=``; the Q4_1 weights are de-quantised to float32) and cached with
   ``save_pretrained`` so later loads take well under a second.
 * **Small**: the same architecture with only a few of the large model's decoder layers (the
-  embeddings, final norm and the tied LM head are the large model's, so both share the
-  tokenizer and vocabulary), prediction-aligned to the large model with
-  :mod:`bild.pairs.alignment`.  Its own weights (the chosen layers + final norm, float16, 28 MB) are
-  package data (``bild/pairs/assets/``, inside the wheel) so the pair is ready without training.
+  embeddings and final norm are the large model's, so both share the tokenizer and vocabulary), its
+  head pruned to the most frequent tokens (:func:`bild.prune_draft_vocabulary`), prediction-aligned to
+  the large model with :mod:`bild.pairs.alignment`.  The file that ships (package data,
+  ``bild/pairs/assets/``, inside the wheel) holds only what the large model does not: a low-rank
+  difference from the copied layers (:mod:`bild.pairs.delta`), the norms and the head's token ids.
 
 Command line::
 
     python -m bild.pairs.smollm2 build            # or: bild pair build
     python -m bild.pairs.smollm2 info
-    python -m bild.pairs.smollm2 train --minutes 40 --out runs/draft   # re-create the shipped draft
-    python -m bild.pairs.smollm2 prune --size 16384 --out runs/draft-16k  # the draft, head over 16k tokens
+    python -m bild.pairs.smollm2 agreement        # the draft's greedy agreement per task (test splits)
+    python -m bild.pairs.smollm2 gen-data / teacher-force / train / compress   # re-create it: docs/pair.md
 
 The cache folder is ``$BILD_CACHE`` or ``~/.cache/bild/smollm2-pair``.  The cached small model is
 keyed to the sha256 of the draft weights it was built from: a different draft (a new release, a
@@ -322,14 +323,33 @@ def small_own_state_dict(small) -> dict[str, torch.Tensor]:
     return {k: v for k, v in small.state_dict().items() if k not in shared}
 
 
-def save_draft_weights(small, path: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> Path:
-    """Save the small model's own weights (layers + final norm) as safetensors (default fp16)."""
+VOCABULARY_KEY = "bild_draft_vocabulary"  # int32 tensor in a draft file: the token ids of a pruned head
+
+
+def save_draft_weights(small, path: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict | None = None,
+                       vocabulary: Sequence[int] | None = None, delta: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save the small model's own weights as safetensors (default fp16).
+
+    A draft with LoRA adapters (:func:`bild.pairs.delta.inject_lora`) is saved as its low-rank difference from
+    the large model's layers plus its norms (format ``"lora"``, a few MB); otherwise the layers and the final
+    norm are saved whole (format ``"layers"``); ``delta`` (e.g. :func:`bild.pairs.delta.low_rank_delta` of a
+    fully fine-tuned draft) saves a plain draft in the ``"lora"`` format too.  ``vocabulary``: the token ids of
+    a pruned head (:func:`bild.prune_draft_vocabulary`) to apply when loading."""
     from safetensors.torch import save_file
+
+    from .delta import lora_delta, without_lora
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in small_own_state_dict(small).items()}
-    meta = {"bild_source_layers": json.dumps(list(small.config.bild_source_layers))}
+    delta = delta if delta is not None else lora_delta(small)
+    own = without_lora(small, small_own_state_dict(small))
+    if delta:  # adapters + norms; the layers themselves come from the large model
+        own = {**{k: v for k, v in own.items() if "norm" in k}, **delta}
+    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in own.items()}
+    if vocabulary is not None:
+        state[VOCABULARY_KEY] = torch.tensor(sorted(int(i) for i in vocabulary), dtype=torch.int32)
+    meta = {"bild_source_layers": json.dumps(list(small.config.bild_source_layers)),
+            "bild_format": json.dumps("lora" if delta else "layers")}
     if extra:
         meta.update({k: json.dumps(v) for k, v in extra.items()})
     tmp = str(path) + ".tmp"
@@ -338,22 +358,33 @@ def save_draft_weights(small, path: str | os.PathLike, dtype: torch.dtype = torc
     return path
 
 
-def load_draft_from_weights(large, path: str | os.PathLike):
-    """Rebuild the draft from ``large`` + weights saved by :func:`save_draft_weights`."""
+def load_draft_from_weights(large, path: str | os.PathLike, prune: bool = True):
+    """Rebuild the draft from ``large`` + a file saved by :func:`save_draft_weights` (either format; a
+    pruned vocabulary in it is applied unless ``prune=False``: the full head, for tools that need one)."""
     from safetensors import safe_open
+
+    from ..vocabulary import prune_draft_vocabulary
+    from .delta import is_delta, merge_lora_delta
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
     layers = json.loads(meta["bild_source_layers"])
+    vocabulary = state.pop(VOCABULARY_KEY, None)
     small = make_small_from_large(large, layers)
     dtype = next(small.parameters()).dtype
+    if is_delta(state):
+        merge_lora_delta(small, {k: v for k, v in state.items() if ".lora_" in k})
+        state = {k: v for k, v in state.items() if ".lora_" not in k}
     missing, unexpected = small.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     if unexpected:
         raise ValueError(f"unexpected keys in {path}: {unexpected}")
-    bad = [k for k in missing if k not in _shared_keys(small)]
-    if bad:
-        raise ValueError(f"missing keys in {path}: {bad}")
+    if json.loads(meta.get("bild_format", '"layers"')) == "layers":
+        bad = [k for k in missing if k not in _shared_keys(small)]
+        if bad:
+            raise ValueError(f"missing keys in {path}: {bad}")
+    if vocabulary is not None and prune:
+        prune_draft_vocabulary(small, vocabulary.tolist())
     return small.eval()
 
 
@@ -420,176 +451,20 @@ def load_pair(cache: str | os.PathLike | None = None, build: bool = True) -> Pai
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..vocabulary import load_draft
+
     cache = Path(cache) if cache else default_cache_dir()
     if build:
         build_pair(cache)
     tok = AutoTokenizer.from_pretrained(str(cache / "large"))
     large = AutoModelForCausalLM.from_pretrained(str(cache / "large"), dtype=torch.float32).eval()
-    small = AutoModelForCausalLM.from_pretrained(str(cache / "small"), dtype=torch.float32).eval()
+    small = load_draft(str(cache / "small"), dtype=torch.float32).eval()  # a pruned head is put back
     return Pair(tok, small, large, cache)
 
 
-# ----------------------------------------------------------------------------------------------
-# training data + training of the shipped draft (reproducible recipe)
-# ----------------------------------------------------------------------------------------------
-def training_instructions(data_dir: Path | None = None, per_file: int | None = None, max_source_chars: int = 1500) -> list[str]:
-    """Chat instructions for alignment: dev splits of the shared data (never test) + general ones."""
-    out: list[str] = []
-    data_dir = data_dir or shared_data_dir()
-    if data_dir is not None:
-        for name, task in DATASET_TASKS.items():
-            f = data_dir / name / "dev.jsonl"
-            if f.exists():
-                for row in read_jsonl(f, per_file):
-                    out.append(format_instruction(row["source"], task, max_source_chars))
-    out += GENERAL_INSTRUCTIONS
-    return out
-
-
-def _cmd_gen_data(a) -> None:
-    from .alignment import generate_teacher_outputs, save_teacher_records
-
-    torch.manual_seed(0)
-    tok, large = load_large(a.cache)
-    instr = training_instructions(Path(a.data) if a.data else None, a.per_file, a.max_source_chars)
-    prompts = [chat_prompt(tok, x) for x in instr]
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    recs = generate_teacher_outputs(
-        large, tok, prompts, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, topk=a.topk,
-        add_special_tokens=False,
-        on_batch=lambda done: save_teacher_records(done, out) if len(done) % (a.batch_size * 4) == 0 else None)
-    save_teacher_records(recs, out)
-    print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} tokens, {time.time() - t0:.0f}s -> {out}")
-
-
-def _cmd_train(a) -> None:
-    """Align a draft cut from the large model on saved teacher records, for --minutes."""
-    from transformers import TrainerCallback
-
-    from .alignment import align_small_model, greedy_agreement, load_teacher_records
-
-    torch.manual_seed(a.seed)
-    tok, large = load_large(a.cache)
-    recs = load_teacher_records(a.records)
-    import random
-
-    rng = random.Random(a.seed)
-    idx = list(range(len(recs)))
-    rng.shuffle(idx)
-    held = [recs[i] for i in idx[: a.heldout]]
-    train = [recs[i] for i in idx[a.heldout:]]
-    layers = [int(x) for x in a.layers.split(",")]
-    small = make_small_from_large(large, layers)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    before = greedy_agreement(small, held, pad_token_id=pad)
-    print(f"layers={layers} agreement before={before:.4f}", flush=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    deadline = time.time() + a.minutes * 60
-    log = open(out / "train_log.jsonl", "a")
-
-    class Budget(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            log.write(json.dumps({"step": state.global_step, "t": round(time.time() - t0, 1), **(logs or {})}) + "\n")
-            log.flush()
-
-        best = -1.0
-
-        def on_step_end(self, args, state, control, **kw):
-            if a.ckpt_every and state.global_step % a.ckpt_every == 0:
-                # held-out agreement; keep the best weights (checkpoint survives an interrupted run)
-                agree = greedy_agreement(small, held, pad_token_id=pad)
-                small.train()
-                log.write(json.dumps({"step": state.global_step, "t": round(time.time() - t0, 1),
-                                      "heldout_agreement": agree}) + "\n")
-                log.flush()
-                print(f"step {state.global_step} t={time.time() - t0:.0f}s heldout agreement {agree:.4f}", flush=True)
-                if agree > Budget.best:
-                    Budget.best = agree
-                    save_draft_weights(small, out / ("best_" + DRAFT_WEIGHTS_NAME),
-                                       extra={"step": state.global_step, "agreement_after": agree,
-                                              "agreement_before": before})
-            if time.time() > deadline:
-                control.should_training_stop = True
-
-    n_batches = (len(train) + a.batch_size - 1) // a.batch_size
-    steps = a.max_steps if a.max_steps > 0 else int(a.epochs * n_batches)
-    if a.max_steps <= 0 and a.minutes > 0:
-        # size the cosine schedule to the time budget: time a few training steps first
-        from .alignment import AlignmentCollator, AlignmentDataset, alignment_loss, freeze_embeddings
-
-        freeze_embeddings(small)
-
-        ds, coll = AlignmentDataset(train), AlignmentCollator(pad)
-        probe = torch.optim.SGD([q for q in small.parameters() if q.requires_grad], lr=0.0)
-        small.train()
-        tp = time.time()
-        for i in range(3):
-            feats = [ds[j % len(ds)] for j in range(i * a.batch_size, (i + 1) * a.batch_size)]
-            loss, _ = alignment_loss(small, coll(feats), kl_weight=a.kl_weight)
-            loss.backward()
-            probe.zero_grad()
-        per_step = (time.time() - tp) / 3
-        steps = min(steps, max(10, int(a.minutes * 60 * 0.92 / per_step)))
-        print(f"~{per_step:.2f}s/step -> {steps} steps ({steps * a.batch_size / max(len(train), 1):.1f} epochs)",
-              flush=True)
-    t0 = time.time()
-    align_small_model(
-        small, large, tok, records=train, output_dir=None, callbacks=[Budget()],
-        learning_rate=a.lr, max_steps=steps, per_device_train_batch_size=a.batch_size,
-        kl_weight=a.kl_weight, logging_steps=10, seed=a.seed, warmup_ratio=0.03)
-    train_s = time.time() - t0
-    after = greedy_agreement(small, held, pad_token_id=pad)
-    path = save_draft_weights(small, out / DRAFT_WEIGHTS_NAME,
-                              extra={"agreement_before": before, "agreement_after": after, "train_s": train_s,
-                                     "layers": layers})
-    if Budget.best > after:  # an earlier evaluation was better: ship that one
-        after = Budget.best
-        shutil.copyfile(out / ("best_" + DRAFT_WEIGHTS_NAME), path)
-    summary = {"layers": layers, "agreement_before": before, "agreement_after": after, "train_s": round(train_s, 1),
-               "train_records": len(train), "heldout_records": len(held), "weights": str(path),
-               "weights_bytes": path.stat().st_size, "args": vars(a)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-
-
-def frequency_texts(tokenizer, data_dir: Path | None = None, per_file: int | None = None,
-                    max_source_chars: int = 1500) -> list[str]:
-    """Texts to count draft-vocabulary tokens in: the chat prompts of :func:`training_instructions` and the
-    ``target`` of the same dev rows (what the large model is asked to write; never test)."""
-    texts = [chat_prompt(tokenizer, x) for x in training_instructions(data_dir, per_file, max_source_chars)]
-    data_dir = data_dir or shared_data_dir()
-    if data_dir is not None:
-        for name in DATASET_TASKS:
-            f = data_dir / name / "dev.jsonl"
-            if f.exists():
-                texts += [row["target"] for row in read_jsonl(f, per_file) if row.get("target")]
-    return texts
-
-
-def _cmd_prune(a) -> None:
-    """Save the pair's draft with its head pruned to the --size most frequent tokens (FR-Spec)."""
-    from ..vocabulary import prune_draft_vocabulary
-    from .alignment import frequent_token_ids, load_teacher_records, token_frequencies
-
-    pair = load_pair(a.cache)
-    if a.records:
-        counts = token_frequencies(load_teacher_records(a.records))
-    else:
-        counts = token_frequencies(frequency_texts(pair.tokenizer, Path(a.data) if a.data else None, a.per_file),
-                                   pair.tokenizer)
-    ids = frequent_token_ids(counts, a.size, tokenizer=pair.tokenizer, model=pair.small)
-    prune_draft_vocabulary(pair.small, ids)
-    pair.small.save_pretrained(a.out)
-    pair.tokenizer.save_pretrained(a.out)
-    seen = sum(c for t, c in counts.items() if t in set(ids)) / max(sum(counts.values()), 1)
-    print(f"head over {len(ids)} tokens ({seen:.1%} of the {sum(counts.values())} counted) -> {a.out}; "
-          "load it with bild.load_draft")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    from .recipe import add_commands, run_command  # the recipe's commands (it imports this module)
+
     p = argparse.ArgumentParser(prog="bild pair", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default=None, help="cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -598,39 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="draft weights (default $BILD_DRAFT_WEIGHTS or the packaged bild/pairs/assets/" + DRAFT_WEIGHTS_NAME + ")")
     b.add_argument("--force", action="store_true")
     sub.add_parser("info", help="print paths and sizes")
-    g = sub.add_parser("gen-data", help="large-model greedy outputs (+top-k logprobs) on the alignment prompts")
-    g.add_argument("--out", required=True)
-    g.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
-    g.add_argument("--per_file", type=int, default=None)
-    g.add_argument("--max_source_chars", type=int, default=1500)
-    g.add_argument("--max_new_tokens", type=int, default=64)
-    g.add_argument("--batch_size", type=int, default=16)
-    g.add_argument("--topk", type=int, default=32)
-    t = sub.add_parser("train", help="cut a draft from the large model and align it")
-    t.add_argument("--records", required=True)
-    t.add_argument("--out", required=True)
-    t.add_argument("--layers", default=",".join(map(str, DEFAULT_LAYERS)))
-    t.add_argument("--minutes", type=float, default=30)
-    t.add_argument("--epochs", type=float, default=3)
-    t.add_argument("--max_steps", type=int, default=-1)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch_size", type=int, default=8)
-    t.add_argument("--kl_weight", type=float, default=0.5)
-    t.add_argument("--heldout", type=int, default=60)
-    t.add_argument("--ckpt_every", type=int, default=50)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2)
-    r = sub.add_parser("prune", help="save the draft with its head over the most frequent tokens (FR-Spec)")
-    r.add_argument("--out", required=True)
-    r.add_argument("--size", type=int, default=16384, help="tokens the head keeps (special tokens included)")
-    r.add_argument("--records", default=None, help="teacher records (gen-data) to count tokens in (default: the "
-                   "dev splits' chat prompts and targets)")
-    r.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
-    r.add_argument("--per_file", type=int, default=None)
+    add_commands(sub)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.cmd in ("gen-data", "train"):
-        torch.set_num_threads(a.threads if a.cmd == "train" else 2)
+    if getattr(a, "threads", None):
+        torch.set_num_threads(a.threads)
     if a.cmd == "build":
         t0 = time.time()
         cache = build_pair(a.cache, a.weights, force=a.force)
@@ -648,12 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stamp = draft_stamp(cache)
         if stamp:
             print("  small built from:", stamp.get("weights"), f"(sha256 {str(stamp.get('sha256'))[:12]})")
-    elif a.cmd == "gen-data":
-        _cmd_gen_data(a)
-    elif a.cmd == "train":
-        _cmd_train(a)
-    elif a.cmd == "prune":
-        _cmd_prune(a)
+    else:
+        run_command(a)
     return 0
 
 

@@ -1,0 +1,384 @@
+"""The recipe of the shipped SmolLM2 draft, as ``bild pair`` commands: training data from the dev splits'
+train half (never test), alignment, compression to a delta, the pruned head, and greedy agreement per task.
+
+    bild pair gen-data      the large model's outputs on the train half (+ sampled paths: --temperature)
+    bild pair teacher-force the large model's top-k along whole sequences (prompt positions too)
+    bild pair train         cut a draft from the large model and align it
+    bild pair compress      a fully fine-tuned draft as a low-rank delta (the file that ships)
+    bild pair agreement     greedy agreement of draft files per task, along the large model's outputs
+    bild pair tune-split    the tune half of each dev split, for threshold sweeps
+    bild pair prune         the draft with its head over the most frequent tokens
+
+docs/pair.md has the commands that made the shipped draft, with their times on this machine.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DRAFT_WEIGHTS_NAME, GENERAL_INSTRUCTIONS, VOCABULARY_KEY,
+                      chat_prompt, default_draft_weights, format_instruction, load_large, load_draft_from_weights,
+                      load_pair, make_small_from_large, read_jsonl, save_draft_weights, shared_data_dir)
+
+
+DEV_PARTS = ("train", "tune", "all")
+
+
+def dev_rows(path, part: str = "all", limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a ``dev.jsonl`` split in two: ``"train"`` is the first half (it trains the draft),
+    ``"tune"`` the second half (it tunes thresholds, so tuning never sees the draft's training data);
+    ``"all"`` is both.  ``limit`` keeps the first rows of the part."""
+    if part not in DEV_PARTS:
+        raise ValueError(f"part must be one of {DEV_PARTS}, got {part!r}")
+    rows = read_jsonl(path)
+    half = len(rows) // 2
+    rows = rows[:half] if part == "train" else rows[half:] if part == "tune" else rows
+    return rows[:limit] if limit is not None else rows
+
+
+def training_instructions(data_dir: Path | None = None, per_file: int | None = None, max_source_chars: int = 1500,
+                          part: str = "train") -> list[str]:
+    """Chat instructions for alignment: the ``part`` half of the dev splits of the shared data (never
+    test; see :func:`dev_rows`) + the general ones."""
+    out: list[str] = []
+    data_dir = data_dir or shared_data_dir()
+    if data_dir is not None:
+        for name, task in DATASET_TASKS.items():
+            f = data_dir / name / "dev.jsonl"
+            if f.exists():
+                for row in dev_rows(f, part, per_file):
+                    out.append(format_instruction(row["source"], task, max_source_chars))
+    out += GENERAL_INSTRUCTIONS
+    return out
+
+
+def _cmd_gen_data(a) -> None:
+    from .alignment import generate_teacher_outputs, load_teacher_records, save_teacher_records
+
+    torch.manual_seed(a.seed)
+    tok, large = load_large(a.cache)
+    instr = training_instructions(Path(a.data) if a.data else None, a.per_file, a.max_source_chars, a.part)
+    prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in instr]
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # resumable: records already in --out are kept and their prompts skipped
+    kept = load_teacher_records(out) if out.exists() else []
+    done = {tuple(r.prompt_ids) for r in kept}
+    todo = [p for p in prompts if tuple(p) not in done]
+    print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already in {out}", flush=True)
+    t0 = time.time()
+    recs = generate_teacher_outputs(
+        large, tok, todo, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, topk=a.topk,
+        on_batch=lambda new: save_teacher_records(kept + new, out), temperature=a.temperature)
+    recs = kept + recs
+    save_teacher_records(recs, out)
+    print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} tokens, {time.time() - t0:.0f}s -> {out}")
+
+
+def _cmd_train(a) -> None:
+    """Align a draft cut from the large model on saved teacher records, for --minutes."""
+    from transformers import TrainerCallback
+
+    from .alignment import align_small_model, greedy_agreement, load_teacher_records
+
+    torch.manual_seed(a.seed)
+    tok, large = load_large(a.cache)
+    files = [load_teacher_records(f) for f in a.records.split(",")]
+    # held out by prompt: the first file's records of --heldout prompts; no record of those prompts trains
+    rng = random.Random(a.seed)
+    idx = list(range(len(files[0])))
+    rng.shuffle(idx)
+    held = [files[0][i] for i in idx[: a.heldout]]
+    held_prompts = {tuple(r.prompt_ids) for r in held}
+
+    def of_held(r) -> bool:  # a record of a held-out prompt (teacher-forced records cut the prompt short)
+        seq = tuple(r.prompt_ids) + tuple(r.output_ids)
+        return any(seq[: len(h)] == h for h in held_prompts)
+
+    train = [r for recs in files for r in recs if not of_held(r)]
+    print(f"{len(train)} train records ({sum(len(r.output_ids) for r in train)} tokens), {len(held)} held out",
+          flush=True)
+    layers = [int(x) for x in a.layers.split(",")]
+    small = make_small_from_large(large, layers)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    before = greedy_agreement(small, held, pad_token_id=pad)
+    print(f"layers={layers} agreement before={before:.4f}", flush=True)
+    if a.lora_rank > 0:  # ship a low-rank delta, not the layers (bild.pairs.delta)
+        from .delta import inject_lora
+
+        inject_lora(small, a.lora_rank)
+    vocabulary = None
+    if a.vocab_size > 0:  # the pruned head (FR-Spec) the shipped draft loads with: the train records' tokens
+        from .alignment import frequent_token_ids, token_frequencies
+
+        vocabulary = frequent_token_ids(token_frequencies(train), a.vocab_size, tokenizer=tok, model=small)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + a.minutes * 60
+    log = open(out / "train_log.jsonl", "a")
+
+    class Budget(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            log.write(json.dumps({"step": state.global_step, "t": round(time.time() - t0, 1), **(logs or {})}) + "\n")
+            log.flush()
+
+        best = -1.0
+
+        def on_step_end(self, args, state, control, **kw):
+            if a.ckpt_every and state.global_step % a.ckpt_every == 0:
+                # held-out agreement; keep the best weights (checkpoint survives an interrupted run)
+                agree = greedy_agreement(small, held, pad_token_id=pad)
+                small.train()
+                log.write(json.dumps({"step": state.global_step, "t": round(time.time() - t0, 1),
+                                      "heldout_agreement": agree}) + "\n")
+                log.flush()
+                print(f"step {state.global_step} t={time.time() - t0:.0f}s heldout agreement {agree:.4f}", flush=True)
+                if agree > Budget.best:
+                    Budget.best = agree
+                    save_draft_weights(small, out / ("best_" + DRAFT_WEIGHTS_NAME),
+                                       extra={"step": state.global_step, "agreement_after": agree,
+                                              "agreement_before": before}, vocabulary=vocabulary)
+            if time.time() > deadline:
+                control.should_training_stop = True
+
+    n_batches = (len(train) + a.batch_size - 1) // a.batch_size
+    steps = a.max_steps if a.max_steps > 0 else int(a.epochs * n_batches)
+    if a.max_steps <= 0 and a.minutes > 0:
+        # size the cosine schedule to the time budget: time a few training steps first
+        from .alignment import AlignmentCollator, AlignmentDataset, alignment_loss, freeze_embeddings
+
+        freeze_embeddings(small)
+
+        ds, coll = AlignmentDataset(train), AlignmentCollator(pad)
+        probe = torch.optim.SGD([q for q in small.parameters() if q.requires_grad], lr=0.0)
+        small.train()
+        tp = time.time()
+        for i in range(3):
+            feats = [ds[j % len(ds)] for j in range(i * a.batch_size, (i + 1) * a.batch_size)]
+            loss, _ = alignment_loss(small, coll(feats), kl_weight=a.kl_weight)
+            loss.backward()
+            probe.zero_grad()
+        per_step = (time.time() - tp) / 3
+        steps = min(steps, max(10, int(a.minutes * 60 * 0.92 / per_step)))
+        print(f"~{per_step:.2f}s/step -> {steps} steps ({steps * a.batch_size / max(len(train), 1):.1f} epochs)",
+              flush=True)
+    t0 = time.time()
+    align_small_model(
+        small, large, tok, records=train, output_dir=None, callbacks=[Budget()],
+        learning_rate=a.lr, max_steps=steps, per_device_train_batch_size=a.batch_size,
+        kl_weight=a.kl_weight, logging_steps=10, seed=a.seed, warmup_ratio=0.03)
+    train_s = time.time() - t0
+    after = greedy_agreement(small, held, pad_token_id=pad)
+    path = save_draft_weights(small, out / DRAFT_WEIGHTS_NAME,
+                              extra={"agreement_before": before, "agreement_after": after, "train_s": train_s,
+                                     "layers": layers, "seed": a.seed, "lora_rank": a.lora_rank},
+                              vocabulary=vocabulary)
+    if Budget.best > after:  # an earlier evaluation was better: ship that one
+        after = Budget.best
+        shutil.copyfile(out / ("best_" + DRAFT_WEIGHTS_NAME), path)
+    shipped = load_draft_from_weights(large, path)  # as users get it: fp16 delta merged, head pruned
+    after_shipped = greedy_agreement(shipped, held, pad_token_id=pad)
+    summary = {"layers": layers, "agreement_before": before, "agreement_after": after,
+               "agreement_after_as_shipped": after_shipped, "vocab_size": a.vocab_size,
+               "lora_rank": a.lora_rank, "train_s": round(train_s, 1),
+               "train_records": len(train), "heldout_records": len(held), "weights": str(path),
+               "weights_bytes": path.stat().st_size, "args": vars(a)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+def task_records(tok, large, name: str, split: str, n: int, out_dir: Path, max_new_tokens: int = 64,
+                 max_source_chars: int = 1500) -> list:
+    """The large model's greedy outputs on the first ``n`` rows of ``<name>/<split>.jsonl`` (``split``
+    "test", or a dev part "train"/"tune"), cached in ``out_dir`` and resumed from there."""
+    from .alignment import generate_teacher_outputs, load_teacher_records, save_teacher_records
+
+    data = shared_data_dir()
+    if data is None or not (data / name).is_dir():
+        raise FileNotFoundError(f"no {name} data (../shared/data or $BILD_DATA)")
+    rows = read_jsonl(data / name / "test.jsonl", n) if split == "test" else dev_rows(data / name / "dev.jsonl", split, n)
+    prompts = [tok(chat_prompt(tok, format_instruction(r["source"], DATASET_TASKS[name], max_source_chars)),
+                   add_special_tokens=False)["input_ids"] for r in rows]
+    path = out_dir / f"{name}_{split}_{len(rows)}_{max_new_tokens}.pt"
+    kept = load_teacher_records(path) if path.exists() else []
+    done = {tuple(r.prompt_ids) for r in kept}
+    todo = [p for p in prompts if tuple(p) not in done]
+    if todo:
+        new = generate_teacher_outputs(large, tok, todo, max_new_tokens=max_new_tokens, batch_size=16, topk=0,
+                                       on_batch=lambda recs: save_teacher_records(kept + recs, path))
+        kept = kept + new
+        save_teacher_records(kept, path)
+    return kept
+
+
+def _cmd_agreement(a) -> None:
+    """Greedy agreement of draft files with the large model, per task, along the large model's own outputs."""
+    from .alignment import greedy_agreement
+
+    tok, large = load_large(a.cache)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out_dir = Path(a.records_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [n for n in DATASET_TASKS if shared_data_dir() and (shared_data_dir() / n).is_dir()]
+    recs = {n: task_records(tok, large, n, a.split, a.per_file, out_dir, a.max_new_tokens) for n in names}
+    rows = []
+    for w in a.weights or [str(default_draft_weights())]:
+        small = load_draft_from_weights(large, w)
+        row = {"weights": w, "split": a.split}
+        for n in names:
+            row[n] = round(greedy_agreement(small, recs[n], pad_token_id=pad), 4)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=2))
+
+
+def frequency_texts(tokenizer, data_dir: Path | None = None, per_file: int | None = None,
+                    max_source_chars: int = 1500) -> list[str]:
+    """Texts to count draft-vocabulary tokens in: the chat prompts of :func:`training_instructions` and the
+    ``target`` of the same dev rows, the train half (what the large model is asked to write; never test)."""
+    texts = [chat_prompt(tokenizer, x) for x in training_instructions(data_dir, per_file, max_source_chars)]
+    data_dir = data_dir or shared_data_dir()
+    if data_dir is not None:
+        for name in DATASET_TASKS:
+            f = data_dir / name / "dev.jsonl"
+            if f.exists():
+                texts += [row["target"] for row in dev_rows(f, "train", per_file) if row.get("target")]
+    return texts
+
+
+def _cmd_prune(a) -> None:
+    """Save the pair's draft with its head pruned to the --size most frequent tokens (FR-Spec)."""
+    from ..vocabulary import prune_draft_vocabulary
+    from .alignment import frequent_token_ids, load_teacher_records, token_frequencies
+
+    pair = load_pair(a.cache)
+    if a.records:
+        counts = token_frequencies(load_teacher_records(a.records))
+    else:
+        counts = token_frequencies(frequency_texts(pair.tokenizer, Path(a.data) if a.data else None, a.per_file),
+                                   pair.tokenizer)
+    ids = frequent_token_ids(counts, a.size, tokenizer=pair.tokenizer, model=pair.small)
+    prune_draft_vocabulary(pair.small, ids)
+    pair.small.save_pretrained(a.out)
+    pair.tokenizer.save_pretrained(a.out)
+    seen = sum(c for t, c in counts.items() if t in set(ids)) / max(sum(counts.values()), 1)
+    print(f"head over {len(ids)} tokens ({seen:.1%} of the {sum(counts.values())} counted) -> {a.out}; "
+          "load it with bild.load_draft")
+
+
+def add_commands(sub) -> None:
+    """The recipe's subcommands, on ``bild pair``'s subparsers."""
+    g = sub.add_parser("gen-data", help="large-model greedy outputs (+top-k logprobs) on the alignment prompts")
+    g.add_argument("--out", required=True)
+    g.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
+    g.add_argument("--per_file", type=int, default=None)
+    g.add_argument("--part", default="train", choices=DEV_PARTS,
+                   help="half of each dev split: train (first, default), tune (second: threshold tuning), all")
+    g.add_argument("--max_source_chars", type=int, default=1500)
+    g.add_argument("--max_new_tokens", type=int, default=64)
+    g.add_argument("--batch_size", type=int, default=16)
+    g.add_argument("--topk", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=0.0, help="sample the outputs at this temperature "
+                   "(0: greedy); with --seed, more paths to align on")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=2)
+    t = sub.add_parser("train", help="cut a draft from the large model and align it")
+    t.add_argument("--records", required=True, help="teacher records (gen-data), comma-separated; the first "
+                   "file's records of --heldout prompts are held out")
+    t.add_argument("--out", required=True)
+    t.add_argument("--layers", default=",".join(map(str, DEFAULT_LAYERS)))
+    t.add_argument("--minutes", type=float, default=30)
+    t.add_argument("--epochs", type=float, default=3)
+    t.add_argument("--max_steps", type=int, default=-1)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch_size", type=int, default=8)
+    t.add_argument("--kl_weight", type=float, default=0.5)
+    t.add_argument("--heldout", type=int, default=60)
+    t.add_argument("--ckpt_every", type=int, default=50)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--lora_rank", type=int, default=64,
+                   help="train LoRA adapters of this rank and ship them as a delta (0: fine-tune and ship the layers)")
+    t.add_argument("--vocab_size", type=int, default=8192,
+                   help="prune the shipped draft's head to this many of the train records' most frequent tokens "
+                        "(0: the full head)")
+    e = sub.add_parser("agreement", help="greedy agreement of draft files with the large model, per task")
+    e.add_argument("weights", nargs="*", help="draft files (default: the packaged draft)")
+    e.add_argument("--split", default="test", choices=("test", "train", "tune"))
+    e.add_argument("--per_file", type=int, default=40)
+    e.add_argument("--max_new_tokens", type=int, default=64)
+    e.add_argument("--records_dir", default="runs/agreement", help="where the large model's outputs are cached")
+    e.add_argument("--out", default=None, help="write the rows as JSON here too")
+    e.add_argument("--threads", type=int, default=2)
+    f = sub.add_parser("teacher-force", help="records over the whole sequence (prompt positions too) from "
+                       "one large forward per gen-data record")
+    f.add_argument("--records", required=True, help="gen-data records")
+    f.add_argument("--out", required=True)
+    f.add_argument("--start", type=int, default=16, help="prompt tokens kept as context only")
+    f.add_argument("--batch_size", type=int, default=8)
+    f.add_argument("--threads", type=int, default=2)
+    d = sub.add_parser("tune-split", help="write the tune half of each dev split as JSONL (for "
+                       "examples/sweep_thresholds.py --test_file: tuning never sees the draft's training rows)")
+    d.add_argument("--out", required=True, help="folder; gets <data set>.tune.jsonl")
+    c = sub.add_parser("compress", help="a fully fine-tuned draft file as a low-rank delta from the large model's layers")
+    c.add_argument("weights", help="a draft file in the 'layers' format (train --lora_rank 0)")
+    c.add_argument("--rank", type=int, default=128)
+    c.add_argument("--out", required=True)
+    r = sub.add_parser("prune", help="save the draft with its head over the most frequent tokens (FR-Spec)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--size", type=int, default=16384, help="tokens the head keeps (special tokens included)")
+    r.add_argument("--records", default=None, help="teacher records (gen-data) to count tokens in (default: the "
+                   "dev splits' chat prompts and targets)")
+    r.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
+    r.add_argument("--per_file", type=int, default=None)
+
+
+def run_command(a) -> None:
+    if a.cmd == "gen-data":
+        _cmd_gen_data(a)
+    elif a.cmd == "train":
+        _cmd_train(a)
+    elif a.cmd == "prune":
+        _cmd_prune(a)
+    elif a.cmd == "agreement":
+        _cmd_agreement(a)
+    elif a.cmd == "tune-split":
+        data = shared_data_dir()
+        if data is None:
+            raise SystemExit("no shared data folder (../shared/data or $BILD_DATA)")
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        for name in DATASET_TASKS:
+            if (data / name / "dev.jsonl").exists():
+                rows = dev_rows(data / name / "dev.jsonl", "tune")
+                (Path(a.out) / f"{name}.tune.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                print(f"{name}: {len(rows)} rows -> {Path(a.out) / f'{name}.tune.jsonl'}")
+    elif a.cmd == "compress":
+        from safetensors import safe_open
+
+        from .delta import low_rank_delta
+
+        _, large = load_large(a.cache)
+        tuned = load_draft_from_weights(large, a.weights, prune=False)
+        base = make_small_from_large(large, tuned.config.bild_source_layers)
+        with safe_open(a.weights, framework="pt") as fh:
+            meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items() if k != "bild_source_layers"}
+            vocabulary = fh.get_tensor(VOCABULARY_KEY).tolist() if VOCABULARY_KEY in fh.keys() else None
+        meta.pop("bild_format", None)
+        path = save_draft_weights(tuned, a.out, vocabulary=vocabulary, delta=low_rank_delta(tuned, base, a.rank),
+                                  extra={**meta, "compressed_rank": a.rank})
+        print(f"{a.weights} ({Path(a.weights).stat().st_size / 1e6:.1f} MB) -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    elif a.cmd == "teacher-force":
+        from .alignment import load_teacher_records, save_teacher_records, teacher_forced_records
+
+        _, large = load_large(a.cache)
+        t0 = time.time()
+        recs = teacher_forced_records(large, load_teacher_records(a.records), start=a.start, batch_size=a.batch_size)
+        save_teacher_records(recs, a.out)
+        print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} positions, {time.time() - t0:.0f}s -> {a.out}")
