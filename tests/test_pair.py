@@ -308,3 +308,32 @@ def test_low_rank_delta_of_a_fine_tuned_draft(tmp_path):
         rank1 = pair.load_draft_from_weights(
             large, pair.save_draft_weights(tuned, tmp_path / "r1.safetensors", delta=low_rank_delta(tuned, base, 1)))
         assert not torch.allclose(rank1(ids).logits, want, atol=2e-2)  # a rank-2 change needs rank 2
+
+
+def test_pair_cache_serves_a_delta_draft_with_its_pruned_head(tmp_path, monkeypatch):
+    """The shipped format end to end: a cache built from a 'layers' draft (0.5) is rebuilt from a delta draft with
+    a pruned head, and load_pair serves that draft (narrow head, its map) and the engine decodes exactly."""
+    import bild
+    from bild.pairs.delta import low_rank_delta
+    from bild.vocabulary import draft_vocabulary
+
+    large, cache = _tiny_cache(tmp_path)
+    monkeypatch.setenv("BILD_CACHE", str(cache))
+    w = tmp_path / "draft.safetensors"
+    monkeypatch.setenv("BILD_DRAFT_WEIGHTS", str(w))
+    pair.save_draft_weights(_perturbed_draft(large, [0, 1], seed=1), w)  # an old-format draft
+    pair.build_pair()
+    tuned = _perturbed_draft(large, [0, 1], seed=2)
+    vocab = list(range(0, 60))
+    pair.save_draft_weights(tuned, w, delta=low_rank_delta(tuned, pair.make_small_from_large(large, [0, 1]), 64),
+                            vocabulary=vocab)
+    p = pair.load_pair()
+    assert draft_vocabulary(p.small) == (vocab, 80)
+    ids = torch.tensor([[1, 4, 7, 9]])
+    with torch.no_grad():
+        assert torch.allclose(p.small(ids).logits, tuned(ids).logits[..., :60], atol=2e-2)
+    prompt = torch.tensor([[1, 5, 9, 33, 61, 70]])
+    kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=12, do_sample=False, pad_token_id=0)
+    want = p.large.generate(prompt, **kw)
+    got = bild.BiLDGenerator(p.small, p.large, fallback_threshold=0.0, max_small_steps=3).generate(prompt, **kw)
+    assert torch.equal(got, want)

@@ -40,7 +40,10 @@ def inject_lora(model, rank: int, alpha: float | None = None, targets: Sequence[
 
 
 def _lora_layers(model):
-    from peft.tuners.lora import LoraLayer
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # without peft no model has LoRA layers
+        return
 
     for name, m in model.named_modules():
         if isinstance(m, LoraLayer):

@@ -304,9 +304,10 @@ def add_commands(sub) -> None:
     t.add_argument("--ckpt_every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--lora_rank", type=int, default=64,
-                   help="train LoRA adapters of this rank and ship them as a delta (0: fine-tune and ship the layers)")
-    t.add_argument("--vocab_size", type=int, default=8192,
+    t.add_argument("--lora_rank", type=int, default=0,
+                   help="train LoRA adapters of this rank and ship them as a delta (default 0: fine-tune the "
+                        "layers; `compress` makes the delta)")
+    t.add_argument("--vocab_size", type=int, default=4096,
                    help="prune the shipped draft's head to this many of the train records' most frequent tokens "
                         "(0: the full head)")
     e = sub.add_parser("agreement", help="greedy agreement of draft files with the large model, per task")
