@@ -337,3 +337,15 @@ def test_pair_cache_serves_a_delta_draft_with_its_pruned_head(tmp_path, monkeypa
     want = p.large.generate(prompt, **kw)
     got = bild.BiLDGenerator(p.small, p.large, fallback_threshold=0.0, max_small_steps=3).generate(prompt, **kw)
     assert torch.equal(got, want)
+
+
+def test_tune_split_command_writes_the_second_half(tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "data" / "xsum").mkdir(parents=True)
+    (tmp_path / "data" / "xsum" / "dev.jsonl").write_text(
+        "".join(json.dumps({"source": f"DEV{i}", "target": "t"}) + "\n" for i in range(5)))
+    monkeypatch.setenv("BILD_DATA", str(tmp_path / "data"))
+    assert pair.main(["tune-split", "--out", str(tmp_path / "tune")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "tune" / "xsum.tune.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in rows] == ["DEV2", "DEV3", "DEV4"]

@@ -341,45 +341,53 @@ def add_commands(sub) -> None:
     r.add_argument("--per_file", type=int, default=None)
 
 
+def _cmd_tune_split(a) -> None:
+    """The tune half of each dev split as ``<data set>.tune.jsonl`` (for threshold sweeps)."""
+    data = shared_data_dir()
+    if data is None:
+        raise SystemExit("no shared data folder (../shared/data or $BILD_DATA)")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    for name in DATASET_TASKS:
+        if (data / name / "dev.jsonl").exists():
+            rows = dev_rows(data / name / "dev.jsonl", "tune")
+            path = Path(a.out) / f"{name}.tune.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            print(f"{name}: {len(rows)} rows -> {path}")
+
+
+def _cmd_compress(a) -> None:
+    """A 'layers' draft file as a rank --rank delta from the large model's layers (its vocabulary kept)."""
+    from safetensors import safe_open
+
+    from .delta import low_rank_delta
+
+    _, large = load_large(a.cache)
+    tuned = load_draft_from_weights(large, a.weights, prune=False)
+    base = make_small_from_large(large, tuned.config.bild_source_layers)
+    with safe_open(a.weights, framework="pt") as fh:
+        meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items() if k not in ("bild_source_layers", "bild_format")}
+        vocabulary = fh.get_tensor(VOCABULARY_KEY).tolist() if VOCABULARY_KEY in fh.keys() else None
+    path = save_draft_weights(tuned, a.out, vocabulary=vocabulary, delta=low_rank_delta(tuned, base, a.rank),
+                              extra={**meta, "compressed_rank": a.rank})
+    print(f"{a.weights} ({Path(a.weights).stat().st_size / 1e6:.1f} MB) -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _cmd_teacher_force(a) -> None:
+    """Records over whole sequences from gen-data records: one large forward each."""
+    from .alignment import load_teacher_records, save_teacher_records, teacher_forced_records
+
+    _, large = load_large(a.cache)
+    t0 = time.time()
+    recs = teacher_forced_records(large, load_teacher_records(a.records), start=a.start, batch_size=a.batch_size)
+    save_teacher_records(recs, a.out)
+    print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} positions, {time.time() - t0:.0f}s -> {a.out}")
+
+
+COMMANDS = {"gen-data": _cmd_gen_data, "teacher-force": _cmd_teacher_force, "train": _cmd_train,
+            "compress": _cmd_compress, "agreement": _cmd_agreement, "tune-split": _cmd_tune_split,
+            "prune": _cmd_prune}
+
+
 def run_command(a) -> None:
-    if a.cmd == "gen-data":
-        _cmd_gen_data(a)
-    elif a.cmd == "train":
-        _cmd_train(a)
-    elif a.cmd == "prune":
-        _cmd_prune(a)
-    elif a.cmd == "agreement":
-        _cmd_agreement(a)
-    elif a.cmd == "tune-split":
-        data = shared_data_dir()
-        if data is None:
-            raise SystemExit("no shared data folder (../shared/data or $BILD_DATA)")
-        Path(a.out).mkdir(parents=True, exist_ok=True)
-        for name in DATASET_TASKS:
-            if (data / name / "dev.jsonl").exists():
-                rows = dev_rows(data / name / "dev.jsonl", "tune")
-                (Path(a.out) / f"{name}.tune.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-                print(f"{name}: {len(rows)} rows -> {Path(a.out) / f'{name}.tune.jsonl'}")
-    elif a.cmd == "compress":
-        from safetensors import safe_open
-
-        from .delta import low_rank_delta
-
-        _, large = load_large(a.cache)
-        tuned = load_draft_from_weights(large, a.weights, prune=False)
-        base = make_small_from_large(large, tuned.config.bild_source_layers)
-        with safe_open(a.weights, framework="pt") as fh:
-            meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items() if k != "bild_source_layers"}
-            vocabulary = fh.get_tensor(VOCABULARY_KEY).tolist() if VOCABULARY_KEY in fh.keys() else None
-        meta.pop("bild_format", None)
-        path = save_draft_weights(tuned, a.out, vocabulary=vocabulary, delta=low_rank_delta(tuned, base, a.rank),
-                                  extra={**meta, "compressed_rank": a.rank})
-        print(f"{a.weights} ({Path(a.weights).stat().st_size / 1e6:.1f} MB) -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    elif a.cmd == "teacher-force":
-        from .alignment import load_teacher_records, save_teacher_records, teacher_forced_records
-
-        _, large = load_large(a.cache)
-        t0 = time.time()
-        recs = teacher_forced_records(large, load_teacher_records(a.records), start=a.start, batch_size=a.batch_size)
-        save_teacher_records(recs, a.out)
-        print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} positions, {time.time() - t0:.0f}s -> {a.out}")
+    """Run the recipe subcommand ``a.cmd`` (parsed by :func:`add_commands`)."""
+    COMMANDS[a.cmd](a)
