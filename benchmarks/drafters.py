@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out_dir", default="bench_out/drafters")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--report_only", action="store_true", help="print the table from <out_dir>/<task>_bs<B>.jsonl "
+                   "(the rows written so far) without running anything")
     p.add_argument("--tuned", default=None, metavar="FALLBACK,ROLLBACK",
                    help="thresholds of bild_tuned (from examples/sweep_thresholds.py on the tune half of dev)")
     a = p.parse_args(argv)
@@ -75,8 +77,11 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
 
-    d = shared_data_dir()
     folder, task = TASKS[a.task]
+    if a.report_only:
+        report(Path(a.out_dir) / f"{a.task}_bs{a.batch_size}.jsonl", a.methods.split(","), a, task)
+        return 0
+    d = shared_data_dir()
     if d is None or not (d / folder / "test.jsonl").exists():
         print(f"skipped: no shared data for {a.task} (../shared/data/{folder}/test.jsonl)")
         return 0
