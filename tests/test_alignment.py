@@ -98,6 +98,32 @@ def test_teacher_forced_records_cover_the_prompt():
     assert alignment_loss(large, text)[1]["agree"] < 1.0  # against the prompt's own tokens it does not
 
 
+def test_resumed_teacher_outputs_skip_saved_prompts(tmp_path, monkeypatch):
+    """An interrupted gen-data resumes: prompts already in the file are not generated again, and the records
+    equal an uninterrupted run's."""
+    from bild.pairs import alignment, recipe
+
+    large = tiny_llama(2, 32, 0)
+    prompts = random_prompts(5, 4)
+    kw = dict(max_new_tokens=4, batch_size=2, topk=3, progress=False)
+    path = tmp_path / "t.pt"
+    recipe.resumed_teacher_outputs(large, None, prompts[:3], path, **kw)
+    seen = []
+    real = alignment.generate_teacher_outputs
+
+    def counted(large_, tok_, todo, **k):
+        seen.extend(todo)
+        return real(large_, tok_, todo, **k)
+
+    monkeypatch.setattr(alignment, "generate_teacher_outputs", counted)
+    recs = recipe.resumed_teacher_outputs(large, None, prompts, path, **kw)
+    assert seen == prompts[3:]
+    whole = real(large, None, prompts, **kw)
+    key = {tuple(r.prompt_ids): r.output_ids for r in whole}
+    assert len(recs) == 5 and all(r.output_ids == key[tuple(r.prompt_ids)] for r in recs)
+    assert [r.prompt_ids for r in load_teacher_records(path)] == [r.prompt_ids for r in recs]
+
+
 def test_alignment_improves_agreement_decoder_only(tmp_path):
     large = tiny_llama(2, 64, 0)
     small = tiny_llama(1, 32, 1)

@@ -149,6 +149,13 @@ def generate_batch(generator: Any, batch: Sequence[Example], sink) -> list[dict[
     return records
 
 
+def warm_up(cfg: EvalConfig, generator: Any, batches: Sequence[Sequence[Example]]) -> None:
+    """``cfg.warmup`` untimed generate calls on the first batches (cycled)."""
+    for i in range(cfg.warmup if batches else 0):
+        enc = generator.encode([e.source for e in batches[i % len(batches)]])
+        timed(lambda: generator.generate(enc), generator.bundle.device)
+
+
 def generate_records(cfg: EvalConfig, generator: Any, examples: Sequence[Example], sink, state: Any) -> list[dict[str, Any]]:
     """Warm up (untimed), then generate every example, timing only the generate call.
 
@@ -156,11 +163,8 @@ def generate_records(cfg: EvalConfig, generator: Any, examples: Sequence[Example
     """
     from tqdm.auto import tqdm
 
-    device = generator.bundle.device
     batches = _batches(examples, cfg.batch_size)
-    for i in range(cfg.warmup if batches else 0):
-        enc = generator.encode([e.source for e in batches[i % len(batches)]])
-        timed(lambda: generator.generate(enc), device)
+    warm_up(cfg, generator, batches)
 
     records: list[dict[str, Any]] = []
     total_tokens, total_seconds = 0, 0.0

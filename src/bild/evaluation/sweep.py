@@ -33,7 +33,8 @@ from .config import (
 )
 from .data import load_examples
 from .distributed import get_state
-from .runner import PREDICTIONS_FILE, _batches, finish_run, generate_batch, prepare_run_dir, run, split_done
+from .runner import (PREDICTIONS_FILE, _batches, finish_run, generate_batch, prepare_run_dir, run, split_done,
+                     warm_up)
 
 CSV_COLUMNS = (
     "label", "mode", "fallback_threshold", "rollback_threshold", "metric", "score", "speedup", "speedup_median",
@@ -99,8 +100,7 @@ def run_interleaved(configs: Sequence[EvalConfig], examples, dones, get_bundle, 
         chat_template = gens[0].chat_template
         batches = _batches(examples, configs[0].batch_size)
         for gen, cfg in zip(gens, configs):  # untimed warm-up of each point
-            for i in range(cfg.warmup if batches else 0):
-                gen.generate(gen.encode([e.source for e in batches[i % len(batches)]]))
+            warm_up(cfg, gen, batches)
         sinks = [open(Path(cfg.output_dir) / PREDICTIONS_FILE, "a", encoding="utf-8") for cfg in configs]
         try:
             for j, batch in enumerate(batches):

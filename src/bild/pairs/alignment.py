@@ -180,6 +180,27 @@ def _eos_ids(tokenizer, model) -> set[int]:
 
 
 @torch.no_grad()
+def _length_batches(lengths: Sequence[int], batch_size: int, progress: bool, desc: str) -> Iterable[list[int]]:
+    """Indices in length-sorted batches of ``batch_size`` (a tqdm bar over them when ``progress``)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            return tqdm(batches, desc=desc)
+        except ImportError:  # pragma: no cover
+            pass
+    return batches
+
+
+def _topk_rows(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids int32, log-probs float16) of the top ``k`` of each row of ``logits`` [T, V]."""
+    lp = torch.log_softmax(logits, dim=-1)
+    vals, ids = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    return ids.to(torch.int32), vals.to(torch.float16)
+
+
 def generate_teacher_outputs(
     large,
     tokenizer,
@@ -215,18 +236,8 @@ def generate_teacher_outputs(
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
             ids = ids[:max_prompt_tokens] if enc_dec else ids[-max_prompt_tokens:]
         encoded.append(ids)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: dict[int, TeacherRecord] = {}
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    it: Iterable = batches
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            it = tqdm(batches, desc="teacher generation")
-        except ImportError:  # pragma: no cover
-            pass
-    for idx in it:
+    for idx in _length_batches([len(x) for x in encoded], batch_size, progress, "teacher generation"):
         seqs = [encoded[i] for i in idx]
         width = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -262,10 +273,7 @@ def generate_teacher_outputs(
             toks = toks[:n]
             rec = TeacherRecord(prompt_ids=seqs[r], output_ids=toks)
             if logits is not None:
-                lp = torch.log_softmax(logits[r, :n], dim=-1)
-                vals, ids = lp.topk(min(topk, lp.shape[-1]), dim=-1)
-                rec.topk_ids = ids.to(torch.int32)
-                rec.topk_logprobs = vals.to(torch.float16)
+                rec.topk_ids, rec.topk_logprobs = _topk_rows(logits[r, :n], topk)
             results[i] = rec
         if on_batch is not None:
             on_batch([results[i] for i in sorted(results)])
@@ -293,19 +301,9 @@ def teacher_forced_records(
     """
     large.eval()
     device = next(large.parameters()).device
-    out: list[TeacherRecord] = []
-    order = sorted(range(len(records)), key=lambda i: len(records[i].prompt_ids) + len(records[i].output_ids))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    it: Iterable = batches
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            it = tqdm(batches, desc="teacher forcing")
-        except ImportError:  # pragma: no cover
-            pass
     done: dict[int, TeacherRecord] = {}
-    for idx in it:
+    lengths = [len(r.prompt_ids) + len(r.output_ids) for r in records]
+    for idx in _length_batches(lengths, batch_size, progress, "teacher forcing"):
         seqs = [list(records[i].prompt_ids) + list(records[i].output_ids) for i in idx]
         width = max(len(x) for x in seqs)
         ids = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -317,10 +315,8 @@ def teacher_forced_records(
         for r, i in enumerate(idx):
             rec, n = records[i], len(seqs[r])
             s = min(start, len(rec.prompt_ids) - 1)
-            lp = torch.log_softmax(logits[r, s - 1 : n - 1], dim=-1)  # row t predicts token s + t
-            vals, tids = lp.topk(min(topk, lp.shape[-1]), dim=-1)
-            done[i] = TeacherRecord(prompt_ids=seqs[r][:s], output_ids=seqs[r][s:],
-                                    topk_ids=tids.to(torch.int32), topk_logprobs=vals.to(torch.float16))
+            tids, vals = _topk_rows(logits[r, s - 1 : n - 1], topk)  # row t predicts token s + t
+            done[i] = TeacherRecord(prompt_ids=seqs[r][:s], output_ids=seqs[r][s:], topk_ids=tids, topk_logprobs=vals)
         if on_batch is not None:
             on_batch([done[i] for i in sorted(done)])
     return [done[i] for i in range(len(records))]

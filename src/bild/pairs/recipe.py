@@ -58,26 +58,33 @@ def training_instructions(data_dir: Path | None = None, per_file: int | None = N
     return out
 
 
-def _cmd_gen_data(a) -> None:
+def resumed_teacher_outputs(large, tok, prompts: list[list[int]], path: Path, **kw) -> list:
+    """:func:`~bild.pairs.alignment.generate_teacher_outputs` for token-id ``prompts``, saved to ``path`` after
+    every batch; records already in ``path`` are kept and their prompts skipped (an interrupted run resumes)."""
     from .alignment import generate_teacher_outputs, load_teacher_records, save_teacher_records
 
+    kept = load_teacher_records(path) if path.exists() else []
+    done = {tuple(r.prompt_ids) for r in kept}
+    todo = [p for p in prompts if tuple(p) not in done]
+    print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already in {path}", flush=True)
+    if todo:
+        kept = kept + generate_teacher_outputs(large, tok, todo, on_batch=lambda new: save_teacher_records(kept + new, path),
+                                               **kw)
+        save_teacher_records(kept, path)
+    return kept
+
+
+def _cmd_gen_data(a) -> None:
+    """The large model's outputs on the train half's chat prompts (resumable, see resumed_teacher_outputs)."""
     torch.manual_seed(a.seed)
     tok, large = load_large(a.cache)
     instr = training_instructions(Path(a.data) if a.data else None, a.per_file, a.max_source_chars, a.part)
     prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in instr]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # resumable: records already in --out are kept and their prompts skipped
-    kept = load_teacher_records(out) if out.exists() else []
-    done = {tuple(r.prompt_ids) for r in kept}
-    todo = [p for p in prompts if tuple(p) not in done]
-    print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already in {out}", flush=True)
     t0 = time.time()
-    recs = generate_teacher_outputs(
-        large, tok, todo, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, topk=a.topk,
-        on_batch=lambda new: save_teacher_records(kept + new, out), temperature=a.temperature)
-    recs = kept + recs
-    save_teacher_records(recs, out)
+    recs = resumed_teacher_outputs(large, tok, prompts, out, max_new_tokens=a.max_new_tokens,
+                                   batch_size=a.batch_size, topk=a.topk, temperature=a.temperature)
     print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} tokens, {time.time() - t0:.0f}s -> {out}")
 
 
@@ -197,8 +204,6 @@ def task_records(tok, large, name: str, split: str, n: int, out_dir: Path, max_n
                  max_source_chars: int = 1500) -> list:
     """The large model's greedy outputs on the first ``n`` rows of ``<name>/<split>.jsonl`` (``split``
     "test", or a dev part "train"/"tune"), cached in ``out_dir`` and resumed from there."""
-    from .alignment import generate_teacher_outputs, load_teacher_records, save_teacher_records
-
     data = shared_data_dir()
     if data is None or not (data / name).is_dir():
         raise FileNotFoundError(f"no {name} data (../shared/data or $BILD_DATA)")
@@ -206,15 +211,7 @@ def task_records(tok, large, name: str, split: str, n: int, out_dir: Path, max_n
     prompts = [tok(chat_prompt(tok, format_instruction(r["source"], DATASET_TASKS[name], max_source_chars)),
                    add_special_tokens=False)["input_ids"] for r in rows]
     path = out_dir / f"{name}_{split}_{len(rows)}_{max_new_tokens}.pt"
-    kept = load_teacher_records(path) if path.exists() else []
-    done = {tuple(r.prompt_ids) for r in kept}
-    todo = [p for p in prompts if tuple(p) not in done]
-    if todo:
-        new = generate_teacher_outputs(large, tok, todo, max_new_tokens=max_new_tokens, batch_size=16, topk=0,
-                                       on_batch=lambda recs: save_teacher_records(kept + recs, path))
-        kept = kept + new
-        save_teacher_records(kept, path)
-    return kept
+    return resumed_teacher_outputs(large, tok, prompts, path, max_new_tokens=max_new_tokens, batch_size=16, topk=0)
 
 
 def _cmd_agreement(a) -> None:
