@@ -32,10 +32,11 @@ TASKS = {"xsum": ("xsum", "summarization"), "iwslt": ("iwslt2017_de_en", "transl
 METHODS = ("large", "tf_lookup", "bild_small", "bild_lookup", "bild_combined")
 # also: tf_assisted (transformers' assisted generation with the same draft, full head) and bild_tuned
 # (BiLD, rollback, at --tuned FALLBACK,ROLLBACK: thresholds swept on the dev split's tune half)
-ALL_METHODS = METHODS + ("tf_assisted", "bild_tuned")
+# bild_feature / bild_feature_combined: the feature (EAGLE) draft alone / with prompt lookup, exact at defaults
+ALL_METHODS = METHODS + ("tf_assisted", "bild_tuned", "bild_feature", "bild_feature_combined")
 
 
-def make_methods(small, large, kw, lookup: int, batch: int, tuned=None, assistant=None):
+def make_methods(small, large, kw, lookup: int, batch: int, tuned=None, assistant=None, feature=None):
     gens = {"bild_small": BiLDGenerator(small, large), "bild_lookup": BiLDGenerator(None, large),
             "bild_combined": BiLDGenerator(small, large)}
     lk = dict(prompt_lookup_num_tokens=lookup)
@@ -48,6 +49,11 @@ def make_methods(small, large, kw, lookup: int, batch: int, tuned=None, assistan
         gens["bild_tuned"] = BiLDGenerator(small, large, verification="rollback", fallback_threshold=tuned[0],
                                            rollback_threshold=tuned[1])
         m["bild_tuned"] = lambda enc: (gens["bild_tuned"].generate(**enc, **kw), gens["bild_tuned"].stats)
+    if feature is not None:
+        gens["bild_feature"], gens["bild_feature_combined"] = BiLDGenerator(feature, large), BiLDGenerator(feature, large)
+        m["bild_feature"] = lambda enc: (gens["bild_feature"].generate(**enc, **kw), gens["bild_feature"].stats)
+        m["bild_feature_combined"] = lambda enc: (gens["bild_feature_combined"].generate(**enc, **kw, **lk),
+                                                  gens["bild_feature_combined"].stats)
     if batch == 1:  # transformers' prompt lookup and assisted generation are batch 1 only
         m["tf_lookup"] = lambda enc: (large.generate(**enc, **kw, **lk), None)
         if assistant is not None:
@@ -70,6 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--report_only", action="store_true", help="print the table from <out_dir>/<task>_bs<B>.jsonl "
                    "(the rows written so far) without running anything")
+    p.add_argument("--feature_weights", default=None, help="feature draft file for bild_feature* (default: the "
+                   "packaged one)")
     p.add_argument("--tuned", default=None, metavar="FALLBACK,ROLLBACK",
                    help="thresholds of bild_tuned (from examples/sweep_thresholds.py on the tune half of dev)")
     a = p.parse_args(argv)
@@ -100,8 +108,15 @@ def main(argv=None) -> int:
         from bild.pairs.smollm2 import default_draft_weights, load_draft_from_weights
 
         assistant = load_draft_from_weights(large, default_draft_weights(), prune=False)
-    methods = {k: v for k, v in make_methods(small, large, kw, a.lookup, a.batch_size, tuned, assistant).items()
-               if k in want}
+    feature = pr.feature
+    if a.feature_weights:
+        from bild.pairs.smollm2 import load_feature_draft
+
+        feature = load_feature_draft(large, a.feature_weights)
+    if feature is None and any(w.startswith("bild_feature") for w in want):
+        raise SystemExit("--methods bild_feature*: no feature draft (the package carries none; pass --feature_weights)")
+    methods = {k: v for k, v in make_methods(small, large, kw, a.lookup, a.batch_size, tuned, assistant,
+                                             feature).items() if k in want}
 
     def encode(rows):
         texts = [chat_prompt(tok, format_instruction(r["source"], task, a.max_source_chars)) for r in rows]

@@ -283,6 +283,25 @@ def test_real_pair_shares_vocab_and_generates():
     assert out.shape[1] > ids.input_ids.shape[1]
 
 
+@pytest.mark.skipif(not REAL.exists(), reason=f"real SmolLM2 pair not built ({REAL} absent; run `bild pair build`)")
+def test_real_pair_feature_draft_decodes_exactly():
+    """The packaged feature draft loads with the pair and, bound to the large model, reproduces large greedy."""
+    import bild
+
+    if not pair.packaged_draft_weights(pair.FEATURE_WEIGHTS_NAME).is_file():
+        pytest.skip("feature draft asset absent")
+    p = pair.load_pair()
+    assert isinstance(p.feature, bild.FeatureDraft) and bild.draft_vocabulary(p.feature) is not None
+    torch.set_num_threads(2)
+    prompt = pair.chat_prompt(p.tokenizer, "Translate to English: Guten Morgen, wie geht es dir heute?")
+    ids = p.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    kw = dict(max_new_tokens=16, do_sample=False)
+    ref = p.large.generate(**ids, **kw)
+    gen = bild.BiLDGenerator(p.feature, p.large, fallback_threshold=0.0, max_small_steps=3, verification="exact")
+    assert torch.equal(gen.generate(**ids, **kw), ref)
+    assert gen.stats.accepted > 0
+
+
 def test_low_rank_delta_of_a_fine_tuned_draft(tmp_path):
     """A fully fine-tuned draft compressed to a rank-r delta: exact when the change has rank <= r, and saved in
     the delta format it loads back as that draft."""

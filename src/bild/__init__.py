@@ -14,6 +14,7 @@ _check_transformers(_transformers.__version__)  # outside the tested range: Impo
 
 from . import online_costs  # noqa: E402
 from .analysis import cost_model, theory  # noqa: E402
+from .feature_draft import FeatureDraft  # noqa: E402
 from .generator import BiLDGenerator, generate  # noqa: E402
 from .pairs import alignment, controlled, smollm2  # noqa: E402
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,  # noqa: E402
@@ -29,5 +30,5 @@ for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", c
 
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
            "AdaptivePolicy", "LookupPolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
-           "prune_draft_vocabulary", "load_draft", "draft_vocabulary"]
-__version__ = "0.6.0"
+           "prune_draft_vocabulary", "load_draft", "draft_vocabulary", "FeatureDraft"]
+__version__ = "0.7.0"

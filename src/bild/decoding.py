@@ -26,7 +26,8 @@ from .acceptance import Verdict, make_rule
 from .adapters import ModelAdapter, to_device
 from .batch import BatchState, RowProcessors
 from .policies import DraftPolicy
-from .proposers import ModelProposer, Proposal, Proposer, judged_accepted
+from .feature_draft import is_feature_draft
+from .proposers import FeatureProposer, ModelProposer, Proposal, Proposer, judged_accepted
 from .scoring import Scorer
 from .stats import GenerationStats
 
@@ -100,8 +101,11 @@ class DraftVerifyLoop:
     def model_proposer(self, small: ModelAdapter, policy: DraftPolicy) -> ModelProposer:
         """The small model as a proposer, with this loop's sampling and batch-fill settings."""
         o = self.opts
-        return ModelProposer(small, policy, self.processors_arg, self.do_sample, self.do_sample and o.exact_rule,
-                             self.fill_batch_drafts and o.exact_rule, self.stats, self.batch_slot)
+        args = (small, policy, self.processors_arg, self.do_sample, self.do_sample and o.exact_rule,
+                self.fill_batch_drafts and o.exact_rule, self.stats, self.batch_slot)
+        if is_feature_draft(small.model):  # EAGLE: it reads the large model's features
+            return FeatureProposer(*args, large=self.large)
+        return ModelProposer(*args)
 
     # -- public -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -125,12 +129,14 @@ class DraftVerifyLoop:
         processors = RowProcessors(self.processors_arg, st, self.batch_slot)
         self.scorer = Scorer(self.large, st, processors, self.stats, encoder_kwargs[1] if encoder_kwargs else None)
         self.proposer.start(st, encoder_kwargs[0] if encoder_kwargs else None, source_tokens)
-
-        processed, raw = self.scorer.prefill()
-        first = st.expand(self._choose(processed[:: st.M]).tolist())  # one token per prompt
-        self._commit([[t] for t in first], processed[:, None], raw[:, None], [""] * B, [0] * B)
-        while not all(st.done):
-            self._round()
+        try:
+            processed, raw = self.scorer.prefill()
+            first = st.expand(self._choose(processed[:: st.M]).tolist())  # one token per prompt
+            self._commit([[t] for t in first], processed[:, None], raw[:, None], [""] * B, [0] * B)
+            while not all(st.done):
+                self._round()
+        finally:
+            self.proposer.finish()
         if self.streamer is not None:
             self.streamer.end()
         T = max(c - P for c in st.cur)

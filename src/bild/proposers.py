@@ -16,6 +16,8 @@ Proposers:
                           prompt, what it has generated, and for encoder-decoders the encoder input): no model
                           call; its policy learns acceptance per draft position and picks the length
     CombinedProposer      the lookup where it finds a match, the small model for the other rows
+    FeatureProposer       a ModelProposer whose small model is a `FeatureDraft` (EAGLE): bound to the large
+                          model for the call, it reads the large model's features of committed tokens
 
 Drafts are host lists (the loop's bookkeeping lives on the host); `Proposal.draft_probs` gives the
 probabilities q the drafts were drawn from, one-hot for a deterministic drafter.
@@ -100,6 +102,9 @@ class Proposer:
 
     def select_rows(self, pick: list[int]) -> None:
         pass
+
+    def finish(self) -> None:
+        """The call ended (normally or not): release what `start` took."""
 
     def describe(self) -> dict:
         return {"policy": "large model only"}
@@ -206,6 +211,31 @@ class ModelProposer(Proposer):
 
     def describe(self):
         return self.policy.describe()
+
+
+class FeatureProposer(ModelProposer):
+    """The small model is a `FeatureDraft` (EAGLE): for the call it is bound to the large model's adapter,
+    whose forwards record the features of the tokens they read (`bild.feature_draft.FeatureStore`)."""
+
+    def __init__(self, *args, large: ModelAdapter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.large = large
+
+    def start(self, state, encoder_kwargs=None, source_tokens=None):
+        self.adapter.model.bind(self.large, self.adapter)
+        super().start(state, encoder_kwargs, source_tokens)
+
+    def settle(self, n_accept, committed, before, width):
+        """Drafts were read with the draft's own features: the cache keeps only the committed columns it read
+        with the large model's (`before`), and re-reads accepted drafts with those at the next catch-up, as
+        EAGLE does (one more token per draft in a one-layer pass)."""
+        drafted = self.round is not None
+        super().settle(n_accept, committed, before, width)
+        if drafted:
+            self.reader.keep(before)
+
+    def finish(self):
+        self.adapter.model.unbind()
 
 
 @dataclass
@@ -345,6 +375,9 @@ class CombinedProposer(Proposer):
     def settle(self, n_accept, committed, before, width):
         self.lookup.settle(n_accept, committed, before, width)
         self.model.settle(n_accept, committed, before, width)
+
+    def finish(self):
+        self.model.finish()
 
     def describe(self):
         return {"policy": "combined", "lookup": self.lookup.describe(), "small": self.model.describe()}

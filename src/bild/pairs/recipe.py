@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DRAFT_WEIGHTS_NAME, GENERAL_INSTRUCTIONS, VOCABULARY_KEY,
-                      chat_prompt, default_draft_weights, format_instruction, load_large, load_draft_from_weights,
-                      load_pair, make_small_from_large, read_jsonl, save_draft_weights, shared_data_dir)
+from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DRAFT_WEIGHTS_NAME, FEATURE_WEIGHTS_NAME, GENERAL_INSTRUCTIONS,
+                      VOCABULARY_KEY, chat_prompt, default_draft_weights, format_instruction, is_feature_file,
+                      load_draft_from_weights, load_feature_draft, load_large, load_pair, make_small_from_large,
+                      read_jsonl, save_draft_weights, save_feature_draft_weights, shared_data_dir)
 
 
 DEV_PARTS = ("train", "tune", "all")
@@ -224,12 +225,23 @@ def _cmd_agreement(a) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [n for n in DATASET_TASKS if shared_data_dir() and (shared_data_dir() / n).is_dir()]
     recs = {n: task_records(tok, large, n, a.split, a.per_file, out_dir, a.max_new_tokens) for n in names}
-    rows = []
+    rows, feats = [], {}
     for w in a.weights or [str(default_draft_weights())]:
-        small = load_draft_from_weights(large, w)
         row = {"weights": w, "split": a.split}
-        for n in names:
-            row[n] = round(greedy_agreement(small, recs[n], pad_token_id=pad), 4)
+        if is_feature_file(w):  # first-draft agreement: with the large model's features of the context
+            from .feature_training import feature_agreement, feature_records
+
+            draft = load_feature_draft(large, w)
+            for n in names:
+                if n not in feats:
+                    feats[n] = feature_records(large, [r.prompt_ids + r.output_ids for r in recs[n]],
+                                               [len(r.prompt_ids) for r in recs[n]], progress=False)
+                first, second = feature_agreement(draft, feats[n])
+                row[n], row[n + "_second"] = round(first, 4), round(second, 4)
+        else:
+            small = load_draft_from_weights(large, w)
+            for n in names:
+                row[n] = round(greedy_agreement(small, recs[n], pad_token_id=pad), 4)
         print(json.dumps(row), flush=True)
         rows.append(row)
     if a.out:
@@ -308,7 +320,8 @@ def add_commands(sub) -> None:
                    help="prune the shipped draft's head to this many of the train records' most frequent tokens "
                         "(0: the full head)")
     e = sub.add_parser("agreement", help="greedy agreement of draft files with the large model, per task")
-    e.add_argument("weights", nargs="*", help="draft files (default: the packaged draft)")
+    e.add_argument("weights", nargs="*", help="draft files, token or feature drafts (default: the packaged "
+                   "token draft); a feature draft's rows give first- and second-draft agreement")
     e.add_argument("--split", default="test", choices=("test", "train", "tune"))
     e.add_argument("--per_file", type=int, default=40)
     e.add_argument("--max_new_tokens", type=int, default=64)
@@ -329,6 +342,21 @@ def add_commands(sub) -> None:
     c.add_argument("weights", help="a draft file in the 'layers' format (train --lora_rank 0)")
     c.add_argument("--rank", type=int, default=128)
     c.add_argument("--out", required=True)
+    q = sub.add_parser("train-feature", help="a feature (EAGLE) draft from a token draft, trained on the large "
+                       "model's features along gen-data records")
+    q.add_argument("--records", required=True, help="gen-data records, comma-separated")
+    q.add_argument("--out", required=True, help="folder: cached features and the draft file")
+    q.add_argument("--init", default=None, help="token draft file it starts from (default: the packaged one)")
+    q.add_argument("--minutes", type=float, default=30)
+    q.add_argument("--max_steps", type=int, default=None)
+    q.add_argument("--lr", type=float, default=5e-4)
+    q.add_argument("--batch_size", type=int, default=8)
+    q.add_argument("--reg_weight", type=float, default=0.1, help="weight of the feature regression (smooth L1)")
+    q.add_argument("--unroll", type=int, default=1, help="train drafts 2..k of a round too (own features)")
+    q.add_argument("--heldout", type=int, default=40)
+    q.add_argument("--rank", type=int, default=128, help="rank of the stored layer delta")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=2)
     r = sub.add_parser("prune", help="save the draft with its head over the most frequent tokens (FR-Spec)")
     r.add_argument("--out", required=True)
     r.add_argument("--size", type=int, default=16384, help="tokens the head keeps (special tokens included)")
@@ -380,9 +408,53 @@ def _cmd_teacher_force(a) -> None:
     print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} positions, {time.time() - t0:.0f}s -> {a.out}")
 
 
+def cached_feature_records(large, teacher_file: str, out_dir: Path) -> list:
+    """:func:`~bild.pairs.feature_training.feature_records` along gen-data records (prompt + output), saved in
+    ``out_dir`` as ``<name>.features.pt`` and read from there on later runs."""
+    from .alignment import load_teacher_records
+    from .feature_training import feature_records, load_feature_records, save_feature_records
+
+    path = out_dir / (Path(teacher_file).stem + ".features.pt")
+    if path.is_file():
+        return load_feature_records(path)
+    recs = load_teacher_records(teacher_file)
+    feats = feature_records(large, [r.prompt_ids + r.output_ids for r in recs], [len(r.prompt_ids) for r in recs])
+    save_feature_records(feats, path)
+    return feats
+
+
+def _cmd_train_feature(a) -> None:
+    """A feature (EAGLE) draft started from a token draft file and trained on the large model's features along
+    gen-data records. Held out: the first file's records of --heldout prompts picked as `train` picks them (same
+    seed: the token draft's own held-out prompts), excluded from every file."""
+    from .feature_training import feature_agreement, train_feature_draft
+    from ..feature_draft import FeatureDraft
+
+    torch.manual_seed(a.seed)
+    tok, large = load_large(a.cache)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [cached_feature_records(large, f, out) for f in a.records.split(",")]
+    idx = list(range(len(files[0])))
+    random.Random(a.seed).shuffle(idx)
+    held = [files[0][i] for i in idx[: a.heldout]]
+    held_tokens = {tuple(r.tokens[: r.prompt_len].tolist()) for r in held}
+    train = [r for recs in files for r in recs if tuple(r.tokens[: r.prompt_len].tolist()) not in held_tokens]
+    print(f"{len(train)} train sequences ({sum(len(r.tokens) for r in train)} positions), {len(held)} held out",
+          flush=True)
+    draft = FeatureDraft.from_draft(load_draft_from_weights(large, a.init or default_draft_weights()))
+    print("held-out agreement before (first, second):", feature_agreement(draft, held), flush=True)
+    summary = train_feature_draft(draft, large, train, held, minutes=a.minutes, max_steps=a.max_steps, lr=a.lr,
+                                  batch_size=a.batch_size, reg_weight=a.reg_weight, unroll=a.unroll, seed=a.seed,
+                                  log=lambda s: print(s, flush=True))
+    path = save_feature_draft_weights(draft, large, out / FEATURE_WEIGHTS_NAME, rank=a.rank,
+                                      extra={"recipe": vars(a) | {"cmd": "train-feature"}, **summary})
+    print(json.dumps(summary), "->", path)
+
+
 COMMANDS = {"gen-data": _cmd_gen_data, "teacher-force": _cmd_teacher_force, "train": _cmd_train,
             "compress": _cmd_compress, "agreement": _cmd_agreement, "tune-split": _cmd_tune_split,
-            "prune": _cmd_prune}
+            "prune": _cmd_prune, "train-feature": _cmd_train_feature}
 
 
 def run_command(a) -> None:

@@ -52,6 +52,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DRAFT_WEIGHTS_NAME = "smollm2-135m-draft.safetensors"
 DRAFT_STAMP_NAME = "bild_draft_source.json"  # in cache/small: which draft weights it was built from
 DEFAULT_LAYERS: tuple[int, ...] = (0, 1, 2)  # the shipped draft's (0.6)
+FEATURE_WEIGHTS_NAME = "smollm2-135m-feature-draft.safetensors"  # the feature (EAGLE) draft (0.7)
 
 TASK_TEMPLATES = {
     "translation": "Translate to English: {text}",
@@ -115,8 +116,9 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bild" / "smollm2-pair"
 
 
-def packaged_draft_weights() -> Path:
-    """The draft shipped as package data: ``bild/pairs/assets/smollm2-135m-draft.safetensors``.
+def packaged_draft_weights(name: str = DRAFT_WEIGHTS_NAME) -> Path:
+    """A draft shipped as package data: ``bild/pairs/assets/<name>`` (default the token draft,
+    ``smollm2-135m-draft.safetensors``; :data:`FEATURE_WEIGHTS_NAME` is the feature draft).
 
     Found with :mod:`importlib.resources`, so it resolves inside an installed wheel
     (site-packages) as well as in a source checkout or an editable install.
@@ -124,12 +126,12 @@ def packaged_draft_weights() -> Path:
     from importlib.resources import files
 
     try:
-        res = files(__package__ or "bild.pairs").joinpath("assets", DRAFT_WEIGHTS_NAME)
+        res = files(__package__ or "bild.pairs").joinpath("assets", name)
     except (ModuleNotFoundError, TypeError):  # pragma: no cover - loaded outside its package
         res = None
     if isinstance(res, Path):
         return res
-    return Path(__file__).resolve().parent / "assets" / DRAFT_WEIGHTS_NAME
+    return Path(__file__).resolve().parent / "assets" / name
 
 
 def default_draft_weights() -> Path:
@@ -388,6 +390,73 @@ def load_draft_from_weights(large, path: str | os.PathLike, prune: bool = True):
     return small.eval()
 
 
+def save_feature_draft_weights(draft, large, path: str | os.PathLike, rank: int = 128,
+                               dtype: torch.dtype = torch.float16, extra: dict | None = None) -> Path:
+    """Save a :class:`~bild.feature_draft.FeatureDraft` whose layers were cut from ``large``
+    (``config.bild_source_layers``, as :func:`make_small_from_large` records) as: its layers' rank-``rank``
+    difference from those layers (format ``"feature"``), its norms, fc and head rows, and the head's token ids."""
+    from safetensors.torch import save_file
+
+    from ..vocabulary import draft_vocabulary
+    from .delta import low_rank_delta
+
+    layers = list(draft.config.bild_source_layers)
+    base = make_small_from_large(large, layers)
+    state = {k: v for k, v in draft.state_dict().items()
+             if "norm" in k or k.startswith("fc.") or k.startswith("lm_head.rows.")}
+    state.update(low_rank_delta(draft, base, rank))
+    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in state.items()}
+    vocab = draft_vocabulary(draft)
+    if vocab is not None:
+        state[VOCABULARY_KEY] = torch.tensor(vocab[0], dtype=torch.int32)
+    meta = {"bild_source_layers": json.dumps(layers), "bild_format": json.dumps("feature")}
+    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(path) + ".tmp"
+    save_file(state, tmp, metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def is_feature_file(path: str | os.PathLike) -> bool:
+    """Whether a draft file holds a feature draft (:func:`save_feature_draft_weights`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("bild_format", "null")) == "feature"
+
+
+def load_feature_draft(large, path: str | os.PathLike | None = None):
+    """Rebuild the feature draft from ``large`` + a file of :func:`save_feature_draft_weights` (default the
+    packaged one). Returns a :class:`~bild.feature_draft.FeatureDraft`, eval, in ``large``'s dtype."""
+    from safetensors import safe_open
+
+    from ..feature_draft import FeatureDraft
+    from ..vocabulary import prune_draft_vocabulary
+    from .delta import merge_lora_delta
+
+    path = Path(path) if path else packaged_draft_weights(FEATURE_WEIGHTS_NAME)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if json.loads(meta.get("bild_format", "null")) != "feature":
+        raise ValueError(f"`path` {path} is not a feature draft file (bild_format {meta.get('bild_format')})")
+    small = make_small_from_large(large, json.loads(meta["bild_source_layers"]))
+    merge_lora_delta(small, {k: v for k, v in state.items() if ".lora_" in k})
+    vocabulary = state.pop(VOCABULARY_KEY, None)
+    if vocabulary is not None:
+        prune_draft_vocabulary(small, vocabulary.tolist())
+    draft = FeatureDraft.from_draft(small)
+    dtype = next(draft.parameters()).dtype
+    rest = {k: v.to(dtype) for k, v in state.items() if ".lora_" not in k}
+    _, unexpected = draft.load_state_dict(rest, strict=False)
+    if unexpected:
+        raise ValueError(f"unexpected keys in {path}: {unexpected}")
+    draft.config.bild_source_layers = small.config.bild_source_layers
+    return draft.eval()
+
+
 # ----------------------------------------------------------------------------------------------
 # the pair
 # ----------------------------------------------------------------------------------------------
@@ -397,6 +466,7 @@ class Pair:
     small: Any
     large: Any
     path: Path
+    feature: Any = None  # the feature (EAGLE) draft, when the package carries one
 
 
 def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLike | None = None, force: bool = False) -> Path:
@@ -459,7 +529,9 @@ def load_pair(cache: str | os.PathLike | None = None, build: bool = True) -> Pai
     tok = AutoTokenizer.from_pretrained(str(cache / "large"))
     large = AutoModelForCausalLM.from_pretrained(str(cache / "large"), dtype=torch.float32).eval()
     small = load_draft(str(cache / "small"), dtype=torch.float32).eval()  # a pruned head is put back
-    return Pair(tok, small, large, cache)
+    feature_file = packaged_draft_weights(FEATURE_WEIGHTS_NAME)
+    feature = load_feature_draft(large, feature_file) if feature_file.is_file() else None
+    return Pair(tok, small, large, cache, feature)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
