@@ -1,5 +1,6 @@
 """Feature-draft training: the recorded features are the large model's, training on them raises first-draft
 agreement (a shifted target would not), and the pair's file format round-trips a trained draft."""
+import pytest
 import torch
 from models import make_inputs, make_pair
 
@@ -55,10 +56,12 @@ def test_training_raises_first_draft_agreement(one_thread):
     assert feature_agreement(control, recs)[0] < after[0] - 0.25
 
 
-def test_pair_file_round_trip(tmp_path, one_thread):
+@pytest.mark.parametrize("pruned", [True, False])
+def test_pair_file_round_trip(pruned, tmp_path, one_thread):
     _, large = make_pair("llama", 2)
     small = make_small_from_large(large, [0, 1])
-    bild.prune_draft_vocabulary(small, list(range(0, large.config.vocab_size, 2)))
+    if pruned:
+        bild.prune_draft_vocabulary(small, list(range(0, large.config.vocab_size, 2)))
     draft = FeatureDraft.from_draft(small)
     with torch.no_grad():
         for name, p in draft.named_parameters():

@@ -128,8 +128,8 @@ class DraftVerifyLoop:
         self.sources = self.stats.token_sources = [[] for _ in range(B)]
         processors = RowProcessors(self.processors_arg, st, self.batch_slot)
         self.scorer = Scorer(self.large, st, processors, self.stats, encoder_kwargs[1] if encoder_kwargs else None)
-        self.proposer.start(st, encoder_kwargs[0] if encoder_kwargs else None, source_tokens)
         try:
+            self.proposer.start(st, encoder_kwargs[0] if encoder_kwargs else None, source_tokens)
             processed, raw = self.scorer.prefill()
             first = st.expand(self._choose(processed[:: st.M]).tolist())  # one token per prompt
             self._commit([[t] for t in first], processed[:, None], raw[:, None], [""] * B, [0] * B)

@@ -25,6 +25,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .adapters import capabilities, to_device
+
 CONFIG_KEY = "bild_feature_draft"  # config entry: {"large_hidden_size": d}
 # the cache keyword of the installed transformers' LlamaModel (5.24 renamed `past_key_values` to `cache`)
 _INNER_CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
@@ -67,7 +69,7 @@ class FeatureStore:
 
     def lookup(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q [B, n] positions -> (features [B, n, d], known [B, n]: q is a position the large cache holds)."""
-        held = torch.tensor(self.large.n_valid, device=q.device)[:, None]
+        held = to_device(self.large.n_valid, q.device)[:, None]  # host -> device, no sync
         known = (q >= 0) & (q < held)
         if self.h is None:
             return None, known & False
@@ -79,7 +81,8 @@ class FeatureStore:
 
 
 class FeatureDraft(LlamaForCausalLM):
-    """One Llama decoder layer over fc([embed(x_p); h_{p-1}]). Input embeddings and (unless pruned) the head
+    """Llama decoder layer(s) over fc([embed(x_p); h_{p-1}]) (one from `from_large`, a token draft's from
+    `from_draft`). Input embeddings and (unless pruned) the head
     are copies of the large model's. Outside a bound call (training, probes) it reads the features passed as
     `features` [B, n, d] (h_{p-1} for each fed token), or zeros."""
 
@@ -147,15 +150,17 @@ class FeatureDraft(LlamaForCausalLM):
     # -- binding to a large model for one call -------------------------------------------------------
     def bind(self, large_adapter, own_adapter) -> None:
         """For one call: read the features of `large_adapter`'s passes, in the passes `own_adapter` makes (a
-        probe of this model, on its own cache, reads zeros)."""
-        self.unbind()
+        probe of this model, on its own cache, reads zeros). One call at a time: RuntimeError while bound."""
+        if self.store is not None:
+            raise RuntimeError("this FeatureDraft is already decoding another call (another thread or an "
+                               "unfinished generator): a FeatureDraft serves one call at a time")
         self.store, self._own = FeatureStore(large_adapter), own_adapter
         self._last_h = self._last_pos = None
 
     def unbind(self) -> None:
         if self.store is not None:
             self.store.close()
-        self.store = self._own = None
+        self.store = self._own = self._last_h = self._last_pos = None
 
     # -- forward -------------------------------------------------------------------------------------
     def _previous(self, pos: torch.Tensor, real: torch.Tensor, emb: torch.Tensor, bound: bool) -> torch.Tensor:
@@ -206,17 +211,63 @@ class FeatureDraft(LlamaForCausalLM):
         return CausalLMOutputWithPast(logits=logits, hidden_states=(h,))  # the cache: the one passed in
 
 
+def wrapped_feature_draft(model) -> bool:
+    """A FeatureDraft inside a wrapper (torch.compile's OptimizedModule, a PEFT model): the engine would not see
+    it as one."""
+    inner = getattr(model, "_orig_mod", None)
+    if inner is None and hasattr(model, "get_base_model"):
+        inner = model.get_base_model()
+    return inner is not None and inner is not model and is_feature_draft(inner)
+
+
 def check_feature_pair(draft, large, num_drafts: int = 1) -> None:
-    """ValueError unless the engine can bind `draft` (a FeatureDraft) to `large`."""
+    """ValueError unless the engine can bind `draft` (a FeatureDraft) to `large`: a decoder-only large model
+    taking `position_ids`, whose base model (where the hook sits) runs in its forward and returns features of
+    the draft's width; `num_drafts` = 1."""
+    name = type(large).__name__
     if large.config.is_encoder_decoder:
         raise ValueError("a FeatureDraft `small_model` needs a decoder-only `large_model`")
-    d = getattr(large.config, "hidden_size", None)
-    if d != draft.config.hidden_size:
-        raise ValueError(f"the FeatureDraft reads features of width {draft.config.hidden_size}; `large_model` "
-                         f"has hidden_size {d}")
     if num_drafts != 1:
         raise ValueError("`num_drafts` > 1 is not supported with a FeatureDraft `small_model`")
     base = getattr(large, "base_model", None)
     if base is None or base is large:
-        raise ValueError(f"`large_model` ({type(large).__name__}) has no base model whose features a "
-                         "FeatureDraft can read")
+        raise ValueError(f"`large_model` ({name}) has no base model whose features a FeatureDraft can read")
+    if not capabilities(large).takes_positions:
+        raise ValueError(f"a FeatureDraft `small_model` stores features by position; `large_model` ({name}) "
+                         "takes no `position_ids`")
+    width = large.__dict__.get("_bild_feature_width")  # the probe below runs once per large model
+    if width is None:
+        width = large.__dict__["_bild_feature_width"] = _probe_feature_width(large, base)
+    head = large.get_output_embeddings()
+    if width != draft.config.hidden_size or (head is not None and head.weight.shape[-1] != width):
+        raise ValueError(f"the FeatureDraft reads features of width {draft.config.hidden_size}; `large_model`'s "
+                         f"base model gives {width} (its head reads {head.weight.shape[-1] if head is not None else '?'})")
+
+
+def check_small_draft(small, large, num_drafts: int = 1) -> None:
+    """The feature-draft checks for a `small_model`: a wrapped FeatureDraft is refused, a FeatureDraft must fit
+    `large` (`check_feature_pair`); other small models pass."""
+    if wrapped_feature_draft(small):
+        raise ValueError("`small_model` wraps a FeatureDraft (torch.compile / PEFT): pass the FeatureDraft itself, "
+                         "which the engine binds to the large model")
+    if is_feature_draft(small):
+        check_feature_pair(small, large, num_drafts)
+
+
+def _probe_feature_width(large, base) -> int:
+    """One-token forward of `large` with a hook on `base`: the width of the features it returns; ValueError if
+    the forward never runs `base` or it returns no `last_hidden_state` (OPT's forward calls its decoder)."""
+    seen = []
+    handle = base.register_forward_hook(
+        lambda m, a, k, out: seen.append(getattr(out, "last_hidden_state", None)), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            large(input_ids=torch.zeros(1, 1, dtype=torch.long, device=next(large.parameters()).device),
+                  position_ids=torch.zeros(1, 1, dtype=torch.long, device=next(large.parameters()).device),
+                  use_cache=False)
+    finally:
+        handle.remove()
+    if not seen or seen[0] is None:
+        raise ValueError(f"`large_model` ({type(large).__name__}) does not run its base model in its forward (or "
+                         "it returns no `last_hidden_state`): a FeatureDraft cannot read its features")
+    return int(seen[0].shape[-1])

@@ -18,7 +18,7 @@ import weakref
 from .adapters import ModelAdapter, check_model, encoder_rows, vocab_width
 from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
-from .feature_draft import check_feature_pair, is_feature_draft
+from .feature_draft import check_small_draft
 from .online_costs import learned_costs, lookup_costs, prior_costs
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
                        ThresholdPolicy)
@@ -349,8 +349,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     lookup = check_lookup(gc, opts, small_model is not None)
     if small_model is not None:
         check_pair(small_model, model)
-        if is_feature_draft(small_model):
-            check_feature_pair(small_model, model, opts.num_drafts)
+        check_small_draft(small_model, model, opts.num_drafts)
     else:
         check_model(model, "large_model")
     uses_small = small_model is not None and opts.uses_small
@@ -375,9 +374,6 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         bild_streamer.put(input_ids.cpu())
     small = ModelAdapter(small_model) if uses_small else None
     large = ModelAdapter(model)
-    if uses_small and is_feature_draft(small_model) and not large.caps.takes_positions:
-        raise ValueError(f"a FeatureDraft `small_model` stores features by position; `large_model` "
-                         f"({type(model).__name__}) takes no `position_ids`")
     attention_mask = model_kwargs.get("attention_mask")
     enc, src = None, None
     if lookup is not None:
@@ -527,8 +523,7 @@ class BiLDGenerator:
                                      uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts)
         if small_model is not None:
             check_pair(small_model, large_model)
-            if is_feature_draft(small_model):
-                check_feature_pair(small_model, large_model, num_drafts)
+            check_small_draft(small_model, large_model, num_drafts)
         else:  # prompt lookup alone: `generate` then needs `prompt_lookup_num_tokens`
             check_model(large_model, "large_model")
         self.small_model, self.large_model = small_model, large_model

@@ -402,8 +402,8 @@ def save_feature_draft_weights(draft, large, path: str | os.PathLike, rank: int 
 
     layers = list(draft.config.bild_source_layers)
     base = make_small_from_large(large, layers)
-    state = {k: v for k, v in draft.state_dict().items()
-             if "norm" in k or k.startswith("fc.") or k.startswith("lm_head.rows.")}
+    state = {k: v for k, v in draft.state_dict().items()  # a full head is saved whole (training changes it)
+             if "norm" in k or k.startswith("fc.") or k.startswith("lm_head.")}
     state.update(low_rank_delta(draft, base, rank))
     state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in state.items()}
     vocab = draft_vocabulary(draft)
