@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--report_only", action="store_true", help="print the table from <out_dir>/<task>_bs<B>.jsonl "
                    "(the rows written so far) without running anything")
-    p.add_argument("--feature_weights", default=None, help="feature draft file for bild_feature* (default: the "
-                   "packaged one)")
+    p.add_argument("--feature_weights", default=None, help="feature draft file for bild_feature* (`bild pair "
+                   "train-feature` writes one)")
     p.add_argument("--tuned", default=None, metavar="FALLBACK,ROLLBACK",
                    help="thresholds of bild_tuned (from examples/sweep_thresholds.py on the tune half of dev)")
     a = p.parse_args(argv)
@@ -108,13 +108,13 @@ def main(argv=None) -> int:
         from bild.pairs.smollm2 import default_draft_weights, load_draft_from_weights
 
         assistant = load_draft_from_weights(large, default_draft_weights(), prune=False)
-    feature = pr.feature
-    if a.feature_weights:
+    feature = None
+    if any(w.startswith("bild_feature") for w in want):
+        if not a.feature_weights:
+            raise SystemExit("--methods bild_feature*: pass --feature_weights FILE (`bild pair train-feature`)")
         from bild.pairs.smollm2 import load_feature_draft
 
         feature = load_feature_draft(large, a.feature_weights)
-    if feature is None and any(w.startswith("bild_feature") for w in want):
-        raise SystemExit("--methods bild_feature*: no feature draft (the package carries none; pass --feature_weights)")
     methods = {k: v for k, v in make_methods(small, large, kw, a.lookup, a.batch_size, tuned, assistant,
                                              feature).items() if k in want}
 

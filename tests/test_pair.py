@@ -284,20 +284,26 @@ def test_real_pair_shares_vocab_and_generates():
 
 
 @pytest.mark.skipif(not REAL.exists(), reason=f"real SmolLM2 pair not built ({REAL} absent; run `bild pair build`)")
-def test_real_pair_feature_draft_decodes_exactly():
-    """The packaged feature draft loads with the pair and, bound to the large model, reproduces large greedy."""
+def test_real_pair_feature_draft_decodes_exactly(tmp_path):
+    """A feature draft started from the shipped token draft (its fc reading the features a little), through the
+    pair's file format: bound to the real large model it reproduces large greedy and gets drafts accepted."""
     import bild
+    from bild.feature_draft import FeatureDraft
 
-    if not pair.packaged_draft_weights(pair.FEATURE_WEIGHTS_NAME).is_file():
-        pytest.skip("feature draft asset absent")
     p = pair.load_pair()
-    assert isinstance(p.feature, bild.FeatureDraft) and bild.draft_vocabulary(p.feature) is not None
     torch.set_num_threads(2)
-    prompt = pair.chat_prompt(p.tokenizer, "Translate to English: Guten Morgen, wie geht es dir heute?")
-    ids = p.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    draft = FeatureDraft.from_draft(p.small)
+    draft.config.bild_source_layers = p.small.config.bild_source_layers
+    d = draft.config.hidden_size
+    with torch.no_grad():
+        draft.fc.weight[:, d:] = 1e-3 * torch.randn(d, d, generator=torch.Generator().manual_seed(0))
+    path = pair.save_feature_draft_weights(draft, p.large, tmp_path / "f.safetensors")
+    assert pair.is_feature_file(path) and not pair.is_feature_file(pair.default_draft_weights())
+    draft = pair.load_feature_draft(p.large, path)
+    ids = p.tokenizer(pair.chat_prompt(p.tokenizer, pair.SAMPLE_PROMPT), return_tensors="pt", add_special_tokens=False)
     kw = dict(max_new_tokens=16, do_sample=False)
     ref = p.large.generate(**ids, **kw)
-    gen = bild.BiLDGenerator(p.feature, p.large, fallback_threshold=0.0, max_small_steps=3, verification="exact")
+    gen = bild.BiLDGenerator(draft, p.large, fallback_threshold=0.0, max_small_steps=3, verification="exact")
     assert torch.equal(gen.generate(**ids, **kw), ref)
     assert gen.stats.accepted > 0
 

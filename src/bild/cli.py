@@ -2,7 +2,7 @@
 
     bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold auto|F] [--max_small_steps auto|N]
               [--rollback_threshold R] [--verification rollback|exact|block] [--prompt_lookup N]
-              [--draft feature|token]
+              [--feature_weights FILE]
 
 ``bild demo`` follows the library's defaults (lossless: exact verification with the adaptive draft
 policy); ``--rollback_threshold R`` selects BiLD's rollback rule, as in the library. It prints the rule.
@@ -79,9 +79,9 @@ def demo(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompt_lookup", type=int, default=None, metavar="N",
                    help="also draft by prompt lookup (prompt_lookup_num_tokens=N): copies from the prompt, where "
                         "it matches, in place of the small model")
-    p.add_argument("--draft", choices=["feature", "token"], default="feature",
-                   help="feature: the feature (EAGLE) draft, which reads the large model's hidden states (default, "
-                        "when the package carries it); token: the token-level draft")
+    p.add_argument("--feature_weights", default=None, metavar="FILE",
+                   help="draft with a feature (EAGLE) draft from this file (`bild pair train-feature` writes one) "
+                        "instead of the shipped token draft")
     p.add_argument("--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
@@ -99,8 +99,11 @@ def demo(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     pr = load_pair(a.cache)
-    small = pr.feature if a.draft == "feature" and pr.feature is not None else pr.small
-    kind = "feature draft" if small is pr.feature else "token draft"
+    small, kind = pr.small, "token draft"
+    if a.feature_weights:
+        from .pairs.smollm2 import load_feature_draft
+
+        small, kind = load_feature_draft(pr.large, a.feature_weights), "feature draft"
     print(f"loaded pair from {pr.path} in {time.perf_counter() - t0:.1f}s "
           f"(large {pr.large.config.num_hidden_layers} layers, small: {kind}, {small.config.num_hidden_layers} layers "
           f"{getattr(small.config, 'bild_source_layers', '')})")

@@ -52,7 +52,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DRAFT_WEIGHTS_NAME = "smollm2-135m-draft.safetensors"
 DRAFT_STAMP_NAME = "bild_draft_source.json"  # in cache/small: which draft weights it was built from
 DEFAULT_LAYERS: tuple[int, ...] = (0, 1, 2)  # the shipped draft's (0.6)
-FEATURE_WEIGHTS_NAME = "smollm2-135m-feature-draft.safetensors"  # the feature (EAGLE) draft (0.7)
+FEATURE_WEIGHTS_NAME = "smollm2-135m-feature-draft.safetensors"  # what `bild pair train-feature` writes
 
 TASK_TEMPLATES = {
     "translation": "Translate to English: {text}",
@@ -117,8 +117,8 @@ def default_cache_dir() -> Path:
 
 
 def packaged_draft_weights(name: str = DRAFT_WEIGHTS_NAME) -> Path:
-    """A draft shipped as package data: ``bild/pairs/assets/<name>`` (default the token draft,
-    ``smollm2-135m-draft.safetensors``; :data:`FEATURE_WEIGHTS_NAME` is the feature draft).
+    """A draft shipped as package data: ``bild/pairs/assets/<name>`` (the token draft,
+    ``smollm2-135m-draft.safetensors``).
 
     Found with :mod:`importlib.resources`, so it resolves inside an installed wheel
     (site-packages) as well as in a source checkout or an editable install.
@@ -427,16 +427,17 @@ def is_feature_file(path: str | os.PathLike) -> bool:
         return json.loads((f.metadata() or {}).get("bild_format", "null")) == "feature"
 
 
-def load_feature_draft(large, path: str | os.PathLike | None = None):
-    """Rebuild the feature draft from ``large`` + a file of :func:`save_feature_draft_weights` (default the
-    packaged one). Returns a :class:`~bild.feature_draft.FeatureDraft`, eval, in ``large``'s dtype."""
+def load_feature_draft(large, path: str | os.PathLike):
+    """Rebuild a feature draft from ``large`` + a file of :func:`save_feature_draft_weights` (``bild pair
+    train-feature`` writes one; none ships: docs/pair.md). Returns a :class:`~bild.feature_draft.FeatureDraft`,
+    eval, in ``large``'s dtype."""
     from safetensors import safe_open
 
     from ..feature_draft import FeatureDraft
     from ..vocabulary import prune_draft_vocabulary
     from .delta import merge_lora_delta
 
-    path = Path(path) if path else packaged_draft_weights(FEATURE_WEIGHTS_NAME)
+    path = Path(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
@@ -466,7 +467,6 @@ class Pair:
     small: Any
     large: Any
     path: Path
-    feature: Any = None  # the feature (EAGLE) draft, when the package carries one
 
 
 def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLike | None = None, force: bool = False) -> Path:
@@ -529,9 +529,7 @@ def load_pair(cache: str | os.PathLike | None = None, build: bool = True) -> Pai
     tok = AutoTokenizer.from_pretrained(str(cache / "large"))
     large = AutoModelForCausalLM.from_pretrained(str(cache / "large"), dtype=torch.float32).eval()
     small = load_draft(str(cache / "small"), dtype=torch.float32).eval()  # a pruned head is put back
-    feature_file = packaged_draft_weights(FEATURE_WEIGHTS_NAME)
-    feature = load_feature_draft(large, feature_file) if feature_file.is_file() else None
-    return Pair(tok, small, large, cache, feature)
+    return Pair(tok, small, large, cache)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
