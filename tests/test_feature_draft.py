@@ -153,6 +153,11 @@ def test_save_and_load_round_trip(tmp_path, one_thread):
     draft.save_pretrained(tmp_path)
     back = bild.load_draft(tmp_path).eval()
     assert isinstance(back, FeatureDraft)
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)  # a plain Llama without fc: refused, with the way
+    with pytest.raises(ValueError, match="bild.load_draft"):
+        bild.BiLDGenerator(plain, large)
     ids = make_inputs("llama", 1)[0]
     feats = torch.randn(1, ids.shape[1], large.config.hidden_size)
     with torch.no_grad():

@@ -250,6 +250,9 @@ def check_small_draft(small, large, num_drafts: int = 1) -> None:
     if wrapped_feature_draft(small):
         raise ValueError("`small_model` wraps a FeatureDraft (torch.compile / PEFT): pass the FeatureDraft itself, "
                          "which the engine binds to the large model")
+    if not is_feature_draft(small) and getattr(getattr(small, "config", None), CONFIG_KEY, None):
+        raise ValueError("`small_model` was saved as a FeatureDraft but loaded as "
+                         f"{type(small).__name__} (without its fc): load it with bild.load_draft(path)")
     if is_feature_draft(small):
         check_feature_pair(small, large, num_drafts)
 
