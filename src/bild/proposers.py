@@ -24,7 +24,7 @@ probabilities q the drafts were drawn from, one-hot for a deterministic drafter.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
