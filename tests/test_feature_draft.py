@@ -1,5 +1,7 @@
 """Feature drafts (EAGLE): the engine binds a FeatureDraft to the large model; outputs stay exact, the draft reads
 the large model's features of committed tokens (checked against an uncached reference), bad pairs are refused."""
+import functools
+
 import pytest
 import torch
 from models import make_inputs, make_pair
@@ -53,17 +55,25 @@ def test_the_draft_reads_the_large_models_features_of_committed_tokens(engine, o
     output at p - 1 (its previous step). Rows of a ragged batch keep their own positions."""
     draft, large = feature_pair(1)
     ids, mask = make_inputs("llama", 3)
-    seen = []
-    original = FeatureDraft._previous
+    seen, real = [], []  # real: the fed tokens' mask of the forward in progress (masked slots read nothing)
+    original, original_forward = FeatureDraft._previous, FeatureDraft.forward
 
-    def spy(self, pos, real, emb, bound):
-        h = original(self, pos, real, emb, bound)
+    def spy(self, pos, emb, bound):
+        h = original(self, pos, emb, bound)
         if bound:
-            seen.append((pos.clone(), real.clone(), h.clone(), None if self._last_h is None else self._last_h.clone(),
+            seen.append((pos.clone(), real[-1], h.clone(), None if self._last_h is None else self._last_h.clone(),
                          None if self._last_pos is None else self._last_pos.clone(), list(self.store.large.n_valid)))
         return h
 
+    @functools.wraps(original_forward)  # the engine reads the signature (position_ids)
+    def forward(self, input_ids=None, attention_mask=None, **kw):
+        n = input_ids.shape[1]
+        real.append(torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                    else attention_mask[:, -n:].bool())
+        return original_forward(self, input_ids=input_ids, attention_mask=attention_mask, **kw)
+
     monkeypatch.setattr(FeatureDraft, "_previous", spy)
+    monkeypatch.setattr(FeatureDraft, "forward", forward)
     engine = dict(engine)
     lookup = engine.pop("lookup", None)
     gen = bild.BiLDGenerator(draft, large, **engine)

@@ -96,28 +96,35 @@ class FeatureDraft(LlamaForCausalLM):
         self._last_pos: torch.Tensor | None = None  # [B]
 
     @classmethod
+    def _shaped_like(cls, config, dtype) -> "FeatureDraft":
+        """An untrained FeatureDraft of `config` (a Llama config dict) with an untied head."""
+        cfg = LlamaConfig.from_dict(config)
+        cfg.tie_word_embeddings, cfg.architectures = False, ["FeatureDraft"]
+        setattr(cfg, CONFIG_KEY, {"large_hidden_size": cfg.hidden_size})
+        return cls(cfg).to(dtype)
+
+    @torch.no_grad()
+    def _read_tokens_only(self) -> "FeatureDraft":
+        """fc = [I, 0]: the draft reads the token embedding alone (h enters at zero weight)."""
+        d = self.config.hidden_size
+        self.fc.weight.zero_()
+        self.fc.weight[:, :d] = torch.eye(d)
+        return self
+
+    @classmethod
     def from_large(cls, large, layer: int = -1) -> "FeatureDraft":
-        """An untrained draft shaped after `large` (a Llama-like decoder-only model): its input embeddings,
-        head and final norm copied, its decoder layer a copy of the large model's layer `layer`, and fc
-        reading the token embedding only (h enters at zero weight)."""
-        c = large.config
-        if c.model_type != "llama":
-            raise ValueError(f"FeatureDraft.from_large copies a Llama layer; `large` is {c.model_type!r}")
-        cfg = LlamaConfig.from_dict(c.to_dict())
-        cfg.num_hidden_layers, cfg.tie_word_embeddings = 1, False
-        cfg.architectures = ["FeatureDraft"]
-        setattr(cfg, CONFIG_KEY, {"large_hidden_size": large.config.hidden_size})
-        draft = cls(cfg).to(large.dtype)
+        """An untrained one-layer draft shaped after `large` (a Llama-like decoder-only model): its input
+        embeddings, head and final norm copied, its decoder layer a copy of the large model's layer `layer`, and
+        fc reading the token embedding only."""
+        if large.config.model_type != "llama":
+            raise ValueError(f"FeatureDraft.from_large copies a Llama layer; `large` is {large.config.model_type!r}")
+        draft = cls._shaped_like({**large.config.to_dict(), "num_hidden_layers": 1}, large.dtype)
         with torch.no_grad():
             draft.model.embed_tokens.weight.copy_(large.get_input_embeddings().weight)
             draft.lm_head.weight.copy_(large.get_output_embeddings().weight)
-            src = large.base_model.layers[layer]
-            draft.model.layers[0].load_state_dict(src.state_dict())
+            draft.model.layers[0].load_state_dict(large.base_model.layers[layer].state_dict())
             draft.model.norm.load_state_dict(large.base_model.norm.state_dict())
-            d = cfg.hidden_size
-            draft.fc.weight.zero_()
-            draft.fc.weight[:, :d] = torch.eye(d)
-        return draft
+        return draft._read_tokens_only()
 
     @classmethod
     def from_draft(cls, small) -> "FeatureDraft":
@@ -128,10 +135,7 @@ class FeatureDraft(LlamaForCausalLM):
 
         if small.config.model_type != "llama":
             raise ValueError(f"FeatureDraft.from_draft takes a Llama draft; `small` is {small.config.model_type!r}")
-        cfg = LlamaConfig.from_dict({k: v for k, v in small.config.to_dict().items() if k != VOCAB_KEY})
-        cfg.tie_word_embeddings, cfg.architectures = False, ["FeatureDraft"]
-        setattr(cfg, CONFIG_KEY, {"large_hidden_size": cfg.hidden_size})
-        draft = cls(cfg).to(small.dtype)
+        draft = cls._shaped_like({k: v for k, v in small.config.to_dict().items() if k != VOCAB_KEY}, small.dtype)
         vocab = draft_vocabulary(small)
         if vocab is not None:
             prune_draft_vocabulary(draft, vocab[0])
@@ -141,11 +145,7 @@ class FeatureDraft(LlamaForCausalLM):
         missing, unexpected = draft.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"fc.weight"}:
             raise ValueError(f"`small` does not fit a FeatureDraft: missing {missing}, unexpected {unexpected}")
-        d = cfg.hidden_size
-        with torch.no_grad():
-            draft.fc.weight.zero_()
-            draft.fc.weight[:, :d] = torch.eye(d)
-        return draft
+        return draft._read_tokens_only()
 
     # -- binding to a large model for one call -------------------------------------------------------
     def bind(self, large_adapter, own_adapter) -> None:
@@ -163,7 +163,7 @@ class FeatureDraft(LlamaForCausalLM):
         self.store = self._own = self._last_h = self._last_pos = None
 
     # -- forward -------------------------------------------------------------------------------------
-    def _previous(self, pos: torch.Tensor, real: torch.Tensor, emb: torch.Tensor, bound: bool) -> torch.Tensor:
+    def _previous(self, pos: torch.Tensor, emb: torch.Tensor, bound: bool) -> torch.Tensor:
         """h_{p-1} for each fed position p [B, n]: the large model's feature where its cache holds p - 1, else
         the draft's own output at p - 1 (its last step), else zeros."""
         q = pos - 1
@@ -193,7 +193,7 @@ class FeatureDraft(LlamaForCausalLM):
         real = (torch.ones(B, n, dtype=torch.bool, device=input_ids.device) if attention_mask is None
                 else attention_mask[:, -n:].bool())
         bound = features is None and self.store is not None and past is not None and past is self._own.cache
-        prev = features.to(emb.dtype) if features is not None else self._previous(position_ids, real, emb, bound)
+        prev = features.to(emb.dtype) if features is not None else self._previous(position_ids, emb, bound)
         x = self.fc(torch.cat([emb, prev], -1))
         out = self.model(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         h = out.last_hidden_state  # the predicted features h'_p

@@ -195,12 +195,17 @@ class ModelProposer(Proposer):
         d = self.round
         if d is None:  # no draft: the cache catches up at the next draft
             return
-        self.reader.keep([b + min(r, a) for b, r, a in zip(before, d.read, n_accept)])
+        self.reader.keep(self._kept(before, d.read, n_accept))
         judged, accepted = judged_accepted(d.own, n_accept, committed)
         lead = self.state.lead
         self.policy.learn(RoundRecord(conf=lead(d.conf), first_conf=lead(d.first_conf), drafted=lead(d.own),
                                       judged=lead(judged), accepted=lead(accepted), committed=lead(committed),
                                       small_steps=d.steps, width=width))
+
+    def _kept(self, before: list[int], read: list[int], n_accept: list[int]) -> list[int]:
+        """Per row, the committed columns the cache keeps after a round: what it held, plus the accepted drafts it
+        read (`read[r]` drafts were fed)."""
+        return [b + min(r, a) for b, r, a in zip(before, read, n_accept)]
 
     def select_rows(self, pick):
         self.reader.select_rows(pick)
@@ -225,14 +230,11 @@ class FeatureProposer(ModelProposer):
         self.adapter.model.bind(self.large, self.adapter)
         super().start(state, encoder_kwargs, source_tokens)
 
-    def settle(self, n_accept, committed, before, width):
+    def _kept(self, before, read, n_accept):
         """Drafts were read with the draft's own features: the cache keeps only the committed columns it read
         with the large model's (`before`), and re-reads accepted drafts with those at the next catch-up, as
-        EAGLE does (one more token per draft in a one-layer pass)."""
-        drafted = self.round is not None
-        super().settle(n_accept, committed, before, width)
-        if drafted:
-            self.reader.keep(before)
+        EAGLE does (one more token per draft in the catch-up pass)."""
+        return list(before)
 
     def finish(self):
         self.adapter.model.unbind()

@@ -168,9 +168,10 @@ def load_draft(path: str | os.PathLike, model_class=None, **kwargs):
     from transformers.utils import logging as hf_logging
 
     config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
-    if model_class is None and getattr(config, "bild_feature_draft", None):
-        from .feature_draft import FeatureDraft
-        model_class = FeatureDraft
+    if model_class is None:
+        from .feature_draft import CONFIG_KEY as FEATURE_KEY, FeatureDraft
+
+        model_class = FeatureDraft if getattr(config, FEATURE_KEY, None) else None
     if model_class is None:
         model_class = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     entry = getattr(config, CONFIG_KEY, None)

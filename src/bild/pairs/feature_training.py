@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .alignment import _length_batches
+from .alignment import _draft_token_ids, _length_batches
 
 
 @dataclass
@@ -60,6 +60,13 @@ def feature_records(large, sequences: Sequence[Sequence[int]], prompt_lens: Sequ
     return out
 
 
+def teacher_feature_records(large, records, **kwargs) -> list[FeatureRecord]:
+    """:func:`feature_records` along gen-data :class:`~bild.pairs.alignment.TeacherRecord` objects (prompt +
+    the large model's output)."""
+    return feature_records(large, [r.prompt_ids + r.output_ids for r in records],
+                           [len(r.prompt_ids) for r in records], **kwargs)
+
+
 def save_feature_records(records: Sequence[FeatureRecord], path) -> None:
     torch.save([r.__dict__ for r in records], path)
 
@@ -81,15 +88,12 @@ def feature_batch(records: Sequence[FeatureRecord]):
         n = len(r.tokens)
         tok[j, :n], h[j, :n], tgt[j, :n], mask[j, :n] = r.tokens, r.feats.float(), r.argmax, 1
         output[j, r.prompt_len - 1 : n - 1] = True
-    prev = torch.cat([torch.zeros(B, 1, d), h[:, :-1]], 1)
-    return tok, h, prev, tgt, mask, output
+    return tok, h, shifted(h), tgt, mask, output
 
 
-def _head_ids(draft) -> torch.Tensor | None:
-    from ..vocabulary import draft_vocabulary
-
-    v = draft_vocabulary(draft)
-    return None if v is None else torch.tensor(v[0])
+def shifted(h: torch.Tensor) -> torch.Tensor:
+    """[B, L, d] -> the same one position later, zeros first: what position t reads as h_{t-1}."""
+    return torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], 1)
 
 
 @torch.no_grad()
@@ -98,13 +102,12 @@ def feature_agreement(draft, records: Sequence[FeatureRecord], batch_size: int =
     the large model's h_{t-1} (first draft of a round) or its own prediction of h_{t-1} (second draft)."""
     was = draft.training
     draft.eval()
-    ids = _head_ids(draft)
+    ids = _draft_token_ids(draft, "cpu")
     hits1 = hits2 = n = 0
     for s in range(0, len(records), batch_size):
         tok, _, prev, tgt, mask, output = feature_batch(records[s : s + batch_size])
         o = draft(input_ids=tok, attention_mask=mask, features=prev, use_cache=False)
-        own = torch.cat([torch.zeros_like(prev[:, :1]), o.hidden_states[0][:, :-1]], 1)
-        o2 = draft(input_ids=tok, attention_mask=mask, features=own, use_cache=False)
+        o2 = draft(input_ids=tok, attention_mask=mask, features=shifted(o.hidden_states[0]), use_cache=False)
         p1, p2 = o.logits.argmax(-1), o2.logits.argmax(-1)
         if ids is not None:
             p1, p2 = ids[p1], ids[p2]
@@ -127,7 +130,7 @@ def feature_loss(draft, teacher_rows: torch.Tensor, batch, noise: float = 0.0, r
         prev = prev + noise * torch.randn_like(prev)
     m = mask.bool()
     t_lp = (h @ teacher_rows.T).log_softmax(-1)
-    ids = _head_ids(draft)
+    ids = _draft_token_ids(draft, "cpu")
     if ids is None:
         target, ok = tgt.clamp(min=0), m & (tgt >= 0)
     else:
@@ -144,7 +147,7 @@ def feature_loss(draft, teacher_rows: torch.Tensor, batch, noise: float = 0.0, r
         parts["ce"] = parts["ce"] + ce / unroll
         if i == 0:
             parts["reg"] = F.smooth_l1_loss(o.hidden_states[0][m], h[m])
-        prev = torch.cat([torch.zeros_like(prev[:, :1]), o.hidden_states[0][:, :-1]], 1)
+        prev = shifted(o.hidden_states[0])
     parts["loss"] = parts["ce"] + parts["kl"] + reg_weight * parts["reg"]
     return parts
 
@@ -161,7 +164,7 @@ def train_feature_draft(draft, large, train: Sequence[FeatureRecord], held: Sequ
         raise ValueError("give `minutes` or `max_steps`")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    ids = _head_ids(draft)
+    ids = _draft_token_ids(draft, "cpu")
     full = large.get_output_embeddings().weight.detach()
     teacher_rows = full if ids is None else full[ids]
     draft.model.embed_tokens.weight.requires_grad_(False)

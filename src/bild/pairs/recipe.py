@@ -229,13 +229,12 @@ def _cmd_agreement(a) -> None:
     for w in a.weights or [str(default_draft_weights())]:
         row = {"weights": w, "split": a.split}
         if is_feature_file(w):  # first-draft agreement: with the large model's features of the context
-            from .feature_training import feature_agreement, feature_records
+            from .feature_training import feature_agreement, teacher_feature_records
 
             draft = load_feature_draft(large, w)
             for n in names:
-                if n not in feats:
-                    feats[n] = feature_records(large, [r.prompt_ids + r.output_ids for r in recs[n]],
-                                               [len(r.prompt_ids) for r in recs[n]], progress=False)
+                if n not in feats:  # once per task, for every feature file
+                    feats[n] = teacher_feature_records(large, recs[n], progress=False)
                 first, second = feature_agreement(draft, feats[n])
                 row[n], row[n + "_second"] = round(first, 4), round(second, 4)
         else:
@@ -412,13 +411,12 @@ def cached_feature_records(large, teacher_file: str, out_dir: Path) -> list:
     """:func:`~bild.pairs.feature_training.feature_records` along gen-data records (prompt + output), saved in
     ``out_dir`` as ``<name>.features.pt`` and read from there on later runs."""
     from .alignment import load_teacher_records
-    from .feature_training import feature_records, load_feature_records, save_feature_records
+    from .feature_training import load_feature_records, save_feature_records, teacher_feature_records
 
     path = out_dir / (Path(teacher_file).stem + ".features.pt")
     if path.is_file():
         return load_feature_records(path)
-    recs = load_teacher_records(teacher_file)
-    feats = feature_records(large, [r.prompt_ids + r.output_ids for r in recs], [len(r.prompt_ids) for r in recs])
+    feats = teacher_feature_records(large, load_teacher_records(teacher_file))
     save_feature_records(feats, path)
     return feats
 

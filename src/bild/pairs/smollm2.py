@@ -116,9 +116,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bild" / "smollm2-pair"
 
 
-def packaged_draft_weights(name: str = DRAFT_WEIGHTS_NAME) -> Path:
-    """A draft shipped as package data: ``bild/pairs/assets/<name>`` (the token draft,
-    ``smollm2-135m-draft.safetensors``).
+def packaged_draft_weights() -> Path:
+    """The draft shipped as package data: ``bild/pairs/assets/smollm2-135m-draft.safetensors``.
 
     Found with :mod:`importlib.resources`, so it resolves inside an installed wheel
     (site-packages) as well as in a source checkout or an editable install.
@@ -126,12 +125,12 @@ def packaged_draft_weights(name: str = DRAFT_WEIGHTS_NAME) -> Path:
     from importlib.resources import files
 
     try:
-        res = files(__package__ or "bild.pairs").joinpath("assets", name)
+        res = files(__package__ or "bild.pairs").joinpath("assets", DRAFT_WEIGHTS_NAME)
     except (ModuleNotFoundError, TypeError):  # pragma: no cover - loaded outside its package
         res = None
     if isinstance(res, Path):
         return res
-    return Path(__file__).resolve().parent / "assets" / name
+    return Path(__file__).resolve().parent / "assets" / DRAFT_WEIGHTS_NAME
 
 
 def default_draft_weights() -> Path:
@@ -337,40 +336,52 @@ def save_draft_weights(small, path: str | os.PathLike, dtype: torch.dtype = torc
     norm are saved whole (format ``"layers"``); ``delta`` (e.g. :func:`bild.pairs.delta.low_rank_delta` of a
     fully fine-tuned draft) saves a plain draft in the ``"lora"`` format too.  ``vocabulary``: the token ids of
     a pruned head (:func:`bild.prune_draft_vocabulary`) to apply when loading."""
-    from safetensors.torch import save_file
-
     from .delta import lora_delta, without_lora
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     delta = delta if delta is not None else lora_delta(small)
     own = without_lora(small, small_own_state_dict(small))
     if delta:  # adapters + norms; the layers themselves come from the large model
         own = {**{k: v for k, v in own.items() if "norm" in k}, **delta}
-    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in own.items()}
+    return _write_draft_file(own, path, small.config.bild_source_layers, "lora" if delta else "layers", dtype,
+                             vocabulary, extra)
+
+
+def _write_draft_file(state: dict, path, layers: Sequence[int], fmt: str, dtype: torch.dtype,
+                      vocabulary: Sequence[int] | None, extra: dict | None) -> Path:
+    """``state`` in ``dtype`` + the head's token ids, with the source layers, the format and ``extra`` as
+    metadata, written atomically (a draft file of any format)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in state.items()}
     if vocabulary is not None:
         state[VOCABULARY_KEY] = torch.tensor(sorted(int(i) for i in vocabulary), dtype=torch.int32)
-    meta = {"bild_source_layers": json.dumps(list(small.config.bild_source_layers)),
-            "bild_format": json.dumps("lora" if delta else "layers")}
-    if extra:
-        meta.update({k: json.dumps(v) for k, v in extra.items()})
+    meta = {"bild_source_layers": json.dumps(list(layers)), "bild_format": json.dumps(fmt)}
+    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
     tmp = str(path) + ".tmp"
     save_file(state, tmp, metadata=meta)
     os.replace(tmp, path)
     return path
 
 
-def load_draft_from_weights(large, path: str | os.PathLike, prune: bool = True):
-    """Rebuild the draft from ``large`` + a file saved by :func:`save_draft_weights` (either format; a
-    pruned vocabulary in it is applied unless ``prune=False``: the full head, for tools that need one)."""
+def _read_draft_file(path) -> tuple[dict, dict, str]:
+    """(metadata, tensors, format) of a draft file."""
     from safetensors import safe_open
-
-    from ..vocabulary import prune_draft_vocabulary
-    from .delta import is_delta, merge_lora_delta
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
+    return meta, state, json.loads(meta.get("bild_format", '"layers"'))
+
+
+def load_draft_from_weights(large, path: str | os.PathLike, prune: bool = True):
+    """Rebuild the draft from ``large`` + a file saved by :func:`save_draft_weights` (either format; a
+    pruned vocabulary in it is applied unless ``prune=False``: the full head, for tools that need one)."""
+    from ..vocabulary import prune_draft_vocabulary
+    from .delta import is_delta, merge_lora_delta
+
+    meta, state, fmt = _read_draft_file(path)
     layers = json.loads(meta["bild_source_layers"])
     vocabulary = state.pop(VOCABULARY_KEY, None)
     small = make_small_from_large(large, layers)
@@ -381,7 +392,7 @@ def load_draft_from_weights(large, path: str | os.PathLike, prune: bool = True):
     missing, unexpected = small.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
     if unexpected:
         raise ValueError(f"unexpected keys in {path}: {unexpected}")
-    if json.loads(meta.get("bild_format", '"layers"')) == "layers":
+    if fmt == "layers":
         bad = [k for k in missing if k not in _shared_keys(small)]
         if bad:
             raise ValueError(f"missing keys in {path}: {bad}")
@@ -395,28 +406,15 @@ def save_feature_draft_weights(draft, large, path: str | os.PathLike, rank: int 
     """Save a :class:`~bild.feature_draft.FeatureDraft` whose layers were cut from ``large``
     (``config.bild_source_layers``, as :func:`make_small_from_large` records) as: its layers' rank-``rank``
     difference from those layers (format ``"feature"``), its norms, fc and head rows, and the head's token ids."""
-    from safetensors.torch import save_file
-
     from ..vocabulary import draft_vocabulary
     from .delta import low_rank_delta
 
     layers = list(draft.config.bild_source_layers)
-    base = make_small_from_large(large, layers)
     state = {k: v for k, v in draft.state_dict().items()  # a full head is saved whole (training changes it)
              if "norm" in k or k.startswith("fc.") or k.startswith("lm_head.")}
-    state.update(low_rank_delta(draft, base, rank))
-    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in state.items()}
+    state.update(low_rank_delta(draft, make_small_from_large(large, layers), rank))
     vocab = draft_vocabulary(draft)
-    if vocab is not None:
-        state[VOCABULARY_KEY] = torch.tensor(vocab[0], dtype=torch.int32)
-    meta = {"bild_source_layers": json.dumps(layers), "bild_format": json.dumps("feature")}
-    meta.update({k: json.dumps(v) for k, v in (extra or {}).items()})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path) + ".tmp"
-    save_file(state, tmp, metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return _write_draft_file(state, path, layers, "feature", dtype, None if vocab is None else vocab[0], extra)
 
 
 def is_feature_file(path: str | os.PathLike) -> bool:
@@ -431,18 +429,13 @@ def load_feature_draft(large, path: str | os.PathLike):
     """Rebuild a feature draft from ``large`` + a file of :func:`save_feature_draft_weights` (``bild pair
     train-feature`` writes one; none ships: docs/pair.md). Returns a :class:`~bild.feature_draft.FeatureDraft`,
     eval, in ``large``'s dtype."""
-    from safetensors import safe_open
-
     from ..feature_draft import FeatureDraft
     from ..vocabulary import prune_draft_vocabulary
     from .delta import merge_lora_delta
 
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if json.loads(meta.get("bild_format", "null")) != "feature":
-        raise ValueError(f"`path` {path} is not a feature draft file (bild_format {meta.get('bild_format')})")
+    meta, state, fmt = _read_draft_file(path)
+    if fmt != "feature":
+        raise ValueError(f"`path` {path} is not a feature draft file (format {fmt!r})")
     small = make_small_from_large(large, json.loads(meta["bild_source_layers"]))
     merge_lora_delta(small, {k: v for k, v in state.items() if ".lora_" in k})
     vocabulary = state.pop(VOCABULARY_KEY, None)
