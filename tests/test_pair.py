@@ -374,3 +374,34 @@ def test_tune_split_command_writes_the_second_half(tmp_path, monkeypatch):
     assert pair.main(["tune-split", "--out", str(tmp_path / "tune")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "tune" / "xsum.tune.jsonl").read_text().splitlines()]
     assert [r["source"] for r in rows] == ["DEV2", "DEV3", "DEV4"]
+
+
+def test_demo_drafts_by_prompt_lookup_by_default(tmp_path, monkeypatch, capsys):
+    """`bild demo` at its defaults drafts from the small model and prompt lookup, its text is the large model's;
+    `--prompt_lookup 0` leaves the lookup out; a negative value is refused before any work."""
+    from tokenizers import pre_tokenizers
+
+    from bild.cli import demo
+
+    large, cache = _tiny_cache(tmp_path)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cache / "large")
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save_pretrained(cache / "large")
+    w = pair.save_draft_weights(pair.make_small_from_large(large, [0, 1]), tmp_path / "w.safetensors")
+    monkeypatch.setenv("BILD_CACHE", str(cache))
+    monkeypatch.setenv("BILD_DRAFT_WEIGHTS", str(w))
+    pair.build_pair(weights=w)
+    args = ["--prompt", " ".join(f"w{i}" for i in [5, 6, 7, 8, 9] * 4), "--raw", "--max_new_tokens", "12",
+            "--color", "never", "--threads", "1"]
+    assert demo(args) == 0
+    out = capsys.readouterr().out
+    assert "(identical)" in out and "prompt lookup" in out.split("small model wrote")[1].splitlines()[0]
+    assert demo(args + ["--prompt_lookup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "(identical)" in out and "prompt lookup" not in out.split("small model wrote")[1].splitlines()[0]
+    monkeypatch.setenv("BILD_CACHE", str(tmp_path / "absent"))
+    with pytest.raises(SystemExit):
+        demo(["--prompt_lookup", "-1"])
+    assert "--prompt_lookup must be >= 0" in capsys.readouterr().err

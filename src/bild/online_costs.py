@@ -16,8 +16,8 @@ learned `ModelAdapter.feed` reports (rows, new tokens, seconds) of every forward
         Per (rows, tokens) the last `KEEP` times are kept; a pair's `DraftCosts` at batch B are fitted from
         their medians (`learned_costs`): the small step from the small model's 1-token forwards, the large
         step and the verify slope by least squares through the large model's widths (the prior slope where
-        only one width was seen). Until a model has `MIN_SAMPLES` such forwards at that batch size, the
-        prior stands.
+        only one width was seen); prompt lookup's verify costs per width (`verify_table`). Until a model has
+        `MIN_SAMPLES` such forwards at that batch size, the prior stands.
 CUDA    timing a forward on the host would need a synchronisation in the hot loop: on devices other than
         the CPU nothing is timed and the prior is kept (pass `costs=` a ratio or a measured table there).
 
@@ -40,6 +40,7 @@ GPU_SLOPE = 0.02
 KEEP = 32  # times kept per (rows, tokens)
 MIN_SAMPLES = 6  # forwards after the prefill before a model's learned times replace the prior
 MAX_TOKENS = 64  # wider forwards (long catch-ups) are not recorded
+MIN_WIDTH_SAMPLES = 3  # times before a width enters a per-width verify table
 
 clock = time.perf_counter  # the timer; tests patch it
 
@@ -172,15 +173,59 @@ def learned_costs(small, large, batch_size: int = 1):
                       DraftCosts.ROUND_OVERHEAD)
 
 
+def verify_table(medians: dict[int, tuple[float, int]], slope: float, n: int) -> tuple[float, ...] | None:
+    """verify[k], k = 0..n, in 1-token steps, from per-width medians (tokens -> (seconds, samples)): the widths
+    with `MIN_WIDTH_SAMPLES` times, made non-decreasing (pool-adjacent-violators, weights: samples capped at 8),
+    linear between measured widths, `slope` per token past the widest. None without a measured 1-token step.
+    A table, not a line: on a CPU a forward's cost climbs in steps (MKL's fp32 matmul costs the same for 1-3
+    rows and jumps at 4 and 7: SmolLM2-135M at a 380-token context, 2 threads, 2026-11-29, 1 / 1.17 / 1.27 /
+    1.61 / 1.68 / 1.76 / 1.93 steps for 1-7 tokens), which a line through all widths smears into a wrong
+    price for every length."""
+    pts = sorted((w, t, min(k, 8)) for w, (t, k) in medians.items() if k >= MIN_WIDTH_SAMPLES)
+    if not pts or pts[0][0] != 1:
+        return None
+    step = pts[0][1]
+    blocks = []  # [width, value, weight] pooled left to right so that values never decrease
+    for w, t, k in pts:
+        blocks.append([w, t / step, float(k)])
+        while len(blocks) > 1 and blocks[-2][1] > blocks[-1][1]:
+            (w0, v0, k0), (_, v1, k1) = blocks[-2], blocks.pop()
+            blocks[-1] = [w0, (v0 * k0 + v1 * k1) / (k0 + k1), k0 + k1]
+    fitted = {}  # pooled blocks give every width they cover their value
+    for i, (w, v, _) in enumerate(blocks):
+        end = blocks[i + 1][0] if i + 1 < len(blocks) else None
+        for pw, _, _ in pts:
+            if pw >= w and (end is None or pw < end):
+                fitted[pw] = v
+    fitted[1] = 1.0
+    ws = sorted(fitted)
+    out = []
+    for k in range(n + 1):
+        w = k + 1
+        if w >= ws[-1]:
+            out.append(fitted[ws[-1]] + slope * (w - ws[-1]))
+            continue
+        hi = next(x for x in ws if x >= w)
+        lo = max(x for x in ws if x <= w)
+        out.append(fitted[lo] if hi == lo else fitted[lo] + (fitted[hi] - fitted[lo]) * (w - lo) / (hi - lo))
+    return tuple(max(1.0, x) for x in out)
+
+
 def lookup_costs(large, batch_size: int = 1, learned: bool = True):
     """`DraftCosts` of prompt lookup: a draft costs no model call (`DraftCosts.LOOKUP_STEP`), a round
-    `DraftCosts.LOOKUP_OVERHEAD` beyond its verify pass; the verify pass as learned for the large model
-    (`learned`, else the prior slope)."""
+    `DraftCosts.LOOKUP_OVERHEAD` beyond its verify pass; the verify pass per width as timed for the large
+    model (`learned`: `verify_table`, once `MIN_SAMPLES` forwards are timed), else the prior slope. The lookup's
+    policy prices each draft length from this table, so a step in the cost curve is seen where it is."""
     from .policies import DraftCosts
 
     slope = prior_slope(large.device, batch_size)
-    fit = _large_fit(large, batch_size, slope) if learned else None
-    if fit is not None:
-        slope = fit[1]
-    return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
+    n = DraftCosts.MAX_DRAFTS
+    if learned:
+        tl = model_times(large)
+        ml = tl.medians(batch_size) if tl is not None else {}
+        if sum(k for _, k in ml.values()) >= MIN_SAMPLES:
+            table = verify_table(ml, slope, n)
+            if table is not None:
+                return DraftCosts(DraftCosts.LOOKUP_STEP, table, DraftCosts.LOOKUP_OVERHEAD)
+    return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(n + 1)),
                       DraftCosts.LOOKUP_OVERHEAD)

@@ -5,9 +5,11 @@ The loop consults one `DraftPolicy` per generate call:
     begin(batch_size, costs)   start of a call (the policy's learned state persists across calls)
     budgets(remaining)         per row, how many tokens it may draft this round (0 = no draft)
     step(j, conf)              after draft step j: keep this token? draft another one? (per row)
+    cut(conf, live)            for a candidate known whole before any check (prompt lookup): how much to keep
     learn(record)              after the verify pass: what the large model judged (a `RoundRecord`)
+    no_draft(committed, width) a round in which this drafter drafted nothing
 
-Three policies:
+Policies:
     ThresholdPolicy    the BiLD paper's rule: fall back when the small model's top probability is below
                        `fallback_threshold`; at most `max_small_steps` drafts.
     HeuristicPolicy    the same fallback, with transformers' assisted-generation schedule for the draft
@@ -15,6 +17,9 @@ Three policies:
     AdaptivePolicy     the default ("auto"): learns the acceptance probability of a draft per bin of the
                        small model's confidence and picks, per token, the choice that maximises expected
                        new tokens per unit of model time (costs measured once, or given). See its docstring.
+    LookupPolicy       the adaptive rule for prompt lookup: acceptance per draft position, the whole candidate
+                       cut to its best length against a per-width verify table, re-probes.
+    RowwisePolicy      the adaptive rule per row and per call on timing-free costs ("auto" in the lossy modes).
 
 Costs are `DraftCosts`: a small step and a verify pass over k drafts, in units of one large step.
 """
@@ -157,8 +162,27 @@ class DraftPolicy:
         ones = torch.ones_like(conf, dtype=torch.bool)
         return ones, ones
 
+    def cut(self, conf: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """For a drafter whose whole candidate is known before any check (prompt lookup): conf [B, K] per
+        candidate token, live [B, K] where row r has a j-th candidate token (a prefix). Returns keep [B, K], a
+        prefix of each row's candidate. The default asks `step` token by token."""
+        keep = torch.zeros_like(live)
+        going = live[:, 0].clone() if live.shape[1] else live.new_zeros(live.shape[0])
+        for j in range(live.shape[1]):
+            lj = going & live[:, j]
+            if not lj.any():
+                break
+            k, more = self.step(j, conf[:, j], lj)
+            keep[:, j] = k & lj
+            going = lj & k & more
+        return keep
+
     def learn(self, record: RoundRecord) -> None:
         pass
+
+    def no_draft(self, committed: list[int], width: int) -> None:
+        """A round in which this policy's drafter drafted nothing (committed [B]: tokens the round committed;
+        width: the verify pass's draft width, another drafter's). Default: nothing to learn."""
 
     def reset(self) -> None:
         """Forget what was learned."""
@@ -371,28 +395,63 @@ class LookupPolicy(AdaptivePolicy):
     a "confidence" that names the draft position and kind of match (`PromptLookupProposer.confidence`), so
     each bin's acceptance is that of one position. A copy's later tokens are accepted more often than its
     first (measured on XSUM: 0.57, 0.77, 0.90 for a 2-gram match's first three), which an i.i.d. draft
-    length misses: the budget is the cap, and the per-token rule alone cuts the candidate (keep token j
-    while the expected tokens it adds pay for its verify cost; there is no next step to price, so "more" is
-    "keep").
+    length misses: the budget is the cap, and `cut` chooses the length.
 
-    In a batch the verify pass is as wide as its longest draft, so the cost of draft column j is the batch's:
-    the column is kept while the batch's expected tokens from it, sum_r A_r a_r, pay R (verify[j+1] -
-    verify[j]), and then every row with a candidate token there keeps it (the column is computed anyway).
-    At batch 1 this is the per-token rule."""
+    R          the rate of the whole run: rounds without a lookup draft count too (`no_draft`), at the tokens
+               they committed for one verify pass. Over drafting rounds alone R came out ~1.8 on XSUM where
+               the run made ~1.25, which priced the second token of a copy out (tokens per unit cost in an
+               offline replay of the policy along the large model's XSUM outputs: 1.24 -> 1.28).
+    cut        the length k of the whole candidate that maximises the round's expected tokens minus R times
+               its cost: sum_{j<k} sum_r A_rj - R (verify[k] - 1 + overhead), with A_rj the product of the
+               row's acceptances up to position j (0 keeps none). Not token by token: where the cost climbs in
+               steps (a CPU, `bild.online_costs.verify_table`) one costly token can be worth paying for the
+               cheap ones after it. In a batch the verify pass is as wide as its longest draft, so the cost is
+               the batch's and every row with a candidate token in a kept column keeps it.
+    re-probes  acceptance is learned only from drafts that are checked, so a position whose estimate fell
+               below its price would never be checked again, even after the text turns copyable (one
+               unlucky first call could switch the lookup off for good). After `cut_every` rounds in which a
+               candidate was there and the rule kept none of it, a probe round drafts `probe_length` tokens
+               without the rule; `cut_every` starts at `probe_every`, doubles (to 64) with each such probe
+               and falls back to `probe_every` when the rule keeps a draft again."""
+
+    def reset(self):
+        super().reset()
+        self.cut_rounds, self.cut_every = 0, self.probe_every
 
     def budgets(self, remaining):
         out = super().budgets(remaining)
+        if self.on and not self.probing and self.cut_rounds >= self.cut_every:
+            self.probing = True  # the rule has cut every candidate for a while: check some anyway
+            self.cut_rounds, self.cut_every = 0, min(64, 2 * self.cut_every)
+            return [min(self.probe_length, x) for x in remaining]
         return [min(self.cap, x) if b and not self.probing else b for b, x in zip(out, remaining)]
 
     def step(self, j, conf, live):
-        if self.probing or self.threshold is not None:
-            keep, _ = super().step(j, conf, live)
-            return keep, keep
-        A = live.float() if j == 0 or self.A is None else self.A * live
-        gain = A * self._a(conf)
-        keep = live & (gain.sum() >= self.rate * self._dv(j))
-        self.A = torch.where(keep, gain, torch.zeros_like(gain))
+        """Probe rounds and numeric thresholds only (`cut` asks it token by token; otherwise `cut` decides)."""
+        keep, _ = super().step(j, conf, live)
         return keep, keep
+
+    def no_draft(self, committed, width):
+        # R is the whole run's rate, so rounds the lookup left to the large model count in it (tokens at the
+        # verify pass's cost): counted only over its own drafting rounds, R overprices every draft
+        self.tokens = 0.9 * self.tokens + float(sum(committed))
+        self.cost = 0.9 * self.cost + self.costs.verify_cost(width)
+        self._decide()
+
+    def cut(self, conf, live):
+        if self.probing or self.threshold is not None or not live.any():
+            return super().cut(conf, live)
+        A = torch.cumprod(self._a(conf) * live, dim=1)  # [B, K] prefix acceptance; 0 past a row's candidate
+        K = live.shape[1]
+        cost = torch.tensor([self.costs.verify_cost(k) - 1.0 + self.costs.overhead for k in range(1, K + 1)])
+        value = A.sum(0).cumsum(0) - self.rate * cost.to(A.device)  # [K] value of keeping columns 0..k-1
+        best = int(value.argmax())
+        k = best + 1 if float(value[best]) > 0 else 0
+        if k:
+            self.cut_rounds, self.cut_every = 0, self.probe_every
+        else:
+            self.cut_rounds += 1
+        return live & (torch.arange(K, device=live.device) < k)
 
 
 class RowwisePolicy(DraftPolicy):
@@ -438,9 +497,17 @@ class RowwisePolicy(DraftPolicy):
         keeps, mores = zip(*(p.step(j, conf[r : r + 1], live[r : r + 1]) for r, p in enumerate(self.rows)))
         return torch.cat(keeps), torch.cat(mores)
 
+    def cut(self, conf, live):
+        return torch.cat([p.cut(conf[r : r + 1], live[r : r + 1]) for r, p in enumerate(self.rows)])
+
+    def no_draft(self, committed, width):
+        for c, p in zip(committed, self.rows):
+            p.no_draft([c], 0)
+
     def learn(self, rec):
         for r, p in enumerate(self.rows):
             if rec.first_conf[r] is None or (isinstance(rec.first_conf[r], float) and math.isnan(rec.first_conf[r])):
+                p.no_draft([rec.committed[r]], 0)
                 continue  # the row did not draft this round
             k = rec.drafted[r]
             p.learn(RoundRecord(conf=[rec.conf[r]], first_conf=[rec.first_conf[r]], drafted=[k],

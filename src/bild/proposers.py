@@ -317,32 +317,24 @@ class PromptLookupProposer(Proposer):
         return Proposal(drafts, [len(d) for d in drafts], src, budget, probing)
 
     def _cut(self, cands: list[list[int]], ngram: list[int]):
-        """Ask the policy, position by position, whether to keep each candidate token (host tensors)."""
-        B = len(cands)
+        """The policy's cut of each row's candidate (`DraftPolicy.cut`, host tensors: no device read)."""
+        B, K = len(cands), max((len(c) for c in cands), default=0)
         drafts, conf = [[] for _ in range(B)], [[] for _ in range(B)]
-        going = [bool(c) for c in cands]
-        for j in range(max((len(c) for c in cands), default=0)):
-            c = torch.tensor([self.confidence(j, n) for n in ngram], dtype=torch.float32)
-            live = torch.tensor([g and j < len(x) for g, x in zip(going, cands)])
-            if not live.any():
-                break
-            keep, more = self.policy.step(j, c, live)
-            keep, more = keep.tolist(), more.tolist()  # host tensors: no device read
-            for r in range(B):
-                if not (going[r] and j < len(cands[r])):
-                    going[r] = False
-                    continue
-                if keep[r]:
-                    drafts[r].append(cands[r][j])
-                    conf[r].append(float(c[r]))
-                going[r] = bool(keep[r] and more[r])
+        if K == 0:
+            return drafts, conf
+        c = torch.tensor([[self.confidence(j, n) for j in range(K)] for n in ngram], dtype=torch.float32)
+        live = torch.arange(K)[None, :] < torch.tensor([len(x) for x in cands])[:, None]
+        kept = self.policy.cut(c, live).sum(1).tolist()
+        for r in range(B):
+            drafts[r], conf[r] = cands[r][: kept[r]], c[r, : kept[r]].tolist()
         return drafts, conf
 
     def settle(self, n_accept, committed, before, width):
         drafts, conf, first = self.round
         own = [len(d) for d in drafts]
         if not any(own):
-            return  # no match: nothing to learn
+            self.policy.no_draft(committed, width)  # no draft: a plain round in the policy's rate
+            return
         judged, accepted = judged_accepted(own, n_accept, committed)
         self.policy.learn(RoundRecord(conf=conf, first_conf=first, drafted=own, judged=judged, accepted=accepted,
                                       committed=committed, small_steps=0, width=width))
