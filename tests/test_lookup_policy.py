@@ -86,7 +86,7 @@ def test_cut_maximises_the_rounds_value(seed):
     table = [1.0]
     for _ in range(12):
         table.append(table[-1] + rng.choice([0.02, 0.1, 0.3]))
-    costs = DraftCosts(0.0, tuple(table), 0.02)
+    costs = DraftCosts(0.0, tuple(table), rng.choice([0.0, 0.02, 0.5]))
     acc = [rng.random() for _ in range(10)]
     B = rng.choice([1, 1, 3])
     pol = primed(acc, costs, rate=rng.choice([1.0, 1.5, 2.5]))
@@ -108,15 +108,7 @@ def test_cut_pays_for_a_costly_token_before_cheap_ones():
     pol = primed([0.9] * 5 + [0.3] * 5, costs, rate=2.0)
     conf = torch.tensor([[conf_of(j, 2) for j in range(8)]])
     live = torch.ones(1, 8, dtype=torch.bool)
-    assert int(pol.cut(conf, live).sum()) == 8
-    # control: the same estimates and costs token by token (keep token j while it pays verify[j+1] - verify[j])
-    A, kept = 1.0, 0
-    for j in range(8):
-        A *= 0.9
-        if A < pol.rate * (costs.verify_cost(j + 1) - costs.verify_cost(j)):
-            break
-        kept += 1
-    assert kept == 2
+    assert int(pol.cut(conf, live).sum()) == 8  # a token-by-token rule stops at 2: 0.729 < 2.0 x (1.9 - 1.2)
 
 
 # -- re-probe -------------------------------------------------------------------------------------
@@ -172,3 +164,69 @@ def test_rate_counts_rounds_the_lookup_left_to_the_large_model():
                               judged=[2], accepted=[2], committed=[3], small_steps=0, width=2))
         pol.no_draft([1], 0)
     assert pol.rate == pytest.approx(4 / 2.32, rel=0.05)
+
+
+def test_rounds_another_drafter_drafted_are_not_plain_rounds():
+    """With the small model drafting too (combined), a round without a lookup draft but with a small-model draft
+    (width > 0) is not a plain step: it does not enter the lookup's R."""
+    pol = primed([0.9] * 10, DraftCosts(0.0, (1.0, 1.15, 1.3), 0.02), rate=1.5)
+    before = pol.rate
+    pol.no_draft([3], 2)
+    assert pol.rate == before
+    pol.no_draft([1], 0)
+    assert pol.rate < before
+
+
+def test_reprobe_interval_doubles_only_when_spent_and_resets_after_a_kept_draft():
+    costs = DraftCosts(0.0, tuple(1.0 + 0.15 * k for k in range(33)), 0.02)
+    pol = primed([0.01] * 10, costs)  # the rule keeps nothing
+    conf = torch.tensor([[conf_of(j, 2) for j in range(6)]])
+    live = torch.ones_like(conf, dtype=torch.bool)
+    for _ in range(pol.probe_every):
+        assert pol.budgets([48]) == [10] and not pol.probing
+        assert int(pol.cut(conf, live).sum()) == 0
+    assert pol.budgets([48]) == [pol.probe_length] and pol.probing  # re-probe
+    pol.cut(conf[:, :0], live[:, :0])  # no candidate this round: the probe is not spent
+    assert pol.cut_every == pol.probe_every
+    assert pol.budgets([48]) == [pol.probe_length] and pol.probing
+    k = pol.probe_length  # the candidate is the budget's length
+    assert int(pol.cut(conf[:, :k], live[:, :k]).sum()) == k  # spent on a candidate
+    assert pol.cut_every == 2 * pol.probe_every and pol.cut_rounds == 0
+    pol.acc = [0.95 * n for n in pol.seen]  # copies turn right: the rule keeps one, the interval resets
+    pol._est = None
+    pol.budgets([48])
+    assert int(pol.cut(conf, live).sum()) > 0 and pol.cut_every == pol.probe_every
+
+
+def test_lookup_costs_use_the_per_width_table_of_the_runs_forwards():
+    from bild import online_costs
+
+    large = torch.nn.Linear(2, 2)  # any CPU module: timings are keyed by the model object
+    large.device, large.dtype = torch.device("cpu"), torch.float32
+    times = online_costs.model_times(large)
+    for w, t in ((1, 10.0), (2, 11.0), (3, 12.0), (4, 16.0)):
+        for _ in range(4):
+            times.record(1, w, t)
+    got = online_costs.lookup_costs(large, 1)
+    slope = online_costs._large_fit(large, 1, online_costs.prior_slope("cpu", 1))[1]
+    assert got.verify == verify_table(times.medians(1), slope, DraftCosts.MAX_DRAFTS)
+    assert got.verify[:4] == pytest.approx((1.0, 1.1, 1.2, 1.6)) and got.small == 0.0
+    assert online_costs.lookup_costs(large, 1, learned=False).verify[3] == pytest.approx(1 + 3 * online_costs.CPU_SLOPE)
+    online_costs.forget(large)
+
+
+def test_the_engine_counts_plain_rounds_in_the_lookups_rate(monkeypatch):
+    """`PromptLookupProposer.settle` tells the policy about every round without a lookup draft."""
+    from models import make_pair
+
+    import bild
+
+    _, large = make_pair("llama")
+    calls = []
+    orig = LookupPolicy.no_draft
+    monkeypatch.setattr(LookupPolicy, "no_draft", lambda self, c, w: (calls.append((list(c), w)), orig(self, c, w)))
+    gen = bild.BiLDGenerator(None, large, costs=0.2)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12] * 2 + [40, 41]])
+    gen.generate(ids, max_new_tokens=24, do_sample=False, prompt_lookup_num_tokens=6)
+    assert len(calls) == gen.stats.draftless_rounds > 0
+    assert all(w == 0 for _, w in calls)

@@ -214,17 +214,19 @@ def verify_table(medians: dict[int, tuple[float, int]], slope: float, n: int) ->
 def lookup_costs(large, batch_size: int = 1, learned: bool = True):
     """`DraftCosts` of prompt lookup: a draft costs no model call (`DraftCosts.LOOKUP_STEP`), a round
     `DraftCosts.LOOKUP_OVERHEAD` beyond its verify pass; the verify pass per width as timed for the large
-    model (`learned`: `verify_table`, once `MIN_SAMPLES` forwards are timed), else the prior slope. The lookup's
+    model (`learned`: `verify_table`, once `MIN_SAMPLES` forwards are timed, extended past the widest timed
+    width with the fitted slope; the fitted line where no table can be made), else the prior slope. The lookup's
     policy prices each draft length from this table, so a step in the cost curve is seen where it is."""
     from .policies import DraftCosts
 
     slope = prior_slope(large.device, batch_size)
     n = DraftCosts.MAX_DRAFTS
     if learned:
-        tl = model_times(large)
-        ml = tl.medians(batch_size) if tl is not None else {}
-        if sum(k for _, k in ml.values()) >= MIN_SAMPLES:
-            table = verify_table(ml, slope, n)
+        fit = _large_fit(large, batch_size, slope)
+        if fit is not None:
+            slope = fit[1]  # the fitted line: past the widest timed width, and where no table can be made
+            tl = model_times(large)
+            table = verify_table(tl.medians(batch_size), slope, n)
             if table is not None:
                 return DraftCosts(DraftCosts.LOOKUP_STEP, table, DraftCosts.LOOKUP_OVERHEAD)
     return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(n + 1)),

@@ -397,8 +397,8 @@ class LookupPolicy(AdaptivePolicy):
     first (measured on XSUM: 0.57, 0.77, 0.90 for a 2-gram match's first three), which an i.i.d. draft
     length misses: the budget is the cap, and `cut` chooses the length.
 
-    R          the rate of the whole run: rounds without a lookup draft count too (`no_draft`), at the tokens
-               they committed for one verify pass. Over drafting rounds alone R came out ~1.8 on XSUM where
+    R          the rate of the whole run: plain rounds (no draft from any drafter) count too (`no_draft`), at
+               the tokens they committed for one large step. Over drafting rounds alone R came out ~1.8 on XSUM where
                the run made ~1.25, which priced the second token of a copy out (tokens per unit cost in an
                offline replay of the policy along the large model's XSUM outputs: 1.24 -> 1.28).
     cut        the length k of the whole candidate that maximises the round's expected tokens minus R times
@@ -412,17 +412,17 @@ class LookupPolicy(AdaptivePolicy):
                unlucky first call could switch the lookup off for good). After `cut_every` rounds in which a
                candidate was there and the rule kept none of it, a probe round drafts `probe_length` tokens
                without the rule; `cut_every` starts at `probe_every`, doubles (to 64) with each such probe
-               and falls back to `probe_every` when the rule keeps a draft again."""
+               that found a candidate, and falls back to `probe_every` when the rule keeps a draft again."""
 
     def reset(self):
         super().reset()
-        self.cut_rounds, self.cut_every = 0, self.probe_every
+        self.cut_rounds, self.cut_every, self.reprobe = 0, self.probe_every, False
 
     def budgets(self, remaining):
         out = super().budgets(remaining)
-        if self.on and not self.probing and self.cut_rounds >= self.cut_every:
+        self.reprobe = self.on and not self.probing and self.cut_rounds >= self.cut_every
+        if self.reprobe:
             self.probing = True  # the rule has cut every candidate for a while: check some anyway
-            self.cut_rounds, self.cut_every = 0, min(64, 2 * self.cut_every)
             return [min(self.probe_length, x) for x in remaining]
         return [min(self.cap, x) if b and not self.probing else b for b, x in zip(out, remaining)]
 
@@ -432,13 +432,17 @@ class LookupPolicy(AdaptivePolicy):
         return keep, keep
 
     def no_draft(self, committed, width):
-        # R is the whole run's rate, so rounds the lookup left to the large model count in it (tokens at the
-        # verify pass's cost): counted only over its own drafting rounds, R overprices every draft
-        self.tokens = 0.9 * self.tokens + float(sum(committed))
-        self.cost = 0.9 * self.cost + self.costs.verify_cost(width)
-        self._decide()
+        # R is the whole run's rate, so plain rounds count in it: counted only over its own drafting rounds,
+        # R overprices every draft. Rounds another drafter (the small model) drafted are left out: their cost
+        # is that drafter's to count.
+        if width == 0:
+            self.tokens = 0.9 * self.tokens + float(sum(committed))
+            self.cost = 0.9 * self.cost + 1.0
+            self._decide()
 
     def cut(self, conf, live):
+        if self.reprobe and live.any():  # a re-probe spent on a candidate: the next one waits twice as long
+            self.reprobe, self.cut_rounds, self.cut_every = False, 0, min(64, 2 * self.cut_every)
         if self.probing or self.threshold is not None or not live.any():
             return super().cut(conf, live)
         A = torch.cumprod(self._a(conf) * live, dim=1)  # [B, K] prefix acceptance; 0 past a row's candidate
@@ -502,13 +506,15 @@ class RowwisePolicy(DraftPolicy):
 
     def no_draft(self, committed, width):
         for c, p in zip(committed, self.rows):
-            p.no_draft([c], 0)
+            p.no_draft([c], width)
 
     def learn(self, rec):
         for r, p in enumerate(self.rows):
             if rec.first_conf[r] is None or (isinstance(rec.first_conf[r], float) and math.isnan(rec.first_conf[r])):
-                p.no_draft([rec.committed[r]], 0)
-                continue  # the row did not draft this round
+                # the row did not draft this round: a plain round for it, unless another drafter's tokens
+                # were accepted in it (more than one committed; their cost is not a plain step's)
+                p.no_draft([rec.committed[r]], 0 if rec.committed[r] <= 1 else rec.width)
+                continue
             k = rec.drafted[r]
             p.learn(RoundRecord(conf=[rec.conf[r]], first_conf=[rec.first_conf[r]], drafted=[k],
                                 judged=[rec.judged[r]], accepted=[rec.accepted[r]], committed=[rec.committed[r]],

@@ -324,7 +324,7 @@ class PromptLookupProposer(Proposer):
             return drafts, conf
         c = torch.tensor([[self.confidence(j, n) for j in range(K)] for n in ngram], dtype=torch.float32)
         live = torch.arange(K)[None, :] < torch.tensor([len(x) for x in cands])[:, None]
-        kept = self.policy.cut(c, live).sum(1).tolist()
+        kept = self.policy.cut(c, live).cumprod(1).sum(1).tolist()  # the kept prefix
         for r in range(B):
             drafts[r], conf[r] = cands[r][: kept[r]], c[r, : kept[r]].tolist()
         return drafts, conf
@@ -333,7 +333,7 @@ class PromptLookupProposer(Proposer):
         drafts, conf, first = self.round
         own = [len(d) for d in drafts]
         if not any(own):
-            self.policy.no_draft(committed, width)  # no draft: a plain round in the policy's rate
+            self.policy.no_draft(committed, width)  # no lookup draft (width 0: a plain round)
             return
         judged, accepted = judged_accepted(own, n_accept, committed)
         self.policy.learn(RoundRecord(conf=conf, first_conf=first, drafted=own, judged=judged, accepted=accepted,
