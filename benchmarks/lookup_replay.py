@@ -72,25 +72,32 @@ class Fixed(LookupPolicy):
         return live & (torch.arange(live.shape[1]) < k)
 
 
-def candidate(outputs: dict, t: int, budget: int, ngram: int, eos: set[int]) -> tuple[list[int], int]:
-    """The lookup's candidate at output position t (the engine's own matcher, one row)."""
-    prop = PromptLookupProposer(None, ngram)
-    state = BatchState.__new__(BatchState)
-    state.eos_ids, state.B = eos, 1
-    prop.start(state)
-    return prop._match(0, outputs["prompt"] + outputs["gen"][:t], budget)
+def candidates(data: list[dict], ngram: int, eos: set[int], K: int = 10) -> list[list[tuple[list[int], int]]]:
+    """Per output, per position t: the lookup's candidate of up to K tokens and its n-gram size, from the
+    engine's own matcher (one row, its n-gram index grown as the output grows, as in a run). A smaller budget
+    takes the candidate's first tokens: that is what the matcher returns for it. Computed once, shared by
+    every policy."""
+    out = []
+    for ex in data:
+        prop = PromptLookupProposer(None, ngram)
+        state = BatchState.__new__(BatchState)
+        state.eos_ids, state.B = eos, 1
+        prop.start(state)
+        corpus = ex["prompt"] + ex["gen"]
+        out.append([prop._match(0, corpus[: len(ex["prompt"]) + t], K) for t in range(len(ex["gen"]))])
+    return out
 
 
-def replay(data: list[dict], policy, costs: DraftCosts, ngram: int, eos: set[int]) -> tuple[float, float]:
-    """(tokens per unit cost, tokens per large call) of `policy` along the outputs."""
+def replay(data: list[dict], cands: list, policy, costs: DraftCosts) -> tuple[float, float]:
+    """(tokens per unit cost, tokens per large call) of `policy` along the outputs (`cands`: `candidates`)."""
     policy.begin(1, costs)
     tokens = cost = calls = 0.0
-    for ex in data:
+    for ex, per_t in zip(data, cands):
         g, t = ex["gen"], 0
         while t < len(g):
             budget, k = policy.budgets([len(g) - t])[0], 0
             if budget:
-                cand, n = candidate(ex, t, budget, ngram, eos)
+                cand, n = per_t[t][0][:budget], per_t[t][1]
                 if cand:
                     conf = torch.tensor([[PromptLookupProposer.confidence(j, n) for j in range(len(cand))]])
                     k = int(policy.cut(conf, torch.ones_like(conf, dtype=torch.bool)).sum())
@@ -192,21 +199,21 @@ def main(argv=None) -> int:
             ("LookupPolicy (cut, R over all rounds, re-probes)", LookupPolicy(None, 10, prior=0.4))]
     rows += [(f"fixed: {k1} after a 1-gram match, {k2} after a 2-gram", Fixed((k1, k2)))
              for k1, k2 in ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (0, 5))]
+    cands = candidates(data, a.ngram, eos)
     for name, pol in rows:
-        r, c = replay(data, pol, costs, a.ngram, eos)
+        r, c = replay(data, cands, pol, costs)
         print(f"| {name} | {r:.3f} | {c:.2f} |", flush=True)
-    print("\n" + position_odds(data, a.ngram, eos))
+    print("\n" + position_odds(data, cands))
     return 0
 
 
-def position_odds(data: list[dict], ngram: int, eos: set[int], K: int = 10) -> str:
+def position_odds(data: list[dict], cands: list, K: int = 10) -> str:
     """P(a copy's first j tokens are right) over every output position with a 2+-gram match, as if each
     position started a round: what a per-round rule would see if rounds started anywhere."""
     hits, n_pos = [0] * K, 0
-    for ex in data:
+    for ex, per_t in zip(data, cands):
         g = ex["gen"]
-        for t in range(len(g)):
-            cand, n = candidate(ex, t, K, ngram, eos)
+        for t, (cand, n) in enumerate(per_t):
             if n < 2 or not cand:
                 continue
             n_pos += 1

@@ -178,25 +178,20 @@ def verify_table(medians: dict[int, tuple[float, int]], slope: float, n: int) ->
     with `MIN_WIDTH_SAMPLES` times, made non-decreasing (pool-adjacent-violators, weights: samples capped at 8),
     linear between measured widths, `slope` per token past the widest. None without a measured 1-token step.
     A table, not a line: on a CPU a forward's cost climbs in steps (MKL's fp32 matmul costs the same for 1-3
-    rows and jumps at 4 and 7: SmolLM2-135M at a 380-token context, 2 threads, 2026-11-29, 1 / 1.17 / 1.27 /
-    1.61 / 1.68 / 1.76 / 1.93 steps for 1-7 tokens), which a line through all widths smears into a wrong
-    price for every length."""
+    rows and jumps at 4 and 7: SmolLM2-135M at a 339-token context, 2 threads, 2026-11-29, 1 / 1.17 / 1.27 /
+    1.61 / 1.67 / 1.76 / 1.90 steps for 1-7 tokens, `benchmarks/lookup_replay.py`), which a line through
+    all widths smears into a wrong price for every length."""
     pts = sorted((w, t, min(k, 8)) for w, (t, k) in medians.items() if k >= MIN_WIDTH_SAMPLES)
     if not pts or pts[0][0] != 1:
         return None
     step = pts[0][1]
-    blocks = []  # [width, value, weight] pooled left to right so that values never decrease
+    blocks = []  # [widths, value, weight], pooled left to right so that values never decrease
     for w, t, k in pts:
-        blocks.append([w, t / step, float(k)])
+        blocks.append([[w], t / step, float(k)])
         while len(blocks) > 1 and blocks[-2][1] > blocks[-1][1]:
-            (w0, v0, k0), (_, v1, k1) = blocks[-2], blocks.pop()
-            blocks[-1] = [w0, (v0 * k0 + v1 * k1) / (k0 + k1), k0 + k1]
-    fitted = {}  # pooled blocks give every width they cover their value
-    for i, (w, v, _) in enumerate(blocks):
-        end = blocks[i + 1][0] if i + 1 < len(blocks) else None
-        for pw, _, _ in pts:
-            if pw >= w and (end is None or pw < end):
-                fitted[pw] = v
+            (w0, v0, k0), (w1, v1, k1) = blocks[-2], blocks.pop()
+            blocks[-1] = [w0 + w1, (v0 * k0 + v1 * k1) / (k0 + k1), k0 + k1]
+    fitted = {w: v for ws, v, _ in blocks for w in ws}
     fitted[1] = 1.0
     ws = sorted(fitted)
     out = []

@@ -361,8 +361,7 @@ class AdaptivePolicy(DraftPolicy):
             for b in firsts:
                 self.first[b] += 1.0
         round_cost = rec.small_steps * self.costs.small + self.costs.verify_cost(rec.width) + self.costs.overhead
-        self.tokens = 0.9 * self.tokens + float(sum(rec.committed))
-        self.cost = 0.9 * self.cost + round_cost
+        self._count(float(sum(rec.committed)), round_cost)
         was_probe = self.probing
         self.warm_rounds += self.warming
         self._decide()
@@ -371,6 +370,11 @@ class AdaptivePolicy(DraftPolicy):
             self.wait = self.interval
         elif self.on:
             self.interval = self.probe_every
+
+    def _count(self, tokens: float, cost: float) -> None:
+        """A round's tokens and cost into the moving sums behind the rate R."""
+        self.tokens = 0.9 * self.tokens + tokens
+        self.cost = 0.9 * self.cost + cost
 
     def _decide(self):
         """Draft length and on/off from the current estimates."""
@@ -398,9 +402,9 @@ class LookupPolicy(AdaptivePolicy):
     length misses: the budget is the cap, and `cut` chooses the length.
 
     R          the rate of the whole run: plain rounds (no draft from any drafter) count too (`no_draft`), at
-               the tokens they committed for one large step. Over drafting rounds alone R came out ~1.8 on XSUM where
-               the run made ~1.25, which priced the second token of a copy out (tokens per unit cost in an
-               offline replay of the policy along the large model's XSUM outputs: 1.24 -> 1.28).
+               the tokens they committed for one large step. Over drafting rounds alone R came out ~1.8 on
+               XSUM where the run made ~1.25, which priced the second token of a copy out
+               (docs/performance.md, `benchmarks/lookup_replay.py`).
     cut        the length k of the whole candidate that maximises the round's expected tokens minus R times
                its cost: sum_{j<k} sum_r A_rj - R (verify[k] - 1 + overhead), with A_rj the product of the
                row's acceptances up to position j (0 keeps none). Not token by token: where the cost climbs in
@@ -436,8 +440,7 @@ class LookupPolicy(AdaptivePolicy):
         # R overprices every draft. Rounds another drafter (the small model) drafted are left out: their cost
         # is that drafter's to count.
         if width == 0:
-            self.tokens = 0.9 * self.tokens + float(sum(committed))
-            self.cost = 0.9 * self.cost + 1.0
+            self._count(float(sum(committed)), 1.0)
             self._decide()
 
     def cut(self, conf, live):
