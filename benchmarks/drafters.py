@@ -36,7 +36,8 @@ METHODS = ("large", "tf_lookup", "bild_small", "bild_lookup", "bild_combined")
 ALL_METHODS = METHODS + ("tf_assisted", "bild_tuned", "bild_feature", "bild_feature_combined")
 
 
-def make_methods(small, large, kw, lookup: int, batch: int, tuned=None, assistant=None, feature=None):
+def make_methods(small, large, kw, lookup: int, batch: int, tuned=None, assistant=None, feature=None,
+                 tuned_lookup: int = 0):
     gens = {"bild_small": BiLDGenerator(small, large), "bild_lookup": BiLDGenerator(None, large),
             "bild_combined": BiLDGenerator(small, large)}
     lk = dict(prompt_lookup_num_tokens=lookup)
@@ -48,7 +49,8 @@ def make_methods(small, large, kw, lookup: int, batch: int, tuned=None, assistan
     if tuned is not None:
         gens["bild_tuned"] = BiLDGenerator(small, large, verification="rollback", fallback_threshold=tuned[0],
                                            rollback_threshold=tuned[1])
-        m["bild_tuned"] = lambda enc: (gens["bild_tuned"].generate(**enc, **kw), gens["bild_tuned"].stats)
+        tk = dict(prompt_lookup_num_tokens=tuned_lookup) if tuned_lookup else {}
+        m["bild_tuned"] = lambda enc: (gens["bild_tuned"].generate(**enc, **kw, **tk), gens["bild_tuned"].stats)
     if feature is not None:
         gens["bild_feature"], gens["bild_feature_combined"] = BiLDGenerator(feature, large), BiLDGenerator(feature, large)
         m["bild_feature"] = lambda enc: (gens["bild_feature"].generate(**enc, **kw), gens["bild_feature"].stats)
@@ -79,7 +81,10 @@ def main(argv=None) -> int:
     p.add_argument("--feature_weights", default=None, help="feature draft file for bild_feature* (`bild pair "
                    "train-feature` writes one)")
     p.add_argument("--tuned", default=None, metavar="FALLBACK,ROLLBACK",
-                   help="thresholds of bild_tuned (from examples/sweep_thresholds.py on the tune half of dev)")
+                   help="thresholds of bild_tuned (from examples/sweep_thresholds.py on the tune half of dev); "
+                   "FALLBACK may be 'auto'")
+    p.add_argument("--tuned_lookup", type=int, default=0, metavar="N",
+                   help="bild_tuned also drafts by prompt lookup, N tokens (the sweep's --prompt_lookup); 0: off")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from transformers.utils import logging as hf_logging
@@ -102,7 +107,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(want) - set(ALL_METHODS))
     if unknown or ("bild_tuned" in want and not a.tuned):
         raise SystemExit(f"--methods: unknown {unknown} (allowed: {', '.join(ALL_METHODS)}); bild_tuned needs --tuned")
-    tuned = tuple(float(x) for x in a.tuned.split(",")) if a.tuned else None
+    tuned = tuple(x if x == "auto" else float(x) for x in a.tuned.split(",")) if a.tuned else None
     assistant = None
     if "tf_assisted" in want:  # transformers reads a full-width head: the same draft, head not pruned
         from bild.pairs.smollm2 import default_draft_weights, load_draft_from_weights
@@ -116,7 +121,7 @@ def main(argv=None) -> int:
 
         feature = load_feature_draft(large, a.feature_weights)
     methods = {k: v for k, v in make_methods(small, large, kw, a.lookup, a.batch_size, tuned, assistant,
-                                             feature).items() if k in want}
+                                             feature, a.tuned_lookup).items() if k in want}
 
     def encode(rows):
         texts = [chat_prompt(tok, format_instruction(r["source"], task, a.max_source_chars)) for r in rows]
@@ -172,24 +177,29 @@ def report(log: Path, names: list[str], a, task: str) -> None:
     refs = [t for r in rows for t in r.get("references", [])]
     print(f"\n`python benchmarks/drafters.py --task {a.task} --limit {a.limit} --batch_size {a.batch_size} "
           f"--lookup {a.lookup} --threads {a.threads}" + (f" --tuned {a.tuned}" if a.tuned else "")
+          + (f" --tuned_lookup {a.tuned_lookup}" if getattr(a, "tuned_lookup", 0) else "")
           + f" --methods {','.join(names)}` ({len(rows)} batches, "
           f"median prompt {statistics.median(r['prompt_tokens'] for r in rows)} tokens)\n")
-    print(f"| method | speedup vs large (median of per-example ratios) | tokens / s | {'BLEU' if metric == 'bleu' else 'ROUGE-L'} | "
+    name = "BLEU" if metric == "bleu" else "ROUGE-L"
+    print(f"| method | speedup vs large (median of per-example ratios) | tokens / s | {name} | {name} against large's text | "
           "tokens / large call | accepted by drafter | same text as large |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for n in names:
         ratios = [r["large"]["s"] / r[n]["s"] for r in rows]
         tps = sum(r[n].get("new_tokens", 0) for r in rows) / sum(r[n]["s"] for r in rows)
         score = "-"
         if refs and all("texts" in r[n] for r in rows):
             score = f"{quality(metric, [t.strip() for r in rows for t in r[n]['texts']], refs)['score']:.2f}"
+        vs_large = "-"
+        if "large" in names and all("texts" in r[n] and "texts" in r["large"] for r in rows):
+            vs_large = f"{quality(metric, [t.strip() for r in rows for t in r[n]['texts']], [t.strip() for r in rows for t in r['large']['texts']])['score']:.1f}"
         tpc = [r[n]["tokens_per_call"] for r in rows if "tokens_per_call" in r[n]]
         acc: dict[str, int] = {}
         for r in rows:
             for k, v in r[n].get("accepted_by", {}).items():
                 acc[k] = acc.get(k, 0) + v
         same = sum(bool(r[n]["same_as_large"]) for r in rows)
-        print(f"| {n} | {statistics.median(ratios):.2f}x | {tps:.1f} | {score} | "
+        print(f"| {n} | {statistics.median(ratios):.2f}x | {tps:.1f} | {score} | {vs_large} | "
               f"{f'{statistics.mean(tpc):.2f}' if tpc else '-'} | {acc or '-'} | {same}/{len(rows)} |")
 
 

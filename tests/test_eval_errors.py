@@ -70,6 +70,8 @@ def base(data, tmp_path, *extra):
     (["--metric", "meteor"], "--metric"),
     (["--mode", "assisted", "--batch_size", "2"], "--batch_size"),
     (["--resume", "--overwrite"], "--resume"),
+    (["--prompt_lookup", "-1"], "--prompt_lookup"),
+    (["--prompt_lookup", "4", "--mode", "large"], "--prompt_lookup"),
 ])
 def test_bad_flag_values(capsys, data, tmp_path, argv, expected):
     err = run_error(capsys, "run_bild_translation", base(data, tmp_path, *argv))
@@ -224,6 +226,8 @@ def test_resume_with_changed_setting(capsys, data, tmp_path):
     (["--fallback", "0.5", "--rollback", "2,-1"], "--rollback"),
     (["--fallback", "half", "--rollback", "2"], "--fallback"),
     (["--fallback", "0.5", "--rollback", "2", "--mode", "large"], "--mode"),
+    (["--fallback", "auto,inf", "--rollback", "2"], "--fallback"),
+    (["--fallback", "auto", "--rollback", "2", "--quality_budget", "-1"], "--quality_budget"),
 ])
 def test_sweep_bad_thresholds(capsys, data, tmp_path, argv, expected):
     err = run_error(capsys, "sweep_thresholds", base(data, tmp_path, *argv))

@@ -369,6 +369,22 @@ def test_real_engine_bild_and_exact(tiny, tmp_path):
     assert bild_run["large_calls_per_token"] > 0
 
 
+@pytest.mark.skipif(not real_engine_available(), reason="bild.BiLDGenerator (the engine) is not available yet")
+def test_prompt_lookup_flag_reaches_the_engine(tiny, tmp_path):
+    """`--prompt_lookup N` drafts by lookup too: exact mode keeps the large model's text; the engine's
+    statistics show lookup drafts (the tiny task copies source words), and bild mode runs the rollback rule."""
+    script = load_script("run_bild_translation")
+    script.main(common_args(tiny, "translation", tmp_path / "large", "--mode", "large"))
+    script.main(common_args(tiny, "translation", tmp_path / "exact", "--mode", "exact", "--prompt_lookup", "3",
+                            "--fallback_threshold", "0.0", "--max_small_steps", "3"))
+    preds = {n: [r["prediction"] for r in read_lines(tmp_path / n / "predictions.jsonl")] for n in ("large", "exact")}
+    assert preds["exact"] == preds["large"]
+    drafted = [r["stats"]["drafted_by"] for r in read_lines(tmp_path / "exact" / "predictions.jsonl")]
+    assert sum(d.get("lookup", 0) for d in drafted) > 0
+    saved = json.loads((tmp_path / "exact" / "config.json").read_text())
+    assert saved["prompt_lookup"] == 3
+
+
 def test_sweep_writes_csv_and_png_and_resumes(tiny, tmp_path, fake_engine, monkeypatch):
     import matplotlib.image
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import time
 
 import pytest
@@ -147,6 +148,33 @@ def test_parse_values():
         parse_values("1,two", "--rollback", C.parse_threshold)
     with pytest.raises(C.ConfigError, match="--fallback"):
         parse_values(" , ", "--fallback", float)
+
+
+def test_sweep_plan_with_prompt_lookup_and_auto_fallback(tmp_path):
+    """`--prompt_lookup` goes to every threshold point (named in its folder) and not to the large baseline;
+    `--fallback auto` is a point (the adaptive policy)."""
+    from bild.evaluation.sweep import plan_sweep
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"source": "a", "target": "b"}\n')
+    configs, _, budget = plan_sweep(["--test_file", str(data), "--large", "org/l", "--small", "org/s",
+                                     "--fallback", "auto,0.5", "--rollback", "3", "--prompt_lookup", "10",
+                                     "--output_dir", str(tmp_path / "sw")])
+    assert [(c.mode, c.prompt_lookup, c.fallback_threshold) for c in configs] == [
+        ("large", 0, "auto"), ("bild", 10, "auto"), ("bild", 10, 0.5)]
+    assert [Path(c.output_dir).name for c in configs] == ["large", "bild_fbauto_rb3_lookup10",
+                                                          "bild_fb0.5_rb3_lookup10"]
+    assert budget == 0.5  # the default quality budget of the pick
+
+
+def test_pick_within_budget():
+    from bild.evaluation.sweep import pick_within_budget
+
+    rows = [{"score": 20.0, "speedup_median": 1.0}, {"score": 19.4, "speedup_median": 2.0},
+            {"score": 19.5, "speedup_median": 1.5}, {"score": 21.0, "speedup_median": 1.2}]
+    assert pick_within_budget(rows, 0.5) is rows[2]  # 2.0x is 0.6 below; 1.5x is the fastest within 0.5
+    assert pick_within_budget(rows, 1.0) is rows[1]
+    assert pick_within_budget(rows[:2], 0.5) is None
 
 
 # --- config --------------------------------------------------------------------------------------

@@ -228,3 +228,96 @@ def test_demo_marks_lookup_tokens():
             return {1: "a", 2: "b", 3: "c"}[ids[0]]
 
     assert render(Tok(), [1, 2, 3], ["small", "lookup", "large"], color=False) == "a{b}[c]"
+
+
+def rollback_reference(large, prompt: list[int], max_new: int, k: int, rb: float, eos: set[int]) -> list[int]:
+    """BiLD's rollback rule over prompt-lookup drafts, cache-free, one row: every round drafts transformers'
+    lookup candidate (as many tokens as fit: the last new token is the large model's), one uncached forward
+    reads it, the first draft with -log p_large > rb is cut and the large model's argmax goes in its place
+    (all kept: the large model's next token follows)."""
+    seq = list(prompt)
+    while len(seq) - len(prompt) < max_new and not (eos & set(seq[len(prompt):])):
+        room = max_new - (len(seq) - len(prompt)) - 1
+        cand = lookup_candidates(seq, min(k, room), 2) if room > 0 else []
+        with torch.no_grad():
+            logp = large(torch.tensor([seq + cand])).logits[0, len(seq) - 1:].log_softmax(-1)
+        kept = 0
+        while kept < len(cand) and -logp[kept, cand[kept]] <= rb:
+            kept += 1
+        seq += cand[:kept] + [int(logp[kept].argmax())]
+    new = seq[len(prompt):][:max_new]
+    hit = next((i for i, t in enumerate(new) if t in eos), None)
+    return new if hit is None else new[: hit + 1]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize("rb", [0.5, 2.0, 8.0])
+def test_rollback_over_lookup_drafts_equals_a_cache_free_reference(family, rb):
+    """The lookup drafts under BiLD's rollback rule (the sweep's `--prompt_lookup`): each row's text equals
+    `rollback_reference`, at batch 1 and in a left-padded batch of 3, and a lenient threshold keeps drafts that
+    are not the large model's argmax (so the rule, not exact decoding, is what is checked; heads at sharpness 1,
+    where gpt2's tiny model at the default 2 keeps only argmax drafts even at 8)."""
+    _, large = make_pair(family, sharpness=1.0)
+    ids, mask = repetitive_inputs(family, 3, seed=11)
+    eos = large.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    max_new, k = 20, 5
+    refs = [rollback_reference(large, ids[r][mask[r].bool()].tolist(), max_new, k, rb, eos) for r in range(3)]
+    gen = bild.BiLDGenerator(None, large, fallback_threshold=0.0, max_small_steps=k, rollback_threshold=rb)
+    for rows in ([0], [1], [2], [0, 1, 2]):
+        sub_mask = mask[rows][:, int((mask[rows].sum(0) == 0).sum()):]  # drop columns that are padding in all rows
+        sub_ids = ids[rows][:, -sub_mask.shape[1]:]
+        out = gen.generate(sub_ids, attention_mask=sub_mask, max_new_tokens=max_new, do_sample=False,
+                           prompt_lookup_num_tokens=k)
+        pad = large.generation_config.pad_token_id
+        for i, r in enumerate(rows):
+            got = out[i, sub_ids.shape[1]:].tolist()
+            assert got[: len(refs[r])] == refs[r], (family, rb, rows, r)
+            assert all(t == pad for t in got[len(refs[r]):])
+    greedy = large.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False)
+    if rb == 8.0:  # lenient: some rows leave the large model's greedy text
+        assert any(greedy[r, ids.shape[1]:].tolist()[: len(refs[r])] != refs[r] for r in range(3))
+
+
+def first_round_joint(large, prompt: list[int], rule: str | None, eps: float) -> tuple[torch.Tensor, float]:
+    """P(t1, t2) [V * V] when the prefill samples t1 from p and the first round drafts the copy c(t1) that
+    transformers' lookup finds (one token), judged by `rule` (None: exact sampling, p itself); and the
+    probability that the round drafts. Keeping c has probability a = min(1, p(c) + eps); on rejection UNO
+    samples from p, OPT from p without c (the residual of a one-hot q)."""
+    seqs = torch.tensor([prompt + [t] for t in range(V)])
+    with torch.no_grad():
+        p1 = (large(torch.tensor([prompt])).logits[0, -1] / TEMP).softmax(-1).double()
+        p2 = (large(seqs).logits[:, -1] / TEMP).softmax(-1).double()  # [t1, t2]
+    joint, drafting = p1[:, None] * p2, 0.0
+    for t1 in range(V):
+        cand = lookup_candidates(prompt + [t1], 1, 2)
+        if not cand or rule is None:
+            continue
+        c, p = cand[0], p2[t1]
+        a = min(1.0, float(p[c]) + eps)
+        rest = p if rule == "uno" else torch.where(torch.arange(V) == c, 0.0, p) / (1 - p[c])
+        row = (1 - a) * rest
+        row[c] += a
+        joint[t1], drafting = p1[t1] * row, drafting + float(p1[t1])
+    return joint.flatten(), drafting
+
+
+@pytest.mark.parametrize("rule", ["uno", "opt"])
+def test_uno_and_opt_over_lookup_drafts_follow_their_rule(rule):
+    """Decoding-UNO / -OPT judging lookup drafts: the joint of the first two new tokens follows the rule's own
+    distribution (`first_round_joint`), and neither the other rule's nor exact sampling's. The prompt repeats a
+    phrase whose copies the tiny model finds likely enough (p(c) ~ 0.2-0.5) for UNO and OPT to differ."""
+    large, eps, other = tiny_llama(2), 0.1, {"uno": "opt", "opt": "uno"}[rule]
+    prompt = [4, 3, 4] * 2
+    want, drafting = first_round_joint(large, prompt, rule, eps)
+    gen = bild.BiLDGenerator(None, large, fallback_threshold=0.0, max_small_steps=1, verification="exact",
+                             **{f"{rule}_epsilon": eps})
+    torch.manual_seed(0)
+    out = gen.generate(torch.tensor([prompt] * N), max_new_tokens=3, do_sample=True, temperature=TEMP, top_k=0,
+                       prompt_lookup_num_tokens=1)
+    P = len(prompt)
+    counts = torch.bincount(out[:, P] * V + out[:, P + 1], minlength=V * V).double()
+    assert drafting > 0.5 and gen.stats.drafted_by.get("lookup", 0) > 0.5 * N
+    assert chi_square_pvalue(counts, want) > 1e-4
+    assert chi_square_pvalue(counts, first_round_joint(large, prompt, other, eps)[0]) < 1e-10
+    assert chi_square_pvalue(counts, first_round_joint(large, prompt, None, eps)[0]) < 1e-10

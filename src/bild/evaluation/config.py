@@ -49,6 +49,7 @@ class EvalConfig:
     fallback_threshold: float | str = field(default="auto", metadata={"help": "BiLD fallback threshold: 'auto' (adaptive policy) or a number in [0, 1]"})
     rollback_threshold: float = field(default=5.0, metadata={"help": "BiLD rollback threshold, >= 0 or 'inf'"})
     max_small_steps: int | str = field(default="auto", metadata={"help": "max tokens the small model drafts per round: 'auto' or an integer >= 1"})
+    prompt_lookup: int = field(default=0, metadata={"help": "bild / exact modes: also draft by prompt lookup, up to this many tokens copied from the prompt per round (transformers' prompt_lookup_num_tokens; 10 is its default); 0 (default) drafts with the small model only"})
     paper_setting: str | None = field(default=None, metadata={"help": "apply the config file's paper_settings entry: unaligned or aligned"})
     paper_settings: dict = field(default_factory=dict, metadata={"help": "file only: the paper's checkpoints and thresholds"})
     # --- data ----------------------------------------------------------------------------------
@@ -94,12 +95,17 @@ class EvalConfig:
     def needs_small(self) -> bool:
         return self.mode != "large"
 
-    def default_output_dir(self) -> str:
-        """``runs/<name>/<mode>`` plus the thresholds for the modes that use them."""
+    def run_name(self) -> str:
+        """``<mode>``, plus the thresholds (and prompt lookup) for the modes that use them: bild_fb0.5_rb3."""
         leaf = self.mode
         if self.mode in ("bild", "exact"):
             leaf += f"_fb{format_threshold(self.fallback_threshold)}_rb{format_threshold(self.rollback_threshold)}"
-        return str(Path("runs") / (self.name or self.task) / leaf)
+            leaf += f"_lookup{self.prompt_lookup}" if self.prompt_lookup else ""
+        return leaf
+
+    def default_output_dir(self) -> str:
+        """``runs/<name>/<run_name>``."""
+        return str(Path("runs") / (self.name or self.task) / self.run_name())
 
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(EvalConfig))
@@ -107,7 +113,7 @@ _FILE_ONLY = {"paper_settings", "task"}
 _BOOL_KEYS = {"resume", "overwrite", "chat_template"}
 _NEGATABLE_KEYS = {"chat_template"}  # --<key> and --no_<key>
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING}
-_INT_KEYS = {"max_small_steps", "limit", "max_source_length", "max_target_length", "batch_size", "seed", "warmup"}
+_INT_KEYS = {"prompt_lookup", "max_small_steps", "limit", "max_source_length", "max_target_length", "batch_size", "seed", "warmup"}
 _FLOAT_KEYS = {"fallback_threshold", "rollback_threshold"}
 
 
@@ -266,6 +272,10 @@ def validate(cfg: EvalConfig) -> None:
     validate_thresholds(cfg.fallback_threshold, cfg.rollback_threshold)
     if cfg.max_small_steps != "auto" and cfg.max_small_steps < 1:
         raise ConfigError(f"--max_small_steps must be 'auto' or >= 1, got {cfg.max_small_steps}")
+    if cfg.prompt_lookup < 0:
+        raise ConfigError(f"--prompt_lookup must be >= 0 (0 = off), got {cfg.prompt_lookup}")
+    if cfg.prompt_lookup and cfg.mode not in ("bild", "exact"):
+        raise ConfigError(f"--prompt_lookup needs --mode bild or exact (the engine's drafter), got --mode {cfg.mode}")
     for key in ("batch_size", "max_source_length", "max_target_length"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1, got {getattr(cfg, key)}")

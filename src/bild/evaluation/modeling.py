@@ -238,6 +238,8 @@ class BatchGenerator:
             return self.bundle.small.generate(**enc, **kwargs)
         if mode == "assisted":
             return self.bundle.large.generate(**enc, assistant_model=self.bundle.small, **kwargs)
+        if self.cfg.prompt_lookup:
+            kwargs["prompt_lookup_num_tokens"] = self.cfg.prompt_lookup
         return self.engine.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
 
     def decode(self, enc: dict[str, Any], sequences) -> tuple[list[str], list[int]]:

@@ -151,8 +151,17 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
-    """Speedup (x) against quality (y); Pareto front joined and ringed, baseline as dashed lines."""
+def pick_within_budget(rows: Sequence[dict[str, Any]], budget: float) -> dict[str, Any] | None:
+    """The paper's pick: the fastest point (median per-example speedup) whose score is at most `budget` below
+    the baseline's (rows[0]); None when no point is within it."""
+    ok = [r for r in rows[1:] if r["score"] >= rows[0]["score"] - budget and not math.isnan(r["speedup_median"])]
+    return max(ok, key=lambda r: r["speedup_median"]) if ok else None
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "", budget: float | None = None,
+               pick: dict[str, Any] | None = None) -> None:
+    """Speedup (x) against quality (y); Pareto front joined and ringed, baseline as dashed lines, the quality
+    budget's floor dotted and the point picked within it starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,6 +171,12 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.axhline(baseline["score"], color="gray", linestyle="--", linewidth=1, label="baseline: large model")
     ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    if budget is not None:
+        ax.axhline(baseline["score"] - budget, color="tab:orange", linestyle=":", linewidth=1,
+                   label=f"baseline - {budget:g} (quality budget)")
+    if pick is not None:
+        ax.scatter([pick["speedup_median"]], [pick["score"]], marker="*", s=260, color="tab:orange", zorder=5,
+                   label="fastest within budget")
     points = rows[1:]
     ax.scatter([r["speedup_median"] for r in points], [r["score"] for r in points], color="tab:blue", zorder=3,
                label="threshold pairs")
@@ -186,46 +201,58 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
     plt.close(fig)
 
 
+def sweep_title(cfg: EvalConfig) -> str:
+    """The figure's title: the task, the rule and the drafters."""
+    drafters = "small model + prompt lookup" if cfg.prompt_lookup else "small model"
+    return f"{cfg.name or cfg.task}: BiLD thresholds (fallback/rollback), {drafters}"
+
+
 def build_sweep_parser():
     """The run flags plus --fallback, --rollback and --task."""
     parser = build_parser("sweep", description="Sweep BiLD's fallback and rollback thresholds against the large-model baseline.",
                           exclude=("fallback_threshold", "rollback_threshold"))
-    parser.add_argument("--fallback", required=True, help="comma-separated fallback thresholds, e.g. 0.3,0.5,0.7,0.9")
+    parser.add_argument("--fallback", required=True, help="comma-separated fallback thresholds in [0, 1] or 'auto' (the "
+                        "adaptive draft policy, timing-free under the rollback rule), e.g. 0.3,0.5,0.7,0.9 or auto")
     parser.add_argument("--rollback", required=True, help="comma-separated rollback thresholds, e.g. 1,2,3,5,inf")
     parser.add_argument("--task", choices=TASKS, help="task (default: the config file's task)")
+    parser.add_argument("--quality_budget", type=float, default=0.5, help="the pick: the fastest point at most this "
+                        "far below the baseline's score (BLEU / ROUGE-L points; default 0.5)")
     return parser
 
 
-def plan_sweep(argv: list[str] | None) -> tuple[list[EvalConfig], Path]:
-    """Resolve and validate the baseline config and one config per threshold pair (no model touched)."""
+def plan_sweep(argv: list[str] | None) -> tuple[list[EvalConfig], Path, float]:
+    """Resolve and validate the baseline config and one config per threshold pair (no model touched); also the
+    sweep folder and the quality budget."""
     namespace = build_sweep_parser().parse_args(argv)
     given = vars(namespace)
     task = given.pop("task", None)
+    budget = given.pop("quality_budget")
+    if math.isnan(budget) or budget < 0:
+        raise ConfigError(f"--quality_budget must be >= 0, got {budget}")
     if task is None and given.get("config"):
         task = load_config_file(given["config"]).get("task")
-    fallbacks = parse_values(given.pop("fallback"), "--fallback", float)
+    fallbacks = parse_values(given.pop("fallback"), "--fallback", parse_threshold)
     rollbacks = parse_values(given.pop("rollback"), "--rollback", parse_threshold)
     for rb in rollbacks:
         if math.isnan(rb) or rb < 0:
             raise ConfigError(f"--rollback values must be >= 0 or 'inf', got {rb}")
     for fb in fallbacks:
-        if math.isnan(fb) or not 0 <= fb <= 1:
-            raise ConfigError(f"--fallback values must be in [0, 1], got {fb}")
+        if fb != "auto" and (math.isnan(fb) or not 0 <= fb <= 1):
+            raise ConfigError(f"--fallback values must be in [0, 1] or 'auto', got {fb}")
     base = config_from_namespace(namespace, task or "translation")
     if base.mode not in ("bild", "exact"):
         raise ConfigError(f"--mode must be bild or exact for a sweep (the baseline always runs large), got {base.mode!r}")
     sweep_dir = Path(base.output_dir)
     if "output_dir" not in given:
         sweep_dir = Path("runs") / (base.name or base.task) / "sweep"
-    configs = [dataclasses.replace(base, mode="large", output_dir=str(sweep_dir / "large"))]
+    configs = [dataclasses.replace(base, mode="large", prompt_lookup=0, output_dir=str(sweep_dir / "large"))]
     for fb in fallbacks:
         for rb in rollbacks:
-            leaf = f"{base.mode}_fb{format_threshold(fb)}_rb{format_threshold(rb)}"
-            configs.append(dataclasses.replace(base, fallback_threshold=fb, rollback_threshold=rb,
-                                               output_dir=str(sweep_dir / leaf)))
+            point = dataclasses.replace(base, fallback_threshold=fb, rollback_threshold=rb)
+            configs.append(dataclasses.replace(point, output_dir=str(sweep_dir / point.run_name())))
     for cfg in configs:
         validate(cfg)
-    return configs, sweep_dir
+    return configs, sweep_dir, budget
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]] | None:
@@ -233,7 +260,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]] | None:
     from .modeling import load_models, resolve_device
 
     try:
-        configs, sweep_dir = plan_sweep(argv)
+        configs, sweep_dir, budget = plan_sweep(argv)
         state = get_state(configs[0].device)
         examples = load_examples(configs[0])
         dones = [prepare_run_dir(cfg, state) for cfg in configs]
@@ -264,12 +291,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]] | None:
         row["speedup_median"] = median_speedup(configs[0].output_dir, row["run_dir"])
     for row, on_front in zip(rows, pareto_mask([r["speedup_median"] for r in rows], [r["score"] for r in rows])):
         row["pareto"] = on_front
+    pick = pick_within_budget(rows, budget)
     write_csv(rows, sweep_dir / "sweep.csv")
-    plot_sweep(rows, sweep_dir / "sweep.png", title=f"{configs[0].name or configs[0].task}: BiLD thresholds (fallback/rollback)")
+    plot_sweep(rows, sweep_dir / "sweep.png", title=sweep_title(configs[1]), budget=budget, pick=pick)
     (sweep_dir / "sweep.json").write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
     for row in rows:
         mark = "*" if row["pareto"] else " "
         print(f"{mark} {row['label']:<22} {row['metric']}={row['score']:.2f} speedup={row['speedup_median']:.2f}x "
               f"(median of per-example ratios; mean latency ratio {row['speedup']:.2f}x)")
+    if pick is None:
+        print(f"pick: no point within {budget:g} of the baseline's {rows[0]['metric']}")
+    else:
+        print(f"pick: {pick['label']} (the fastest within {budget:g} of the baseline's {rows[0]['metric']}: "
+              f"{pick['score']:.2f} against {rows[0]['score']:.2f}, {pick['speedup_median']:.2f}x)")
     print(f"wrote {sweep_dir / 'sweep.csv'} and {sweep_dir / 'sweep.png'} (* = Pareto front)")
     return rows
