@@ -177,7 +177,7 @@ def report(log: Path, names: list[str], a, task: str) -> None:
     refs = [t for r in rows for t in r.get("references", [])]
     print(f"\n`python benchmarks/drafters.py --task {a.task} --limit {a.limit} --batch_size {a.batch_size} "
           f"--lookup {a.lookup} --threads {a.threads}" + (f" --tuned {a.tuned}" if a.tuned else "")
-          + (f" --tuned_lookup {a.tuned_lookup}" if getattr(a, "tuned_lookup", 0) else "")
+          + (f" --tuned_lookup {a.tuned_lookup}" if a.tuned_lookup else "")
           + f" --methods {','.join(names)}` ({len(rows)} batches, "
           f"median prompt {statistics.median(r['prompt_tokens'] for r in rows)} tokens)\n")
     name = "BLEU" if metric == "bleu" else "ROUGE-L"

@@ -127,11 +127,20 @@ def forget(model=None) -> None:
         _TIMES.pop(model, None)
 
 
+def _medians(model, batch_size: int) -> dict[int, tuple[float, int]]:
+    """The model's timed forwards at this batch size: tokens -> (median seconds, samples); {} if none."""
+    t = model_times(model)
+    return t.medians(batch_size) if t is not None else {}
+
+
 def _large_fit(large, batch_size: int, prior_slope: float) -> tuple[float, float] | None:
     """(seconds per large step, verify slope) fitted from the large model's timed forwards at this batch
     size, or None until it has `MIN_SAMPLES` of them."""
-    tl = model_times(large)
-    ml = tl.medians(batch_size) if tl is not None else {}
+    return _line_fit(_medians(large, batch_size), prior_slope)
+
+
+def _line_fit(ml: dict[int, tuple[float, int]], prior_slope: float) -> tuple[float, float] | None:
+    """`_large_fit` from per-width medians (tokens -> (seconds, samples))."""
     if sum(k for _, k in ml.values()) < MIN_SAMPLES:
         return None
     # t(n) = a (1 + s (n - 1)), least squares over the widths seen (weights: samples, capped)
@@ -157,8 +166,7 @@ def learned_costs(small, large, batch_size: int = 1):
     from .policies import DraftCosts
 
     prior = prior_costs(small, large, batch_size)
-    ts = model_times(small)
-    ms = ts.medians(batch_size) if ts is not None else {}
+    ms = _medians(small, batch_size)
     fit = _large_fit(large, batch_size, prior.verify[1] - 1.0)
     if fit is None or sum(k for _, k in ms.values()) < MIN_SAMPLES:
         return prior
@@ -217,11 +225,11 @@ def lookup_costs(large, batch_size: int = 1, learned: bool = True):
     slope = prior_slope(large.device, batch_size)
     n = DraftCosts.MAX_DRAFTS
     if learned:
-        fit = _large_fit(large, batch_size, slope)
+        ml = _medians(large, batch_size)  # once: the line and the table are both fitted from these
+        fit = _line_fit(ml, slope)
         if fit is not None:
             slope = fit[1]  # the fitted line: past the widest timed width, and where no table can be made
-            tl = model_times(large)
-            table = verify_table(tl.medians(batch_size), slope, n)
+            table = verify_table(ml, slope, n)
             if table is not None:
                 return DraftCosts(DraftCosts.LOOKUP_STEP, table, DraftCosts.LOOKUP_OVERHEAD)
     return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(n + 1)),
