@@ -1,5 +1,6 @@
 """The draft-from-large construction and the offline pair cache (tiny models; real GGUF optional)."""
 
+import json
 import pytest
 import torch
 
@@ -216,6 +217,29 @@ def test_training_instructions_use_dev_not_test(tmp_path):
     assert len([x for x in recipe.training_instructions(tmp_path, part="all") if "DEV" in x]) == 5
     with pytest.raises(ValueError, match="part"):
         recipe.dev_rows(tmp_path / "xsum" / "dev.jsonl", "test")
+
+
+def test_extra_instructions_use_the_train_half_only(tmp_path):
+    """The extra prompt set (0.10's draft) reads only the dev splits' train half: no tune row, no test row, and
+    never the demo's default prompt (it stays unseen)."""
+    from bild.pairs import recipe
+
+    for name, n in (("wmt14_de_en", 6), ("xsum", 4)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dev.jsonl").write_text(
+            "".join(json.dumps({"source": f"{name}DEV{i} " + "w " * (1000 if name == "xsum" else 3), "target": "t"}) + "\n" for i in range(n)))
+        (tmp_path / name / "test.jsonl").write_text('{"source": "TESTDOC", "target": "t"}\n')
+    extra = recipe.extra_instructions(tmp_path)
+    seen = {w for x in extra for w in x.split() if "DEV" in w}
+    assert seen == {"wmt14_de_enDEV0", "wmt14_de_enDEV1", "wmt14_de_enDEV2", "xsumDEV0", "xsumDEV1"}
+    assert not any("TESTDOC" in x for x in extra)
+    assert sum(x.startswith("Translate to English: wmt14_de_enDEV") for x in extra) == 2  # pairs (0,1), (1,2)
+    assert pair.SAMPLE_PROMPT not in extra and not any("travel" in x.lower() for x in extra)
+    assert len(extra) == 2 + 2 * 2 + len(recipe.EXTRA_TOPICS) * len(recipe.EXTRA_TEMPLATES)
+    # the "general" agreement column's prompts are in no training set, and start with the demo's
+    trained = set(extra) | set(recipe.training_instructions(tmp_path))
+    assert recipe.HELDOUT_INSTRUCTIONS[0] == pair.SAMPLE_PROMPT and not trained & set(recipe.HELDOUT_INSTRUCTIONS)
+    assert not any(t in h for t in recipe.EXTRA_TOPICS for h in recipe.HELDOUT_INSTRUCTIONS)
 
 
 def test_lora_draft_ships_as_a_delta(tmp_path):

@@ -1,11 +1,13 @@
 """The recipe of the shipped SmolLM2 draft, as ``bild pair`` commands: training data from the dev splits'
 train half (never test), alignment, compression to a delta, the pruned head, and greedy agreement per task.
 
-    bild pair gen-data      the large model's outputs on the train half (+ sampled paths: --temperature)
+    bild pair gen-data      the large model's outputs on the train half (+ sampled paths: --temperature;
+                            more prompts from the same half and general topics: --prompts extra)
     bild pair teacher-force the large model's top-k along whole sequences (prompt positions too)
     bild pair train         cut a draft from the large model and align it
     bild pair compress      a fully fine-tuned draft as a low-rank delta (the file that ships)
-    bild pair agreement     greedy agreement of draft files per task, along the large model's outputs
+    bild pair agreement     greedy agreement of draft files per task (+ held-out free writing), along the
+                            large model's outputs
     bild pair tune-split    the tune half of each dev split, for threshold sweeps
     bild pair prune         the draft with its head over the most frequent tokens
 
@@ -24,7 +26,7 @@ import torch
 
 from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DRAFT_WEIGHTS_NAME, FEATURE_WEIGHTS_NAME, GENERAL_INSTRUCTIONS,
                       VOCABULARY_KEY, chat_prompt, default_draft_weights, format_instruction, is_feature_file,
-                      load_draft_from_weights, load_feature_draft, load_large, load_pair, make_small_from_large,
+                      SAMPLE_PROMPT, load_draft_from_weights, load_feature_draft, load_large, load_pair, make_small_from_large,
                       read_jsonl, save_draft_weights, save_feature_draft_weights, shared_data_dir)
 
 
@@ -59,6 +61,69 @@ def training_instructions(data_dir: Path | None = None, per_file: int | None = N
     return out
 
 
+# general topics x instruction templates: free-writing prompts for the extra set (the demo's SAMPLE_PROMPT and
+# any travel topic are left out, so `bild demo`'s default prompt stays unseen)
+EXTRA_TOPICS = (
+    "the ocean", "honey bees", "the moon", "volcanoes", "the Roman Empire", "electric cars", "coffee", "chess",
+    "rain forests", "the internet", "bicycles", "friendship", "music lessons", "the human brain", "deserts",
+    "public libraries", "gardening", "solar power", "the printing press", "penguins", "city parks", "baking bread",
+    "the Olympic Games", "trains", "mountains", "recycling plastic", "vaccines", "smartphones", "dinosaurs",
+    "the stock market", "learning a language", "football", "the weather", "birthdays", "museums", "rivers",
+    "robots", "the French Revolution", "clean water", "sleep", "volunteering", "classical music", "bridges",
+    "the night sky", "farming", "newspapers", "wolves", "tea", "painting", "earthquakes", "online shopping",
+    "the Amazon river", "snow", "elections", "the immune system", "kites", "space stations", "forests in winter",
+    "working from home", "old castles", "cooking pasta", "the Great Wall of China", "whales", "teachers",
+    "board games", "the wheel", "hospitals", "islands", "birds migrating", "money", "photography", "cheese",
+    "the Arctic", "social media", "mathematics", "firefighters", "theatre", "wind turbines", "ants", "cities at night",
+)
+EXTRA_TEMPLATES = (
+    "Write a short paragraph about {t}.", "Explain {t} to a ten-year-old.", "Give three interesting facts about {t}.",
+    "Write a short story that involves {t}.", "What are the advantages and disadvantages of {t}?",
+    "Describe {t} in a few sentences.", "Write a short news report about {t}.",
+)
+
+
+# free-writing prompts no training set holds (the "general" column of `bild pair agreement`): the demo's
+# default prompt first, then topics outside EXTRA_TOPICS and GENERAL_INSTRUCTIONS
+HELDOUT_INSTRUCTIONS = (
+    SAMPLE_PROMPT,
+    "Write a short paragraph about why people keep pets.", "Explain how a rainbow forms.",
+    "Give three tips for keeping a room tidy.", "Describe a busy market in the morning.",
+    "Write a short story about a lost umbrella.", "What are the benefits of reading books?",
+    "Explain how bread rises.", "Write a short paragraph about your favourite season.",
+    "What makes a good friend?", "Describe how a lighthouse works.",
+    "Write a short letter inviting a neighbour to dinner.", "Explain why leaves change colour in autumn.",
+    "Give three facts about octopuses.", "What are the advantages of walking to work?",
+    "Write a short paragraph about the history of the bicycle helmet.", "Explain what a budget is.",
+    "Describe a thunderstorm in a few sentences.", "Write a short poem about a quiet street.",
+    "What should you pack for a picnic?", "Explain how a refrigerator keeps food cold.",
+    "Write a short paragraph about learning to swim.", "Why do people celebrate the new year?",
+    "Describe the smell of a bakery.",
+)
+
+
+def extra_instructions(data_dir: Path | None = None, max_source_chars: int = 1500) -> list[str]:
+    """More chat instructions from the same sources as :func:`training_instructions` (train half only, never
+    tune or test): consecutive pairs of the translation sources, the second chunk and the opening of each
+    summarization document, and the general topics x templates (:data:`EXTRA_TOPICS`)."""
+    out: list[str] = []
+    data_dir = data_dir or shared_data_dir()
+    if data_dir is not None:
+        for name, task in DATASET_TASKS.items():
+            f = data_dir / name / "dev.jsonl"
+            if not f.exists():
+                continue
+            src = [r["source"] for r in dev_rows(f, "train")]
+            if task == "translation":
+                out += [format_instruction(a + " " + b, task, max_source_chars) for a, b in zip(src, src[1:])]
+            else:
+                out += [format_instruction(s[:700], task, max_source_chars) for s in src]
+                out += [format_instruction(s[max_source_chars:], task, max_source_chars) for s in src
+                        if len(s) > max_source_chars + 200]
+    out += [tm.format(t=t) for t in EXTRA_TOPICS for tm in EXTRA_TEMPLATES]
+    return out
+
+
 def resumed_teacher_outputs(large, tok, prompts: list[list[int]], path: Path, **kw) -> list:
     """:func:`~bild.pairs.alignment.generate_teacher_outputs` for token-id ``prompts``, saved to ``path`` after
     every batch; records already in ``path`` are kept and their prompts skipped (an interrupted run resumes)."""
@@ -79,7 +144,9 @@ def _cmd_gen_data(a) -> None:
     """The large model's outputs on the train half's chat prompts (resumable, see resumed_teacher_outputs)."""
     torch.manual_seed(a.seed)
     tok, large = load_large(a.cache)
-    instr = training_instructions(Path(a.data) if a.data else None, a.per_file, a.max_source_chars, a.part)
+    data = Path(a.data) if a.data else None
+    instr = (extra_instructions(data, a.max_source_chars) if a.prompts == "extra"
+             else training_instructions(data, a.per_file, a.max_source_chars, a.part))
     prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in instr]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +271,13 @@ def _cmd_train(a) -> None:
 def task_records(tok, large, name: str, split: str, n: int, out_dir: Path, max_new_tokens: int = 64,
                  max_source_chars: int = 1500) -> list:
     """The large model's greedy outputs on the first ``n`` rows of ``<name>/<split>.jsonl`` (``split``
-    "test", or a dev part "train"/"tune"), cached in ``out_dir`` and resumed from there."""
+    "test", or a dev part "train"/"tune"), cached in ``out_dir`` and resumed from there.  ``name``
+    ``"general"``: the first ``n`` of :data:`HELDOUT_INSTRUCTIONS` (any split)."""
+    if name == "general":  # the held-out free-writing prompts (HELDOUT_INSTRUCTIONS)
+        prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in HELDOUT_INSTRUCTIONS[:n]]
+        path = out_dir / f"general_heldout_{len(prompts)}_{max_new_tokens}.pt"
+        return resumed_teacher_outputs(large, tok, prompts, path, max_new_tokens=max_new_tokens, batch_size=16,
+                                       topk=0)
     data = shared_data_dir()
     if data is None or not (data / name).is_dir():
         raise FileNotFoundError(f"no {name} data (../shared/data or $BILD_DATA)")
@@ -223,7 +296,7 @@ def _cmd_agreement(a) -> None:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out_dir = Path(a.records_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [n for n in DATASET_TASKS if shared_data_dir() and (shared_data_dir() / n).is_dir()]
+    names = [n for n in DATASET_TASKS if shared_data_dir() and (shared_data_dir() / n).is_dir()] + ["general"]
     recs = {n: task_records(tok, large, n, a.split, a.per_file, out_dir, a.max_new_tokens) for n in names}
     rows, feats = [], {}
     for w in a.weights or [str(default_draft_weights())]:
@@ -290,6 +363,9 @@ def add_commands(sub) -> None:
     g.add_argument("--part", default="train", choices=DEV_PARTS,
                    help="half of each dev split: train (first, default), tune (second: threshold tuning), all")
     g.add_argument("--max_source_chars", type=int, default=1500)
+    g.add_argument("--prompts", default="dev", choices=("dev", "extra"),
+                   help="dev: the --part half's task prompts + the general instructions; extra: more prompts from "
+                        "the train half and general topics (recipe.extra_instructions)")
     g.add_argument("--max_new_tokens", type=int, default=64)
     g.add_argument("--batch_size", type=int, default=16)
     g.add_argument("--topk", type=int, default=32)
