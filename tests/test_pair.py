@@ -242,6 +242,16 @@ def test_extra_instructions_use_the_train_half_only(tmp_path):
     assert not any(t in h for t in recipe.EXTRA_TOPICS for h in recipe.HELDOUT_INSTRUCTIONS)
 
 
+def test_gen_data_extra_refuses_a_part_it_would_ignore(tmp_path):
+    """`gen-data --prompts extra` always reads the train half: --part tune / --per_file are refused before any
+    model loads (they would be silently ignored)."""
+    for extra in (["--part", "tune"], ["--per_file", "3"]):
+        with pytest.raises(SystemExit, match="--prompts extra reads the whole train half"):
+            pair.main(["--cache", str(tmp_path / "none"), "gen-data", "--prompts", "extra",
+                       "--out", str(tmp_path / "x.pt"), *extra])
+    assert not (tmp_path / "none").exists()
+
+
 def test_lora_draft_ships_as_a_delta(tmp_path):
     """A LoRA-aligned draft saves as adapters + norms (+ a pruned vocabulary) and loads back equal to the
     trained model, built on the large model's own layers; a plain one still saves its layers."""

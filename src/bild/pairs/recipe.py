@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DRAFT_WEIGHTS_NAME, FEATURE_WEIGHTS_NAME, GENERAL_INSTRUCTIONS,
-                      VOCABULARY_KEY, chat_prompt, default_draft_weights, format_instruction, is_feature_file,
-                      SAMPLE_PROMPT, load_draft_from_weights, load_feature_draft, load_large, load_pair, make_small_from_large,
-                      read_jsonl, save_draft_weights, save_feature_draft_weights, shared_data_dir)
+                      SAMPLE_PROMPT, VOCABULARY_KEY, chat_prompt, default_draft_weights, format_instruction,
+                      is_feature_file, load_draft_from_weights, load_feature_draft, load_large, load_pair,
+                      make_small_from_large, read_jsonl, save_draft_weights, save_feature_draft_weights,
+                      shared_data_dir)
 
 
 DEV_PARTS = ("train", "tune", "all")
@@ -142,6 +143,9 @@ def resumed_teacher_outputs(large, tok, prompts: list[list[int]], path: Path, **
 
 def _cmd_gen_data(a) -> None:
     """The large model's outputs on the train half's chat prompts (resumable, see resumed_teacher_outputs)."""
+    if a.prompts == "extra" and (a.part != "train" or a.per_file is not None):
+        raise SystemExit("gen-data --prompts extra reads the whole train half: --part must be train and "
+                         f"--per_file unset (got --part {a.part}, --per_file {a.per_file})")
     torch.manual_seed(a.seed)
     tok, large = load_large(a.cache)
     data = Path(a.data) if a.data else None
