@@ -187,12 +187,10 @@ def report(log: Path, names: list[str], a, task: str) -> None:
     for n in names:
         ratios = [r["large"]["s"] / r[n]["s"] for r in rows]
         tps = sum(r[n].get("new_tokens", 0) for r in rows) / sum(r[n]["s"] for r in rows)
-        score = "-"
-        if refs and all("texts" in r[n] for r in rows):
-            score = f"{quality(metric, [t.strip() for r in rows for t in r[n]['texts']], refs)['score']:.2f}"
-        vs_large = "-"
-        if "large" in names and all("texts" in r[n] and "texts" in r["large"] for r in rows):
-            vs_large = f"{quality(metric, [t.strip() for r in rows for t in r[n]['texts']], [t.strip() for r in rows for t in r['large']['texts']])['score']:.1f}"
+        texts = {m: [t.strip() for r in rows for t in r[m]["texts"]] for m in (n, "large")
+                 if m in names and all("texts" in r[m] for r in rows)}
+        score = f"{quality(metric, texts[n], refs)['score']:.2f}" if refs and n in texts else "-"
+        vs_large = f"{quality(metric, texts[n], texts['large'])['score']:.1f}" if {n, "large"} <= texts.keys() else "-"
         tpc = [r[n]["tokens_per_call"] for r in rows if "tokens_per_call" in r[n]]
         acc: dict[str, int] = {}
         for r in rows:

@@ -278,17 +278,18 @@ def task_records(tok, large, name: str, split: str, n: int, out_dir: Path, max_n
     "test", or a dev part "train"/"tune"), cached in ``out_dir`` and resumed from there.  ``name``
     ``"general"``: the first ``n`` of :data:`HELDOUT_INSTRUCTIONS` (any split)."""
     if name == "general":  # the held-out free-writing prompts (HELDOUT_INSTRUCTIONS)
-        prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in HELDOUT_INSTRUCTIONS[:n]]
-        path = out_dir / f"general_heldout_{len(prompts)}_{max_new_tokens}.pt"
-        return resumed_teacher_outputs(large, tok, prompts, path, max_new_tokens=max_new_tokens, batch_size=16,
-                                       topk=0)
-    data = shared_data_dir()
-    if data is None or not (data / name).is_dir():
-        raise FileNotFoundError(f"no {name} data (../shared/data or $BILD_DATA)")
-    rows = read_jsonl(data / name / "test.jsonl", n) if split == "test" else dev_rows(data / name / "dev.jsonl", split, n)
-    prompts = [tok(chat_prompt(tok, format_instruction(r["source"], DATASET_TASKS[name], max_source_chars)),
-                   add_special_tokens=False)["input_ids"] for r in rows]
-    path = out_dir / f"{name}_{split}_{len(rows)}_{max_new_tokens}.pt"
+        instructions = list(HELDOUT_INSTRUCTIONS[:n])
+        stem = f"general_heldout_{len(instructions)}"
+    else:
+        data = shared_data_dir()
+        if data is None or not (data / name).is_dir():
+            raise FileNotFoundError(f"no {name} data (../shared/data or $BILD_DATA)")
+        rows = (read_jsonl(data / name / "test.jsonl", n) if split == "test"
+                else dev_rows(data / name / "dev.jsonl", split, n))
+        instructions = [format_instruction(r["source"], DATASET_TASKS[name], max_source_chars) for r in rows]
+        stem = f"{name}_{split}_{len(rows)}"
+    prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in instructions]
+    path = out_dir / f"{stem}_{max_new_tokens}.pt"
     return resumed_teacher_outputs(large, tok, prompts, path, max_new_tokens=max_new_tokens, batch_size=16, topk=0)
 
 
