@@ -17,7 +17,7 @@ from models import make_inputs, make_pair
 import bild
 from bild import online_costs
 from bild.analysis.cost_model import ForwardCounter
-from bild.policies import AdaptivePolicy, RowwisePolicy
+from bild.policies import AdaptivePolicy, DraftCosts, RowwisePolicy
 
 N = 24
 
@@ -148,6 +148,83 @@ def test_exact_mode_learns_costs_from_its_own_forwards(monkeypatch):
     other = bild.BiLDGenerator(small, large)
     assert torch.equal(other.generate(ids, attention_mask=mask, max_new_tokens=N), want)
     assert other.stats.policy["costs"]["small"] == pytest.approx(1.0)  # shared with a new generator
+
+
+def _timed_forwards(monkeypatch, model, seconds: float, now: list[float]) -> None:
+    """`model`'s forwards advance the fake clock `now[0]` by `seconds` (the only time that passes)."""
+    import functools
+
+    fwd = model.forward
+
+    @functools.wraps(fwd)
+    def forward(*a, **k):
+        now[0] += seconds
+        return fwd(*a, **k)
+    monkeypatch.setattr(model, "forward", forward)
+
+
+def test_round_overhead_is_a_rounds_host_time_beyond_its_forwards(monkeypatch):
+    """Time passes only in forwards (large 1 s, small 0.25 s) and, for 0.5 s, in each proposal that runs the
+    small model: plain rounds then record 0 s of overhead, rounds that ran the small model (those that fell
+    back at the first step too) 0.5 s, and the learned costs charge a drafting round 0.5 large steps (the
+    forwards' seconds are subtracted, the small model's catch-ups included). Output: the large model's."""
+    from bild.proposers import ModelProposer
+
+    small, large = make_pair("llama")
+    ids, mask = make_inputs("llama", 1, seed=4)
+    want = large.generate(ids, attention_mask=mask, max_new_tokens=N)
+    now = [0.0]
+    monkeypatch.setattr(online_costs, "clock", lambda: now[0])
+    _timed_forwards(monkeypatch, large, 1.0, now)
+    _timed_forwards(monkeypatch, small, 0.25, now)
+    propose = ModelProposer.propose
+
+    def slow_propose(self, state, allowed=None):  # 0.5 s of host work in each proposal that runs the small model
+        n = self.adapter.forwards
+        prop = propose(self, state, allowed)
+        now[0] += 0.5 * (self.adapter.forwards > n)
+        return prop
+    monkeypatch.setattr(ModelProposer, "propose", slow_propose)
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.5, max_small_steps=3)  # drafts most rounds
+    assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=N), want)
+    times = online_costs.model_times(large)
+    assert sum(len(d) for d in times.rounds.values()) == gen.stats.rounds  # one record per round
+    for _ in range(2):
+        assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=N), want)
+    got = {kind: list(d) for (b, kind), d in times.rounds.items()}
+    assert set(got) <= {"small", "plain"} and len(got["small"]) >= online_costs.MIN_ROUND_SAMPLES
+    assert got["small"] == pytest.approx([0.5] * len(got["small"]))
+    assert got.get("plain", [0.0]) == pytest.approx([0.0] * len(got.get("plain", [0.0])))
+    learned = online_costs.learned_costs(small, large, 1)
+    assert learned.overhead == pytest.approx(0.5) and learned.small == pytest.approx(0.25)
+
+
+def test_learned_costs_price_verify_widths_from_the_table_and_rounds_against_plain_ones():
+    """The small model's verify costs are the large model's per-width table (as prompt lookup's), and the
+    round overhead is a small-model round's host time beyond a plain round's, in large steps."""
+    from bild.online_costs import verify_table
+
+    small, large = make_pair("llama")
+    tl, ts = online_costs.model_times(large), online_costs.model_times(small)
+    for _ in range(online_costs.MIN_SAMPLES):
+        for w, t in ((1, 10.0), (2, 11.0), (3, 12.0), (4, 16.0)):
+            tl.record(1, w, t)
+        ts.record(1, 1, 2.0)
+    before = online_costs.learned_costs(small, large, 1)
+    assert before != online_costs.prior_costs(small, large, 1)  # learned forwards...
+    assert before.overhead == DraftCosts.ROUND_OVERHEAD  # ...but no round timed yet
+    for _ in range(online_costs.MIN_ROUND_SAMPLES):
+        tl.record_round(1, "small", 3.0)
+        tl.record_round(1, "plain", 1.0)
+        tl.record_round(1, "lookup", 1.5)
+    got = online_costs.learned_costs(small, large, 1)
+    step = online_costs._line_fit(tl.medians(1), 0.1)[0]
+    assert got.verify == verify_table(tl.medians(1), online_costs._line_fit(tl.medians(1), 0.1)[1],
+                                      DraftCosts.MAX_DRAFTS)
+    assert got.verify[:4] == pytest.approx((1.0, 1.1, 1.2, 1.6))
+    assert got.small == pytest.approx(2.0 / step) and got.overhead == pytest.approx(2.0 / step)
+    assert online_costs.lookup_costs(large, 1).overhead == pytest.approx(0.5 / step)
+    assert tl.round_overhead(2, "small") is None  # another batch size: nothing timed
 
 
 def test_prior_counts_compute_parameters():

@@ -208,7 +208,7 @@ def test_lookup_costs_use_the_per_width_table_of_the_runs_forwards():
         for _ in range(4):
             times.record(1, w, t)
     got = online_costs.lookup_costs(large, 1)
-    slope = online_costs._large_fit(large, 1, online_costs.prior_slope("cpu", 1))[1]
+    slope = online_costs._line_fit(times.medians(1), online_costs.prior_slope("cpu", 1))[1]
     assert got.verify == verify_table(times.medians(1), slope, DraftCosts.MAX_DRAFTS)
     assert got.verify[:4] == pytest.approx((1.0, 1.1, 1.2, 1.6)) and got.small == 0.0
     assert online_costs.lookup_costs(large, 1, learned=False).verify[3] == pytest.approx(1 + 3 * online_costs.CPU_SLOPE)

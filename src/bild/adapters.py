@@ -62,6 +62,7 @@ class ModelAdapter:
         self.forwards = 0
         self.compactions = 0
         self.times = online_costs.model_times(model)  # forwards' host times feed the shared cost estimates
+        self.seconds = 0.0  # host time in forwards, where timed (the loop subtracts it from a round's time)
         self.vocab = token_index(model, execution_device(model))  # a pruned head's (ids, V), or None
 
     @functools.cached_property
@@ -138,14 +139,16 @@ class ModelAdapter:
             kwargs.update(input_ids=ids, attention_mask=mask)
             if self.caps.takes_positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
-        timed = self.times is not None and self.length > n  # not the prefill
-        t0 = online_costs.clock() if timed else 0.0
+        t0 = online_costs.clock() if self.times is not None else 0.0
         out = self.model(**kwargs)
         logits = out.logits[:, -keep:].float()
         if self.vocab is not None:  # [B, keep, V_sub] -> [B, keep, V], the other tokens improbable
             logits = widen_logits(logits, *self.vocab)
-        if timed:
-            self.times.record(B, n, online_costs.clock() - t0)
+        if self.times is not None:
+            dt = online_costs.clock() - t0
+            self.seconds += dt
+            if self.length > n:  # not the prefill
+                self.times.record(B, n, dt)
         self.forwards += 1
         return logits
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
+from . import online_costs
 from .acceptance import Verdict, make_rule
 from .adapters import ModelAdapter, to_device
 from .batch import BatchState, RowProcessors
@@ -56,6 +57,15 @@ class DecodeOptions:
         return self.verification in ("exact", "block")
 
 
+def round_kind(prop: Proposal, small_ran: bool) -> str:
+    """What a round drafted with, for its timed overhead: "small" where the small model ran (a draft step
+    that fell back at once included: its host work is the small model's), else "lookup" where any row has a
+    lookup draft, else "plain" (the large model alone)."""
+    if small_ran:
+        return "small"
+    return "lookup" if any(d and src == "lookup" for src, d in zip(prop.source, prop.drafts)) else "plain"
+
+
 class DraftVerifyLoop:
     """Runs one batched `generate` call: propose -> score -> accept -> commit until every row stops.
     Tensor shapes: B rows, P prompt columns, V vocabulary."""
@@ -66,7 +76,7 @@ class DraftVerifyLoop:
                  generation_config, logits_processor, stopping_criteria, streamer=None,
                  stats: GenerationStats | None = None, batch_slot: tuple[int, int] | None = None,
                  proposer: Proposer | None = None):
-        self.large, self.opts = large, opts
+        self.large, self.small, self.opts = large, small, opts
         self.do_sample = bool(generation_config.do_sample)
         self.stats = stats if stats is not None else GenerationStats()
         self.processors_arg, self.batch_slot = logits_processor, batch_slot
@@ -144,7 +154,24 @@ class DraftVerifyLoop:
 
     # -- one round ----------------------------------------------------------------------------------
     def _round(self) -> None:
-        """Propose, score, accept, commit. Host reads: one per draft step (in the proposer), one verdict."""
+        """Propose, score, accept, commit. Host reads: one per draft step (in the proposer), one verdict.
+        Where forwards are timed (CPU), the round's host time beyond them goes to the cost estimates."""
+        timed = self.large.times is not None
+        if not timed:
+            self._round_body()
+            return
+        t0, f0, n0 = online_costs.clock(), self._forward_seconds(), self._small_forwards()
+        prop = self._round_body()
+        overhead = online_costs.clock() - t0 - (self._forward_seconds() - f0)
+        self.large.times.record_round(self.state.B, round_kind(prop, self._small_forwards() > n0), overhead)
+
+    def _small_forwards(self) -> int:
+        return self.small.forwards if self.small is not None else 0
+
+    def _forward_seconds(self) -> float:
+        return self.large.seconds + (self.small.seconds if self.small is not None else 0.0)
+
+    def _round_body(self) -> Proposal:
         st = self.state
         prop = self.proposer.propose(st)
         K = max(len(x) for x in prop.drafts)
@@ -165,6 +192,7 @@ class DraftVerifyLoop:
         self.scorer.keep([b + a for b, a in zip(before, n_acc)])
         self.proposer.settle(n_acc, committed, before, p_logits.shape[1] - 1)
         self._count(prop, n_acc, committed)
+        return prop
 
     def _accept(self, dt: torch.Tensor, p_logits: torch.Tensor, prop: Proposal) -> Verdict:
         """The acceptance rule over the round's drafts (dt: [B, K], padded); without drafts (and without

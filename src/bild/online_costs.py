@@ -16,8 +16,17 @@ learned `ModelAdapter.feed` reports (rows, new tokens, seconds) of every forward
         Per (rows, tokens) the last `KEEP` times are kept; a pair's `DraftCosts` at batch B are fitted from
         their medians (`learned_costs`): the small step from the small model's 1-token forwards, the large
         step and the verify slope by least squares through the large model's widths (the prior slope where
-        only one width was seen); prompt lookup's verify costs per width (`verify_table`). Until a model has
-        `MIN_SAMPLES` such forwards at that batch size, the prior stands.
+        only one width was seen), the verify costs per width (`verify_table`, for the small model's drafts
+        and prompt lookup's alike). Until a model has `MIN_SAMPLES` such forwards at that batch size, the
+        prior stands.
+rounds  the engine times each round on the host and records what its forwards did not take
+        (`ModelTimes.record_round`, on the large model's record, by what the round ran): a round's
+        overhead is the median of its kind's less the median of plain rounds', in large steps (sampling,
+        host reads, the policy, cache bookkeeping; the small model's per-step host work lands here too, at the
+        draft lengths the policy ran). Until `MIN_ROUND_SAMPLES` rounds of a kind are timed the prior stands
+        (`DraftCosts.ROUND_OVERHEAD`, `DraftCosts.LOOKUP_OVERHEAD`). 0.10 charged every small-model round the
+        prior's 0.4 large steps and priced verify widths on a line; on the SmolLM2 pair the learned overhead is
+        0.03-0.06 and a 2-token verify 1.1-1.2 steps (docs/performance.md, "The round overhead ... learned").
 CUDA    timing a forward on the host would need a synchronisation in the hot loop: on devices other than
         the CPU nothing is timed and the prior is kept (pass `costs=` a ratio or a measured table there).
 
@@ -41,6 +50,7 @@ KEEP = 32  # times kept per (rows, tokens)
 MIN_SAMPLES = 6  # forwards after the prefill before a model's learned times replace the prior
 MAX_TOKENS = 64  # wider forwards (long catch-ups) are not recorded
 MIN_WIDTH_SAMPLES = 3  # times before a width enters a per-width verify table
+MIN_ROUND_SAMPLES = 3  # timed rounds of a kind before their overhead replaces the prior (host work varies little)
 
 clock = time.perf_counter  # the timer; tests patch it
 
@@ -84,18 +94,35 @@ def prior_costs(small, large, batch_size: int = 1, device=None):
 
 
 class ModelTimes:
-    """Recent forward times of one model on one (device, dtype, threads): `times[(rows, tokens)]`."""
+    """Recent forward times of one model on one (device, dtype, threads): `times[(rows, tokens)]`; for a large
+    model also the host time of the engine's rounds beyond their forwards: `rounds[(rows, kind)]`, kind
+    "small" (the small model ran), "lookup" (a lookup draft, no small model) or "plain"
+    (`bild.decoding.round_kind`)."""
 
     def __init__(self):
         self.times: dict[tuple[int, int], deque] = {}
+        self.rounds: dict[tuple[int, str], deque] = {}
 
     def record(self, rows: int, tokens: int, seconds: float) -> None:
         if 0 < tokens <= MAX_TOKENS and seconds > 0:
             self.times.setdefault((rows, tokens), deque(maxlen=KEEP)).append(seconds)
 
+    def record_round(self, rows: int, kind: str, seconds: float) -> None:
+        self.rounds.setdefault((rows, kind), deque(maxlen=KEEP)).append(max(0.0, seconds))
+
     def medians(self, rows: int) -> dict[int, tuple[float, int]]:
         """tokens -> (median seconds, samples) at this batch size."""
         return {n: (statistics.median(d), len(d)) for (b, n), d in self.times.items() if b == rows and d}
+
+    def round_overhead(self, rows: int, kind: str) -> float | None:
+        """Seconds a round drafting with `kind` spends on the host beyond its forwards, more than a plain round
+        does (median against median; against nothing before a plain round is timed), or None until
+        `MIN_ROUND_SAMPLES` such rounds are timed at this batch size."""
+        d = self.rounds.get((rows, kind))
+        if d is None or len(d) < MIN_ROUND_SAMPLES:
+            return None
+        plain = self.rounds.get((rows, "plain"))
+        return max(0.0, statistics.median(d) - (statistics.median(plain) if plain else 0.0))
 
 
 _TIMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -133,14 +160,9 @@ def _medians(model, batch_size: int) -> dict[int, tuple[float, int]]:
     return t.medians(batch_size) if t is not None else {}
 
 
-def _large_fit(large, batch_size: int, prior_slope: float) -> tuple[float, float] | None:
-    """(seconds per large step, verify slope) fitted from the large model's timed forwards at this batch
-    size, or None until it has `MIN_SAMPLES` of them."""
-    return _line_fit(_medians(large, batch_size), prior_slope)
-
-
 def _line_fit(ml: dict[int, tuple[float, int]], prior_slope: float) -> tuple[float, float] | None:
-    """`_large_fit` from per-width medians (tokens -> (seconds, samples))."""
+    """(seconds per large step, verify slope) fitted from per-width medians (tokens -> (seconds, samples)) of the
+    large model's timed forwards, or None until they hold `MIN_SAMPLES` forwards."""
     if sum(k for _, k in ml.values()) < MIN_SAMPLES:
         return None
     # t(n) = a (1 + s (n - 1)), least squares over the widths seen (weights: samples, capped)
@@ -160,14 +182,24 @@ def _line_fit(ml: dict[int, tuple[float, int]], prior_slope: float) -> tuple[flo
     return y / (1.0 + prior_slope * x), prior_slope
 
 
+def _overhead(large, batch_size: int, kind: str, step: float, prior: float) -> float:
+    """A `kind` round's learned host overhead (`ModelTimes.round_overhead`) in large steps of `step` seconds,
+    else `prior`."""
+    t = model_times(large)
+    o = t.round_overhead(batch_size, kind) if t is not None else None
+    return prior if o is None else o / step
+
+
 def learned_costs(small, large, batch_size: int = 1):
     """The pair's `DraftCosts` at this batch size: learned where both models have enough forwards timed,
-    else the prior."""
+    else the prior. Verify passes per width as timed (`verify_table`, the fitted line where no table can be
+    made); the round overhead as timed over the engine's small-model rounds (the prior until it has been)."""
     from .policies import DraftCosts
 
     prior = prior_costs(small, large, batch_size)
     ms = _medians(small, batch_size)
-    fit = _large_fit(large, batch_size, prior.verify[1] - 1.0)
+    ml = _medians(large, batch_size)
+    fit = _line_fit(ml, prior.verify[1] - 1.0)
     if fit is None or sum(k for _, k in ms.values()) < MIN_SAMPLES:
         return prior
     a, slope = fit
@@ -177,8 +209,9 @@ def learned_costs(small, large, batch_size: int = 1):
     else:
         n, (t, _) = min(ms.items())
         small_step = t / (1.0 + slope * (n - 1))
-    return DraftCosts(small_step / a, tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
-                      DraftCosts.ROUND_OVERHEAD)
+    verify = (verify_table(ml, slope, DraftCosts.MAX_DRAFTS)
+              or tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)))
+    return DraftCosts(small_step / a, verify, _overhead(large, batch_size, "small", a, DraftCosts.ROUND_OVERHEAD))
 
 
 def verify_table(medians: dict[int, tuple[float, int]], slope: float, n: int) -> tuple[float, ...] | None:
@@ -228,9 +261,10 @@ def lookup_costs(large, batch_size: int = 1, learned: bool = True):
         ml = _medians(large, batch_size)  # once: the line and the table are both fitted from these
         fit = _line_fit(ml, slope)
         if fit is not None:
-            slope = fit[1]  # the fitted line: past the widest timed width, and where no table can be made
+            a, slope = fit  # the fitted line: past the widest timed width, and where no table can be made
             table = verify_table(ml, slope, n)
             if table is not None:
-                return DraftCosts(DraftCosts.LOOKUP_STEP, table, DraftCosts.LOOKUP_OVERHEAD)
+                return DraftCosts(DraftCosts.LOOKUP_STEP, table,
+                                  _overhead(large, batch_size, "lookup", a, DraftCosts.LOOKUP_OVERHEAD))
     return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(n + 1)),
                       DraftCosts.LOOKUP_OVERHEAD)
