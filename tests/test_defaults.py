@@ -218,9 +218,8 @@ def test_learned_costs_price_verify_widths_from_the_table_and_rounds_against_pla
         tl.record_round(1, "plain", 1.0)
         tl.record_round(1, "lookup", 1.5)
     got = online_costs.learned_costs(small, large, 1)
-    step = online_costs._line_fit(tl.medians(1), 0.1)[0]
-    assert got.verify == verify_table(tl.medians(1), online_costs._line_fit(tl.medians(1), 0.1)[1],
-                                      DraftCosts.MAX_DRAFTS)
+    step, slope = online_costs._line_fit(tl.medians(1), 0.1)
+    assert got.verify == verify_table(tl.medians(1), slope, DraftCosts.MAX_DRAFTS)
     assert got.verify[:4] == pytest.approx((1.0, 1.1, 1.2, 1.6))
     assert got.small == pytest.approx(2.0 / step) and got.overhead == pytest.approx(2.0 / step)
     assert online_costs.lookup_costs(large, 1).overhead == pytest.approx(0.5 / step)

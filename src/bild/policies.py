@@ -52,8 +52,8 @@ class DraftCosts:
     # A drafting round's overhead beyond its model calls, in large steps: the prior of the timing-free costs
     # (`RowwisePolicy`, GPUs) and of measured tables. On the 2-core CPU a round cost 0.40-0.46 large steps more
     # than its predicted model calls (controlled pair, linear verify prices, benchmarks/adaptive_policy.py,
-    # 2026-11-23). On a CPU `bild.online_costs` replaces it with the rounds' own host time (0.11: 0.04 large
-    # steps on the SmolLM2 pair). Kept here because the lossy modes' text depends on it. Unmeasured on a GPU.
+    # 2026-11-23). On a CPU `bild.online_costs` replaces it with the rounds' own host time (0.11: 0.03-0.06
+    # large steps on the SmolLM2 pair). Kept here because the lossy modes' text depends on it. Unmeasured on a GPU.
     ROUND_OVERHEAD = 0.4
     MAX_DRAFTS = 32  # verify table length of fitted costs
     # prompt lookup: a draft is a dictionary lookup on the host; a lookup round's host time beyond its forward
