@@ -18,13 +18,15 @@ import bild
 
 N_NEW = 16
 # zoo entries the engine refuses, and what its ValueError must say; any other refusal fails the test
-NO_CACHE, RECURRENT = "has no KV cache", "recurrent or custom cache that cannot be cropped"
-NOT_CONTINUED = "does not continue from its KV cache"
+NO_CACHE, NOT_CONTINUED = "has no KV cache", "does not continue from its KV cache"
+NOT_ROLLED_BACK = "does not give the logits of an uncached forward"
+NO_RELEASE = "no transformers release bild was tested with"  # a recurrent state no release rolls back
 REFUSED = {
     "openai-gpt": NO_CACHE, "xlm": f"{NO_CACHE}|{NOT_CONTINUED}",
-    **{n: RECURRENT for n in ("xlnet", "rwkv", "reformer", "mamba", "mamba2", "falcon_mamba", "bailing_hybrid", "bamba", "deepseek_v4", "falcon_h1", "granitemoehybrid", "jamba",
-                              "kimi_linear", "minimax", "nemotron_h", "olmo_hybrid", "qwen3_5_moe_text",
-                              "qwen3_5_text", "qwen3_next", "recurrent_gemma", "zamba", "zamba2", "zaya")},
+    **{n: NO_CACHE for n in ("xlnet", "rwkv", "reformer")},  # memories / own states, not filled through a cache
+    # a recurrent state the engine cannot roll back on any release it knows: refused with the reason and saying so
+    **{n: f"({NO_CACHE}|{NOT_CONTINUED}|{NOT_ROLLED_BACK}).*{NO_RELEASE}" for n in (
+        "mamba", "falcon_mamba", "bamba", "jamba", "zamba", "zaya", "deepseek_v4", "minimax", "recurrent_gemma")},
     "prophetnet": "one cached token", "prophetnet_causal": "one cached token",
     "fsmt": "builds the causal mask only without a cache", "fsmt_default_beams": "builds the causal mask only without a cache",
     "cpmant": "multi-token verify", "moshi": "full causal mask over sliding-window cache layers",
@@ -38,11 +40,22 @@ REFUSED = {
 CHANGED_IN = {
     **{n: (NOT_CONTINUED, (5, 18)) for n in ("big_bird", "doge", "git", "megatron-bert", "rembert", "roformer", "umt5")},
     "inkling_text": ("cannot roll sliding-window layers back", (5, 18)),
+    # linear-attention / state-space hybrids and Mamba2: 5.25 records recurrent states for `crop`
+    # (`recurrent_states_to_keep`); before it every probe that fails must name that release
+    **{n: (r"transformers 5\.25\.0 or later rolls its recurrent state back", (5, 25))
+       for n in bild.adapters.RECURRENT_EXACT_FROM},
 }
 RELEASE = tuple(int(x) for x in transformers.__version__.split(".")[:2])
 for _name, (_why, _fixed) in CHANGED_IN.items():
     if RELEASE < _fixed:
         REFUSED[_name] = _why
+
+
+def test_recurrent_table_matches_the_zoo():
+    """Every family bild's own table says is exact from 5.25 is a zoo entry the test below runs (so the table is
+    checked on both ends of the range), and no zoo family refused everywhere is in it."""
+    assert set(bild.adapters.RECURRENT_EXACT_FROM) <= set(ZOO)
+    assert not set(bild.adapters.RECURRENT_EXACT_FROM) & {n for n, why in REFUSED.items() if NO_RELEASE in why}
 
 
 def padded_batch(kind: str):

@@ -33,14 +33,14 @@ def test_installed_release_is_in_range():
     assert _compat.check_transformers(transformers.__version__) is None, transformers.__version__
 
 
-@pytest.mark.parametrize("version", ["5.17.0", "5.20.2", "5.24.0", "5.24.3", "5.24.0.dev0"])
+@pytest.mark.parametrize("version", ["5.17.0", "5.20.2", "5.24.0", "5.25.0", "5.25.2", "5.25.0.dev0"])
 def test_tested_releases_pass(version):
     assert _compat.check_transformers(version) is None
 
 
 def test_older_release_is_an_error_naming_both_versions(monkeypatch):
     monkeypatch.delenv(_compat.ALLOW_ENV, raising=False)
-    with pytest.raises(ImportError, match=r"transformers 5\.16\.1 is older.*5\.17\.0 to 5\.24\.x"):
+    with pytest.raises(ImportError, match=r"transformers 5\.16\.1 is older.*5\.17\.0 to 5\.25\.x"):
         _compat.check_transformers("5.16.1")
     monkeypatch.setenv(_compat.ALLOW_ENV, "1")
     with pytest.warns(RuntimeWarning, match="5.16.1"):
@@ -49,8 +49,8 @@ def test_older_release_is_an_error_naming_both_versions(monkeypatch):
 
 def test_newer_release_warns_naming_both_versions(monkeypatch):
     monkeypatch.delenv(_compat.ALLOW_ENV, raising=False)
-    with pytest.warns(RuntimeWarning, match=r"transformers 5\.25\.0 is newer.*5\.17\.0 to 5\.24\.x"):
-        assert _compat.check_transformers("5.25.0")
+    with pytest.warns(RuntimeWarning, match=r"transformers 5\.26\.0 is newer.*5\.17\.0 to 5\.25\.x"):
+        assert _compat.check_transformers("5.26.0")
 
 
 def test_import_checks_the_installed_release(monkeypatch):

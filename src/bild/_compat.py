@@ -11,8 +11,8 @@ import os
 import warnings
 
 TRANSFORMERS_OLDEST = "5.17.0"  # oldest release CI runs (.ci/run)
-TRANSFORMERS_NEWEST = "5.24.0"  # newest release CI runs; pyproject's bound admits its patch releases only
-TRANSFORMERS_REQUIREMENT = "transformers>=5.17,<5.25"  # pyproject.toml (tests/test_versions.py keeps them equal)
+TRANSFORMERS_NEWEST = "5.25.0"  # newest release CI runs; pyproject's bound admits its patch releases only
+TRANSFORMERS_REQUIREMENT = "transformers>=5.17,<5.26"  # pyproject.toml (tests/test_versions.py keeps them equal)
 ALLOW_ENV = "BILD_ALLOW_UNTESTED_TRANSFORMERS"
 
 

@@ -93,6 +93,11 @@ class ModelAdapter:
     def start(self, batch_size: int, device: torch.device, encoder_kwargs: dict | None = None) -> None:
         """Fresh cache. `encoder_kwargs` (encoder-decoder only): `encoder_outputs` and `attention_mask`."""
         self.cache = new_cache(self.model)
+        # layers with a recurrent state: a forward of n tokens must record the states after each of them to be
+        # rolled back into (`feed` grows the recording); every rollback crops, so the record never outgrows a round
+        self.recorded = 1 if state_layers(self.cache) else 0
+        self.unsettled = 0  # tokens fed since the last crop (recorded caches)
+        self.prefill = True  # the next forward is the cache's first
         self.encoder_kwargs = encoder_kwargs or {}
         self.device = device
         self.mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
@@ -129,6 +134,8 @@ class ModelAdapter:
             self.n_valid[r] += len(got)
             self.tokens_fed += len(got)
         self.length += n
+        if self.recorded and n > self.recorded and not self.prefill:
+            self._record(n)
         kwargs = {self.caps.cache_arg: self.cache, "use_cache": True}
         if self.caps.logits_to_keep:
             kwargs["logits_to_keep"] = keep
@@ -150,6 +157,11 @@ class ModelAdapter:
             if self.length > n:  # not the prefill
                 self.times.record(B, n, dt)
         self.forwards += 1
+        if self.recorded:
+            self.unsettled += n
+            if self.prefill:  # never rolled back: its record goes now
+                self._crop(0)
+        self.prefill = False
         return logits
 
     def keep_first(self, counts: list[int]) -> None:
@@ -162,10 +174,25 @@ class ModelAdapter:
             self.n_valid = counts
             self.mask = self.mask & (self.mask.long().cumsum(-1) <= to_device(counts, self.device)[:, None])
         new_len = max((s[-1] + 1 for s in self.slots if s), default=0)
-        if new_len < self.length:
-            self.cache.crop(new_len - self.length)
-            self.mask = self.mask[:, :new_len]
-            self.length = new_len
+        if new_len < self.length or self.recorded:  # crop(0) drops a recurrent layer's record (as transformers does)
+            self._crop(new_len - self.length)
+
+    def _crop(self, by: int) -> None:
+        self.cache.crop(by)
+        self.mask = self.mask[:, : self.length + by]
+        self.length += by
+        self.unsettled = 0
+
+    def _record(self, n: int) -> None:
+        """Have the next forward record the recurrent states after each of its `n` tokens (it may be rolled back
+        anywhere into). Re-arming the record drops what it holds, so it must hold nothing: the loop rolls back (or
+        settles) every model after each round, and multi-token forwards open a round (catch-up, verify pass)."""
+        if self.unsettled:
+            raise RuntimeError(f"bild: a {n}-token forward of {type(self.model).__name__} after {self.unsettled} "
+                               "tokens not yet settled by a rollback; its recurrent state could not be rolled back")
+        record_past(self.cache, n)
+        self.cache.crop(0)  # each state its own (empty) record
+        self.recorded = n
 
     def select_rows(self, rows: list[int]) -> None:
         """Row r continues from what row rows[r] holds (cache, mask, bookkeeping): batch speculative
@@ -239,9 +266,30 @@ def new_cache(model: PreTrainedModel):
     cache = DynamicCache(config=cfg)
     if _window_layers(cache) and not window_rollback_works():
         return DynamicCache()  # full layers (check_model refused models with other kinds of layer here)
-    if hasattr(cache, "activate_past_recording"):  # a feature probed, not a version checked
-        cache.activate_past_recording()
+    record_past(cache, 1)
     return cache
+
+
+def record_past(cache, states: int) -> None:
+    """Have the cache record what `crop` needs to roll it back: sliding-window layers their past slots, layers
+    with a recurrent state (linear attention, state-space) the state after each of the last `states` tokens of a
+    forward (transformers' `recurrent_states_to_keep`, 5.25 on; older releases take no size, and the rollback
+    probe refuses their recurrent layers). Features are probed, not versions checked."""
+    if not hasattr(cache, "activate_past_recording"):
+        return
+    if hasattr(cache, "get_recurrent_states_to_keep"):
+        cache.activate_past_recording(recurrent_states_to_keep=states)
+    else:
+        cache.activate_past_recording()
+
+
+def state_layers(cache) -> list:
+    """The decoder's cache layers that keep a convolution or recurrent state rather than one slot per token
+    (linear attention, state-space layers): a crop restores them from what `record_past` recorded."""
+    return [layer for layer in _self_attention_layers(cache) if hasattr(layer, "conv_states")]
+
+
+PLAIN_LAYERS = {"DynamicLayer", "DynamicSlidingWindowLayer"}  # cache layers whose rollback needs no model probe
 
 
 def _window_layers(cache) -> bool:
@@ -550,6 +598,94 @@ def _alignment_is_exact(model: PreTrainedModel) -> bool:
     return _close(plain, packed, model.dtype)
 
 
+# a feed of n tokens (> 0) or a rollback of -n tokens (<= 0; 0 settles): the loop's operations on one model (a
+# prefill, verify passes, single draft steps, rollbacks into a verify pass and across draft steps)
+ROLLBACK_OPS = (5, 3, -2, 1, 1, 1, -2, 4, 0, 1, 2, -2, 1, 3, -3, 1)
+
+
+def cache_layer_kinds(model: PreTrainedModel) -> set[str]:
+    """The class names of the layers of a fresh cache for this model (the decoder's, for encoder-decoders)."""
+    return {type(layer).__name__ for layer in _self_attention_layers(new_cache(model))}
+
+
+@torch.no_grad()
+def rollback_is_exact(model: PreTrainedModel) -> bool:
+    """Whether the engine rolls this model's cache back exactly: `ROLLBACK_OPS` run through a `ModelAdapter`
+    (the engine's own feeds and crops, recurrent states recorded as it records them) must give, at every fed
+    position, the logits of an uncached forward over the tokens kept. Run for caches with layers other than
+    full-attention and sliding-window ones (linear-attention and state-space layers, and kinds bild has not
+    seen); cached on the model."""
+    cached = model.__dict__.get("_bild_rollback_ok")
+    if cached is not None:
+        return cached
+    dev, vocab = execution_device(model), int(model.config.get_text_config().vocab_size)
+    g = torch.Generator().manual_seed(0)
+    ok = True
+    try:
+        a = ModelAdapter(model)
+        a.times = None  # the probe's forwards are no measurement
+        a.__dict__["layout"] = "rows"
+        seq: list[int] = []
+        enc = None
+        if a.is_encoder_decoder:
+            enc = a.encode(torch.tensor([_probe_tokens(model, 3)], device=dev), None)
+        a.start(1, dev, enc)
+        for op in ROLLBACK_OPS:
+            if op <= 0:
+                del seq[len(seq) + op:]
+                a.keep_first([len(seq)])
+                continue
+            new = torch.randint(3, max(vocab - 1, 4), (op,), generator=g).tolist()
+            got = a.feed(torch.tensor([new], device=dev), [[True] * op], keep=op)[0]
+            seq += new
+            inputs = _probe_inputs(model, seq)
+            if enc is not None:
+                inputs["encoder_outputs"] = enc["encoder_outputs"]
+            want = model(**inputs, use_cache=False).logits[0, -op:].float()
+            if not all(_close(w, x, model.dtype) for w, x in zip(want, got)):
+                ok = False
+                break
+    except Exception:  # noqa: BLE001 - a cache this release cannot roll back (or feed after a crop)
+        ok = False
+    model.__dict__["_bild_rollback_ok"] = ok
+    return ok
+
+
+# families with a recurrent state (linear-attention / state-space layers) that the engine decodes exactly from this
+# transformers release on, the first that records recurrent states for `crop` (measured by tests/test_families.py
+# on the releases CI runs; the family test fails where this table and the probes disagree)
+RECURRENT_EXACT_FROM = {t: "5.25.0" for t in (
+    "bailing_hybrid", "falcon_h1", "granitemoehybrid", "kimi_linear", "mamba2", "nemotron_h", "olmo_hybrid",
+    "qwen3_5_moe_text", "qwen3_5_text", "qwen3_next", "zamba2")}
+
+
+def rollback_problem(model: PreTrainedModel) -> str:
+    """Why the engine cannot roll this model's cache back on the installed transformers ("" if it can)."""
+    kinds = cache_layer_kinds(model)
+    if kinds <= PLAIN_LAYERS or rollback_is_exact(model):
+        return ""
+    import transformers
+    return (f"its cache holds {', '.join(sorted(kinds - PLAIN_LAYERS))} layers (a recurrent, convolution or "
+            "state-space state), and the engine's rollback of them (transformers' recorded states and `crop`) "
+            f"does not give the logits of an uncached forward on transformers {transformers.__version__}")
+
+
+def working_release(model: PreTrainedModel) -> str:
+    """For a refused model with a recurrent state: which transformers release decodes its family exactly."""
+    if cache_layer_kinds(model) <= PLAIN_LAYERS:
+        return ""
+    import transformers
+    from ._compat import TRANSFORMERS_NEWEST, _release
+    first = RECURRENT_EXACT_FROM.get(model.config.model_type)
+    if first is None:
+        return (f"; no transformers release bild was tested with (up to {TRANSFORMERS_NEWEST}) rolls this family's "
+                "state back exactly")
+    if _release(transformers.__version__) < _release(first):
+        return (f"; transformers {first} or later rolls its recurrent state back and bild decodes it exactly there "
+                f"(`pip install 'transformers>={first}'`)")
+    return f" (bild decoded this family exactly on transformers {first})"
+
+
 # families checked and found wrong under the draft-verify loop (tests/test_families.py), with the reason
 _REFUSED_TYPES = {
     "prophetnet": "it predicts n-grams over a decoder that takes one cached token at a time, so several drafts "
@@ -581,10 +717,6 @@ def check_model(model: PreTrainedModel, role: str) -> None:
             and _CHECKED_ENCODER_INPUTS.get(model.config.model_type) != enc_input):
         raise ValueError(f"`{role}` ({name}) is not supported: its encoder takes `{enc_input}`, not token ids, and "
                          "the engine is checked exact on such encoders for Whisper only")
-    if getattr(model, "_is_stateful", False) or not model._supports_default_dynamic_cache():
-        raise ValueError(f"`{role}` ({name}) keeps a recurrent or custom cache that cannot be cropped on "
-                         "rollback (a state-space or recurrent state, memories, or a hybrid of those with KV "
-                         "layers); use a model with a standard KV cache")
     if _unrollable_window(model):
         raise ValueError(f"`{role}` ({name}) is not supported with this transformers release: its cache mixes "
                          "sliding-window state into other layers, and this release cannot roll sliding-window "
@@ -593,7 +725,12 @@ def check_model(model: PreTrainedModel, role: str) -> None:
     if caps.cache_arg is None:
         raise ValueError(f"`{role}` ({name}) {caps.cache_problem}: the engine feeds each model only the tokens it "
                          "has not read, so it cannot decode this model" +
-                         (" with this transformers release" if caps.cache_problem == NOT_CONTINUED else ""))
+                         (" with this transformers release" if caps.cache_problem == NOT_CONTINUED else "") +
+                         working_release(model))
+    problem = rollback_problem(model)
+    if problem:
+        raise ValueError(f"`{role}` ({name}, model type {model.config.model_type!r}) cannot be decoded exactly: "
+                         f"{problem}{working_release(model)}")
 
 
 def encoder_rows(encoder_kwargs: dict, take) -> dict:
