@@ -211,10 +211,6 @@ def test_bad_pairs_and_generate_arguments():
     odd.generation_config.eos_token_id = 5
     with pytest.raises(ValueError, match="eos_token_id"):
         bild.BiLDGenerator(odd, large)
-    stateful = copy.deepcopy(small)
-    stateful._is_stateful = True  # as recurrent models (Mamba, RWKV) declare
-    with pytest.raises(ValueError, match="small_model.*cropped"):
-        bild.BiLDGenerator(stateful, large)
     gen = bild.BiLDGenerator(small, large)
     ids = torch.tensor([[5, 6, 7]])
     calls = []
@@ -277,3 +273,40 @@ def test_streamer_on_a_family_decoded_row_by_row():
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=10, streamer=rec, pad_token_id=0)
     assert torch.equal(out, large.generate(ids, attention_mask=mask, max_new_tokens=10, pad_token_id=0))
     assert rec.ended and [t for c in rec.chunks[1:] for t in c] == out[0, ids.shape[1]:].tolist()
+
+
+def _cache_of(layer_kind):
+    """`bild.adapters.new_cache` building every layer as `layer_kind` (a cache layer kind bild has not seen)."""
+    from transformers import DynamicCache
+
+    def new_cache(model):
+        cache = DynamicCache(config=model.config)
+        cache.layers = [layer_kind() for _ in cache.layers]
+        return cache
+    return new_cache
+
+
+def test_unseen_cache_layer_kinds_are_probed(monkeypatch):
+    """A cache layer kind bild has not seen is probed (the engine's feeds and rollbacks against uncached
+    forwards): one whose crop keeps everything (a recurrent state that cannot be rolled back) is refused before
+    any work, naming the layer kind; one that rolls back as a KV layer does decodes as `large.generate`."""
+    from transformers.cache_utils import DynamicLayer
+
+    class StatefulLayer(DynamicLayer):
+        def crop(self, tokens_to_remove):  # keeps what it was given, as a recurrent state without a record
+            pass
+
+    class UnseenLayer(DynamicLayer):
+        pass
+
+    ids = torch.tensor([[5, 6, 7, 9]])
+    small, large = make_pair("llama")
+    want = large.generate(ids, max_new_tokens=12, do_sample=False)
+    monkeypatch.setattr(bild.adapters, "new_cache", _cache_of(StatefulLayer))
+    with pytest.raises(ValueError, match="small_model.*StatefulLayer.*does not give the logits of an uncached"):
+        bild.BiLDGenerator(*make_pair("llama"))
+    small, large = make_pair("llama")
+    monkeypatch.setattr(bild.adapters, "new_cache", _cache_of(UnseenLayer))
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=4)
+    assert bild.adapters.rollback_is_exact(large) and large.__dict__["_bild_rollback_ok"]
+    assert torch.equal(gen.generate(ids, max_new_tokens=12), want) and gen.stats.rollbacks > 0

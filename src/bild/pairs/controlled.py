@@ -26,6 +26,12 @@ Two families are supported:
     of decoder blocks ``small_layers .. layers-1``.  The encoder has ``encoder_layers``
     (default: ``layers``) blocks; transformers' T5 needs ``num_decoder_layers <= num_layers``.
 
+``"qwen3_next"``
+    ``Qwen3NextForCausalLM`` (transformers >= 5.25 to decode it with bild), a hybrid: gated-delta-rule linear
+    attention and full attention, layer types ``linear, full`` then ``linear, linear, full`` repeated (Qwen3-Next's
+    3 : 1), a dense MLP (no experts). The small model keeps the first ``small_layers`` (at least 2: one of each
+    kind). Scaled: ``linear_attn.out_proj`` / ``self_attn.o_proj`` and ``mlp.down_proj`` of the later layers.
+
 Both models get ``generation_config.eos_token_id = None`` so that every method generates
 exactly ``max_new_tokens`` tokens (random models emit EOS at random), and
 ``pad_token_id = 0``.  Prompts from :func:`make_prompts` avoid the special ids ``0..2``.
@@ -56,7 +62,7 @@ __all__ = [
     "FAMILIES",
 ]
 
-FAMILIES = ("llama", "t5")
+FAMILIES = ("llama", "t5", "qwen3_next")
 
 # Token ids below this are reserved (pad / bos / eos in both families); prompts avoid them.
 _FIRST_ORDINARY_ID = 3
@@ -129,6 +135,41 @@ def _llama_pair(hidden, layers, small_layers, vocab, heads, intermediate, init_s
     scaled = []
     for layer in large.model.layers[small_layers:]:
         scaled += [layer.self_attn.o_proj, layer.mlp.down_proj]
+    return small, large, scaled
+
+
+def qwen3_next_layer_types(layers: int) -> list[str]:
+    """Qwen3-Next's pattern for a controlled pair: linear, full, then (linear, linear, full) repeated."""
+    tail = ["linear_attention", "linear_attention", "full_attention"] * layers
+    return (["linear_attention", "full_attention"] + tail)[:layers]
+
+
+def _qwen3_next_pair(hidden, layers, small_layers, vocab, heads, intermediate, init_std, max_positions):
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    if small_layers < 2:
+        raise ValueError("the qwen3_next family needs small_layers >= 2 (a linear and a full attention layer)")
+    head_dim = hidden // heads
+
+    def cfg(n_layers):
+        return Qwen3NextConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=n_layers,
+            num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim, linear_num_key_heads=heads,
+            linear_num_value_heads=heads, linear_key_head_dim=head_dim, linear_value_head_dim=head_dim,
+            layer_types=qwen3_next_layer_types(layers)[:n_layers], num_experts=0, max_position_embeddings=max_positions,
+            initializer_range=init_std, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+    large = Qwen3NextForCausalLM(cfg(layers))
+    small = Qwen3NextForCausalLM(cfg(small_layers))
+    small.model.embed_tokens = large.model.embed_tokens
+    small.model.layers = torch.nn.ModuleList(list(large.model.layers[:small_layers]))
+    small.model.norm = large.model.norm
+    small.model.rotary_emb = large.model.rotary_emb
+    small.lm_head = large.lm_head
+    scaled = []
+    for layer in large.model.layers[small_layers:]:
+        mixer = layer.linear_attn.out_proj if hasattr(layer, "linear_attn") else layer.self_attn.o_proj
+        scaled += [mixer, layer.mlp.down_proj]
     return small, large, scaled
 
 
@@ -383,11 +424,12 @@ def build_controlled_pair(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if family == "llama":
+        if family in ("llama", "qwen3_next"):
             intermediate = intermediate or max(64, int(round(hidden * 8 / 3 / 64)) * 64)
             init_std = 0.1 if init_std is None else init_std
-            small, large, scaled = _llama_pair(hidden, layers, small_layers, vocab, heads, intermediate,
-                                               init_std, max_positions)
+            make = _llama_pair if family == "llama" else _qwen3_next_pair
+            small, large, scaled = make(hidden, layers, small_layers, vocab, heads, intermediate, init_std,
+                                        max_positions)
         else:
             intermediate = intermediate or 4 * hidden
             init_std = 1.0 if init_std is None else init_std
