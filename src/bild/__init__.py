@@ -31,4 +31,4 @@ for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", c
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
            "AdaptivePolicy", "LookupPolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
            "prune_draft_vocabulary", "load_draft", "draft_vocabulary", "FeatureDraft"]
-__version__ = "0.11.0"
+__version__ = "0.12.0"
