@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+from collections import OrderedDict
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -20,6 +22,7 @@ from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .feature_draft import check_small_draft
 from .online_costs import learned_costs, lookup_costs, prior_costs
+from . import policies
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
                        ThresholdPolicy)
 from .proposers import CombinedProposer, PromptLookupProposer
@@ -310,19 +313,41 @@ def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small
         raise ValueError("`decoder_attention_mask` is supported for left padding only (zeros, then ones, per row)")
 
 
-# policies of `bild.generate` calls, per (large model, small model, options): they keep learning across calls
+# learned policies of `bild.generate` calls, per large model, then per (small model, options that shape what is
+# learned), least recently used first: at most `POLICIES_PER_MODEL` per large model
 _POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_POLICIES_LOCK = threading.Lock()
+POLICIES_PER_MODEL = 16
 
 
 def _policy_for(small_model, large_model, opts: DecodeOptions, lookup: tuple[int, int] | None = None) -> DraftPolicy:
     """The shared policy of these models and options (`lookup`: prompt lookup's (num_tokens, ngram) instead of
-    the small model's)."""
-    per_large = _POLICIES.setdefault(large_model, {})
-    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule, opts.num_drafts,
-           opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon, opts.costs == AUTO, lookup)
-    if key not in per_large:
-        per_large[key] = make_policy(opts) if lookup is None else make_lookup_policy(opts, lookup[0])
-    return per_large[key]
+    the small model's). Only the adaptive policy of the lossless rules learns across calls: the others (fixed
+    thresholds; `RowwisePolicy` in the lossy modes) are built afresh for every call, so that nothing another
+    call does can reach them."""
+    fresh = make_policy(opts) if lookup is None else make_lookup_policy(opts, lookup[0])
+    if not isinstance(fresh, AdaptivePolicy):
+        return fresh
+    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.verification, opts.num_drafts,
+           opts.costs == AUTO, lookup)
+    with _POLICIES_LOCK:
+        per_large = _POLICIES.setdefault(large_model, OrderedDict())
+        held = per_large.get(key)
+        if held is not None and held[0]() is (small_model if small_model is not None else _NO_MODEL):
+            per_large.move_to_end(key)
+            return held[1]
+        per_large[key] = (weakref.ref(small_model) if small_model is not None else _NO_MODEL_REF, fresh)
+        while len(per_large) > POLICIES_PER_MODEL:
+            per_large.popitem(last=False)
+        return fresh
+
+
+class _NoModel:
+    pass
+
+
+_NO_MODEL = _NoModel()  # the "small model" of prompt lookup alone, held weakly like a model
+_NO_MODEL_REF = weakref.ref(_NO_MODEL)
 
 
 def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
@@ -396,16 +421,30 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     B = input_ids.shape[0]
 
     def loop(batch, prompt_len, slot=None, streamer=None):
+        """A loop over `batch` rows, with its own sessions of the shared policies (`DraftPolicy.open`)."""
+        sessions.clear()
+        session = None
         if uses_small:
             costs = resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new)
-            policy.begin(batch // M, costs)  # the policy sees prompts; forwards run batch rows
-        lp = DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
+            session = policy.open(batch // M, costs)  # the policy sees prompts; forwards run batch rows
+            sessions.append((policy, session))
+        lp = DraftVerifyLoop(small, large, opts, session, gc, logits_processor, stopping_criteria, streamer, stats,
                              batch_slot=slot)  # its proposer: the small model, or none
         if lookup is not None:
-            lookup_policy.begin(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
-            lk = PromptLookupProposer(lookup_policy, lookup[1])
+            lk_session = lookup_policy.open(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
+            sessions.append((lookup_policy, lk_session))
+            lk = PromptLookupProposer(lk_session, lookup[1])
             lp.proposer = CombinedProposer(lk, lp.proposer) if uses_small else lk
         return lp
+
+    def run(lp, *args):
+        try:
+            return lp.run(*args)
+        finally:  # what the call learned goes back to the shared policies, also when it failed
+            for shared, session in sessions:
+                shared.close(session)
+
+    sessions: list = []
 
     if B > 1 and not (large.supports_holes and (not uses_small or small.supports_holes)):
         # rows of this family cannot leave masked cache slots for one another: decode row by row, each with its
@@ -417,13 +456,13 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
                 None if e is None else encoder_rows(e, lambda x: x[r : r + 1]) for e in enc)
             lp = loop(1, input_ids.shape[1], slot=(r, B))
             row_mask = None if attention_mask is None else attention_mask[r : r + 1]
-            rows.append(lp.run(input_ids[r : r + 1], row_mask, max_new, row_enc, None if src is None else [src[r]]))
+            rows.append(run(lp, input_ids[r : r + 1], row_mask, max_new, row_enc, None if src is None else [src[r]]))
             sources += stats.token_sources
         stats.token_sources = sources
         sequences, scores, raw = _stack_rows(input_ids, rows, lp.pad)
     else:
         lp = loop(B, input_ids.shape[1], streamer=bild_streamer)
-        sequences, scores, raw = lp.run(input_ids, attention_mask, max_new, enc, src)
+        sequences, scores, raw = run(lp, input_ids, attention_mask, max_new, enc, src)
     if M > 1:
         sequences, scores, raw = sequences[::M], scores[::M], raw[::M]
         stats.token_sources = stats.token_sources[::M]
@@ -533,27 +572,37 @@ class BiLDGenerator:
                                                               self.options.max_small_steps) and not lossy(self.options)
         self.policy = (_policy_for(small_model, large_model, self.options) if self.shared
                        else make_policy(self.options))
-        self.lookup_policies: dict[tuple[int, int], DraftPolicy] = {}  # per (num_tokens, ngram) asked for
-        self.stats = GenerationStats()
+        # per (num_tokens, ngram) asked for, least recently used first (at most POLICIES_PER_MODEL)
+        self.lookup_policies: OrderedDict[tuple[int, int], DraftPolicy] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = GenerationStats()  # the last finished call's (each call fills its own)
 
     def lookup_policy(self, num_tokens: int, ngram: int) -> DraftPolicy:
         """Prompt lookup's policy for these settings (shared like `self.policy`)."""
         key = (num_tokens, ngram)
-        if key not in self.lookup_policies:
-            self.lookup_policies[key] = (_policy_for(self.small_model, self.large_model, self.options, key)
-                                         if self.shared else make_lookup_policy(self.options, num_tokens))
-        return self.lookup_policies[key]
+        with self._lock:
+            if key not in self.lookup_policies:
+                self.lookup_policies[key] = (_policy_for(self.small_model, self.large_model, self.options, key)
+                                             if self.shared else make_lookup_policy(self.options, num_tokens))
+                while len(self.lookup_policies) > POLICIES_PER_MODEL:
+                    self.lookup_policies.popitem(last=False)
+            self.lookup_policies.move_to_end(key)
+            return self.lookup_policies[key]
 
     def reset_policy(self) -> None:
         """Forget what the draft policies learned (shared with the other generators of these models when
         costs="auto"; learned costs are kept: `bild.online_costs.forget()` drops them)."""
-        self.policy.reset()
-        for p in self.lookup_policies.values():
-            p.reset()
+        with policies._LOCK:  # a call running now folds its session in as a concurrent one (`DraftPolicy.close`)
+            for p in [self.policy, *self.lookup_policies.values()]:
+                p.reset()
+                p._version = getattr(p, "_version", 0) + 1
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
-                 streamer=None, **kwargs):
-        """Same arguments and return type as `large_model.generate`; `self.stats` describes the call."""
+                 streamer=None, bild_stats: GenerationStats | None = None, **kwargs):
+        """Same arguments and return type as `large_model.generate`. Each call counts into its own
+        `GenerationStats`: `bild_stats=` (filled in place), else a new one; `self.stats` is then the last
+        finished call's (with calls from several threads, pass `bild_stats=` to get each call's own)."""
+        stats = bild_stats if bild_stats is not None else GenerationStats()
         gc = copy.deepcopy(generation_config or self.large_model.generation_config)
         gc.update(**kwargs)
         check_generation_config(gc, _batch_size(inputs, kwargs), streamer)
@@ -561,14 +610,16 @@ class BiLDGenerator:
         lookup = check_lookup(gc, o, self.small_model is not None)
         if lookup is not None:
             kwargs["bild_lookup_policy"] = self.lookup_policy(*lookup)
-        return self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
+        out = self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
             *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate,
             small_model=self.small_model,
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
             draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
             bild_streamer=streamer,
-            bild_stats=self.stats, bild_policy=self.policy, **kwargs)
+            bild_stats=stats, bild_policy=self.policy, **kwargs)
+        self.stats = stats
+        return out
 
 
 def _batch_size(inputs, kwargs) -> int | None:
