@@ -346,6 +346,8 @@ class AdaptivePolicy(DraftPolicy):
         return sum(self.acc) / sum(self.seen)
 
     def _bin(self, c: float) -> int:
+        if not math.isfinite(c):  # never from the engine (non-finite drafts are dropped): the lowest bin
+            return 0
         return min(max(int(c * self.BINS), 0), self.BINS - 1)
 
     @property
