@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import threading
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -289,17 +291,78 @@ def check_generation_config(gc: GenerationConfig, batch_size: int | None = None,
         raise ValueError("`streamer` supports batch size 1 only, as in transformers")
 
 
+def check_token_ids(ids, name: str, model=None) -> None:
+    """`ids` must be a 2-D tensor of integer token ids with at least one row and one column (transformers fails
+    deep inside the forward on each of these, or takes float ids), inside `model`'s vocabulary when given."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of token ids [batch, length], got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"`{name}` must hold integer token ids (torch.long), got {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"`{name}` must be a 2-D tensor [batch, length] of token ids, got shape {list(ids.shape)}"
+                         + (" (add a batch dimension: ids[None])" if ids.dim() == 1 else ""))
+    if ids.shape[0] == 0:
+        raise ValueError(f"`{name}` has 0 rows (shape {list(ids.shape)}): pass at least one prompt")
+    if ids.shape[1] == 0:
+        raise ValueError(f"`{name}` has 0 tokens per row (shape {list(ids.shape)}): pass at least one token per "
+                         "prompt (e.g. the BOS token)")
+    try:
+        V = getattr(model.get_input_embeddings(), "num_embeddings", None) if model is not None else None
+    except (AttributeError, NotImplementedError):
+        V = None
+    if V is not None and bool(((ids < 0) | (ids >= V)).any()):
+        raise ValueError(f"`{name}` holds token ids outside the model's vocabulary [0, {V}): "
+                         f"min {int(ids.min())}, max {int(ids.max())}")
+
+
+def check_mask(mask, ids, name: str = "attention_mask", ids_name: str = "input_ids") -> None:
+    """A mask must be a tensor of `ids`' shape ([batch, length], 1 = token, 0 = padding)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor [batch, length] of 0/1, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"`{name}` must have the shape of `{ids_name}`, {list(ids.shape)} (one 0/1 per token), "
+                         f"got {list(mask.shape)}")
+
+
+def check_prompt(model, inputs, kwargs: dict) -> None:
+    """The prompt as the user passed it to `BiLDGenerator.generate`, before any work: token ids (the encoder's for
+    an encoder-decoder whose encoder reads tokens) and masks of their shape."""
+    ids = inputs if inputs is not None else kwargs.get("input_ids")
+    tokens = getattr(model, "main_input_name", "input_ids") == "input_ids"
+    if ids is not None and tokens:
+        check_token_ids(ids, "input_ids", model)
+        check_mask(kwargs.get("attention_mask"), ids)
+    dec = kwargs.get("decoder_input_ids")
+    if dec is not None and model.config.is_encoder_decoder:
+        check_token_ids(dec, "decoder_input_ids", model.get_decoder() if hasattr(model, "get_decoder") else None)
+        check_mask(kwargs.get("decoder_attention_mask"), dec, "decoder_attention_mask", "decoder_input_ids")
+
+
 def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small: bool) -> None:
     """Input forms the engine cannot take exactly, refused before any work."""
     if model_kwargs.get("inputs_embeds") is not None:
         raise ValueError("`inputs_embeds` is not supported: the engine feeds token ids to both models (and the "
                          "small model has its own embeddings); pass `input_ids`")
+    ed = model.config.is_encoder_decoder
+    check_token_ids(input_ids, "decoder_input_ids" if ed else "input_ids", None if ed else model)
+    if not ed:
+        check_mask(model_kwargs.get("attention_mask"), input_ids)
+    elif (getattr(model, "main_input_name", "input_ids") == "input_ids" and isinstance(inputs_tensor, torch.Tensor)
+          and not inputs_tensor.is_floating_point() and not bool((inputs_tensor < 0).all())):
+        # (all negative: transformers' stand-in beside `encoder_outputs`)
+        check_token_ids(inputs_tensor, "input_ids", model)
+        check_mask(model_kwargs.get("attention_mask"), inputs_tensor)
     pos = model_kwargs.get("position_ids")
     if pos is not None and not model.config.is_encoder_decoder:
         mask = model_kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask.long()
         implied = mask.cumsum(-1) - 1
-        if pos.shape != input_ids.shape or bool(((pos.to(implied.device) != implied) & mask.bool()).any()):
+        if pos.shape != input_ids.shape:  # transformers derives them from the mask: a mask of another shape
+            raise ValueError(f"`attention_mask` (or `position_ids`) must have the shape of `input_ids`, "
+                             f"{list(input_ids.shape)}, got {list(pos.shape)}")
+        if bool(((pos.to(implied.device) != implied) & mask.bool()).any()):
             raise ValueError("`position_ids` other than those the attention mask implies are not supported: the "
                              "engine numbers each row's tokens itself")
     if not model.config.is_encoder_decoder:
@@ -350,6 +413,19 @@ _NO_MODEL = _NoModel()  # the "small model" of prompt lookup alone, held weakly 
 _NO_MODEL_REF = weakref.ref(_NO_MODEL)
 
 
+def _dropped_streamer():
+    """The `streamer` given to transformers' `generate` that called this callable, found in its frame (transformers
+    passes a custom_generate callable only the arguments its own decoding methods do not take); None elsewhere."""
+    frame = sys._getframe(2)
+    for _ in range(3):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "generate" and "transformers" in frame.f_code.co_filename:
+            return frame.f_locals.get("streamer")
+        frame = frame.f_back
+    return None
+
+
 def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
              small_model=None, fallback_threshold: float | str = AUTO, rollback_threshold: float | None = None,
              max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
@@ -370,6 +446,11 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     """
     opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
                          draft_schedule, opt_epsilon, costs, num_drafts)
+    if bild_streamer is None and _dropped_streamer() is not None:
+        warnings.warn("`streamer` passed to `large.generate(..., custom_generate=bild.generate)` is dropped by "
+                      "transformers before bild runs: nothing is streamed. Stream with "
+                      "`bild.BiLDGenerator(...).generate(..., streamer=...)` or pass `bild_streamer=`.",
+                      UserWarning, stacklevel=2)
     gc = generation_config
     lookup = check_lookup(gc, opts, small_model is not None)
     if small_model is not None:
@@ -378,8 +459,8 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     else:
         check_model(model, "large_model")
     uses_small = small_model is not None and opts.uses_small
-    check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
     check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
+    check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
     if not gc.do_sample and (opts.uno_epsilon or opts.opt_epsilon):
         raise ValueError("`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
                          "exactly the large model's argmax")
@@ -477,9 +558,31 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     out = dict(sequences=sequences,
                scores=_per_step(scores, steps) if gc.output_scores else None,
                logits=_per_step(raw, steps) if gc.output_logits else None)
+    if B == 1 and gc.use_cache is not False:
+        out[_CACHE_FIELD] = returned_cache(large, sequences.shape[1], attention_mask)
     if large.is_encoder_decoder:
         return GenerateEncoderDecoderOutput(**out)
     return GenerateDecoderOnlyOutput(**out)
+
+
+# the output field transformers returns the cache in: `cache` from 5.24, `past_key_values` before (a field probed)
+_CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+
+
+def returned_cache(large: ModelAdapter, length: int, prompt_mask: torch.Tensor | None):
+    """The large model's cache as transformers' generate returns it, for a batch of one row `length` columns long:
+    every column but the last one, in the slots transformers gives them (the prompt's padding masked). None where
+    the engine's cache holds another layout (the padding slots were re-packed away)."""
+    keep = length - 1
+    P = 0 if prompt_mask is None else prompt_mask.shape[1]
+    want = [True] * keep
+    if prompt_mask is not None:
+        want[:P] = [bool(x) for x in prompt_mask[0].tolist()]
+    if large.length < keep or large.mask[0, :keep].tolist() != want:
+        return None
+    if large.length > keep:
+        large.cache.crop(keep - large.length)
+    return large.cache
 
 
 def _stack_rows(input_ids, rows, pad: int):
@@ -605,6 +708,7 @@ class BiLDGenerator:
         stats = bild_stats if bild_stats is not None else GenerationStats()
         gc = copy.deepcopy(generation_config or self.large_model.generation_config)
         gc.update(**kwargs)
+        check_prompt(self.large_model, inputs, kwargs)
         check_generation_config(gc, _batch_size(inputs, kwargs), streamer)
         o = self.options
         lookup = check_lookup(gc, o, self.small_model is not None)
