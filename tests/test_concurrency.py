@@ -28,9 +28,11 @@ MODES = {  # name -> (engine options, generate options)
     "rollback_fixed": ({"rollback_threshold": 3.0, "fallback_threshold": 0.5, "max_small_steps": 5}, {}),
     "uno": ({"uno_epsilon": 1e-9}, SAMPLE),
     "opt": ({"opt_epsilon": 1e-9}, SAMPLE),
-    "lookup": ({}, {"prompt_lookup_num_tokens": 4}),
+    "lookup": ({}, {"prompt_lookup_num_tokens": 4}),  # no small model: prompt lookup alone
+    "combined": ({}, {"prompt_lookup_num_tokens": 4}),
     "combined_rollback": ({"rollback_threshold": 5.0}, {"prompt_lookup_num_tokens": 3}),
 }
+NO_SMALL = ("lookup",)
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +58,8 @@ def _run(family, small, large, gens, call):
     stats = bild.GenerationStats()
     kw = dict(attention_mask=mask, max_new_tokens=N, bild_stats=stats, **gen_kw)
     if how == "custom":
-        out = large.generate(ids, custom_generate=bild.generate, small_model=small, **engine, **kw)
+        out = large.generate(ids, custom_generate=bild.generate, small_model=None if name in NO_SMALL else small,
+                             **engine, **kw)
     else:
         out = gens[how, name].generate(ids, **kw)
     return out, stats.new_tokens
@@ -65,14 +68,14 @@ def _run(family, small, large, gens, call):
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_soak_threads_mixed_modes_and_batch_sizes(family, one_thread):
     small, large = make_pair(family)
-    gens = {(how, name): bild.BiLDGenerator(small, large, **engine)
+    gens = {(how, name): bild.BiLDGenerator(None if name in NO_SMALL else small, large, **engine)
             for how in ("shared", "second") for name, (engine, _) in MODES.items()}
     calls = _calls(family, small, large)
     if family == "t5":  # the aligned layout and an encoder: fewer calls
-        calls = [c for c in calls if c[0] in ("exact", "rollback", "uno", "combined_rollback")]
+        calls = [c for c in calls if c[0] in ("exact", "rollback", "uno", "lookup", "combined_rollback")]
     want = [_run(family, small, large, gens, c) for c in calls]  # one at a time
     for c, (out, _) in zip(calls, want):  # the lossless modes give the large model's text
-        if c[0] in ("exact", "exact_sampling", "block", "fixed", "lookup"):
+        if c[0] in ("exact", "exact_sampling", "block", "fixed", "lookup", "combined"):
             ref = large.generate(c[3], attention_mask=c[4], max_new_tokens=N)
             assert torch.equal(out, ref), c[:2]
     threads, results, errors = 3, [], []

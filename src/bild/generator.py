@@ -442,7 +442,9 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     models), logits processors, stopping criteria and generation config. Pass `bild_stats=GenerationStats()`
     to read the counters back. The adaptive policy's state is kept per (large model, small model, options)
     across calls; pass `bild_policy=` (`bild_lookup_policy=` for prompt lookup) to use your own. transformers
-    does not forward `streamer` to custom callables; use `BiLDGenerator.generate` (or `bild_streamer=`) to stream.
+    does not forward `streamer` to custom callables (bild warns when it finds one dropped); use
+    `BiLDGenerator.generate` (or `bild_streamer=`) to stream. With `return_dict_in_generate=True` the output holds
+    the large model's cache at batch 1 (as transformers', to continue from), None for batches.
     """
     opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
                          draft_schedule, opt_epsilon, costs, num_drafts)
@@ -655,6 +657,10 @@ class BiLDGenerator:
     with the same options in the process (a new generator starts where the last one left off). With costs
     given, each generator has its own (fresh generators make the same decisions). In the lossy modes at
     "auto" it starts afresh for every call and every row.
+
+    Calls may come from several threads at once: each decides with its own session of the policy
+    (`DraftPolicy.open` / `close`) and counts into its own `GenerationStats` (`bild_stats=`, else a new one;
+    `self.stats` is the last finished call's).
     """
 
     def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
