@@ -28,6 +28,7 @@ MODES = {  # name -> (engine options, generate options)
     "rollback_fixed": ({"rollback_threshold": 3.0, "fallback_threshold": 0.5, "max_small_steps": 5}, {}),
     "uno": ({"uno_epsilon": 1e-9}, SAMPLE),
     "opt": ({"opt_epsilon": 1e-9}, SAMPLE),
+    "batch_drafts": ({"num_drafts": 2}, SAMPLE),
     "lookup": ({}, {"prompt_lookup_num_tokens": 4}),  # no small model: prompt lookup alone
     "combined": ({}, {"prompt_lookup_num_tokens": 4}),
     "combined_rollback": ({"rollback_threshold": 5.0}, {"prompt_lookup_num_tokens": 3}),
@@ -75,7 +76,7 @@ def test_soak_threads_mixed_modes_and_batch_sizes(family, one_thread):
         calls = [c for c in calls if c[0] in ("exact", "rollback", "uno", "lookup", "combined_rollback")]
     want = [_run(family, small, large, gens, c) for c in calls]  # one at a time
     for c, (out, _) in zip(calls, want):  # the lossless modes give the large model's text
-        if c[0] in ("exact", "exact_sampling", "block", "fixed", "lookup", "combined"):
+        if c[0] in ("exact", "exact_sampling", "block", "fixed", "batch_drafts", "lookup", "combined"):
             ref = large.generate(c[3], attention_mask=c[4], max_new_tokens=N)
             assert torch.equal(out, ref), c[:2]
     threads, results, errors = 3, [], []

@@ -81,13 +81,15 @@ def sampling_pair():
 
 
 @pytest.mark.parametrize("verification", ["exact", "block"])
-@pytest.mark.parametrize("value,whole_row", [(float("nan"), True), (float("inf"), False)])
-def test_sampling_keeps_the_large_distribution(sampling_pair, verification, value, whole_row):
+@pytest.mark.parametrize("value,whole_row,fixed", [(float("nan"), True, True), (float("inf"), False, True),
+                                                   (float("nan"), True, False)])
+def test_sampling_keeps_the_large_distribution(sampling_pair, verification, value, whole_row, fixed):
     small, large = sampling_pair
     truth = exact_joint(large)
     poisoned = tiny_llama(1)
     poison(poisoned, value, every=2, whole_row=whole_row)
-    gen = bild.BiLDGenerator(poisoned, large, fallback_threshold=0.0, max_small_steps=2, verification=verification)
+    thresholds = dict(fallback_threshold=0.0, max_small_steps=2) if fixed else {}  # else the defaults
+    gen = bild.BiLDGenerator(poisoned, large, verification=verification, **thresholds)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
