@@ -396,21 +396,17 @@ def _policy_for(small_model, large_model, opts: DecodeOptions, lookup: tuple[int
     with _POLICIES_LOCK:
         per_large = _POLICIES.setdefault(large_model, OrderedDict())
         held = per_large.get(key)
-        if held is not None and held[0]() is (small_model if small_model is not None else _NO_MODEL):
+        if held is not None and held[0]() is small_model:  # (not another model at a reused id)
             per_large.move_to_end(key)
             return held[1]
-        per_large[key] = (weakref.ref(small_model) if small_model is not None else _NO_MODEL_REF, fresh)
+        per_large[key] = (weakref.ref(small_model) if small_model is not None else _none, fresh)
         while len(per_large) > POLICIES_PER_MODEL:
             per_large.popitem(last=False)
         return fresh
 
 
-class _NoModel:
-    pass
-
-
-_NO_MODEL = _NoModel()  # the "small model" of prompt lookup alone, held weakly like a model
-_NO_MODEL_REF = weakref.ref(_NO_MODEL)
+def _none():
+    return None  # the weak reference of "no small model" (prompt lookup alone)
 
 
 def _dropped_streamer():
