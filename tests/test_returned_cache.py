@@ -11,6 +11,8 @@ from models import make_inputs, make_pair
 
 import bild
 
+# the spelling users write, on every supported release (5.24 names it `cache` and warns)
+pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 ENGINES = ({}, {"fallback_threshold": 0.0, "max_small_steps": 4}, {"rollback_threshold": 5.0})
 
 

@@ -161,10 +161,10 @@ class ModelProposer(Proposer):
         for j in range(max(budget)):
             probs = self.processors(logits, drafts).softmax(-1)
             # NaN or +inf in a row's logits (an fp16 overflow, a broken draft) make its probabilities NaN: the row's
-            # draft ends there (its token is dropped, the large model writes the next one); uniform stand-ins keep
-            # sampling and the policy away from the NaN
+            # draft ends there (its token is dropped, the large model writes the next one); a uniform stand-in keeps
+            # sampling and the policy away from the NaN (a softmax with a NaN has NaN everywhere)
             bad = probs.isnan().any(-1)
-            probs = torch.where(bad[:, None], torch.full_like(probs, 1.0 / probs.shape[-1]), probs)
+            probs = probs.nan_to_num(nan=1.0 / probs.shape[-1])
             tok = torch.multinomial(probs, 1).squeeze(-1) if self.do_sample else probs.argmax(-1)
             conf = probs.max(-1).values
             live = to_device([d and a for d, a in zip(driving, active)], st.device)
