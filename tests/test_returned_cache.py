@@ -119,3 +119,27 @@ def test_a_streamer_dropped_by_custom_generate_warns():
         large.generate(ids, max_new_tokens=5, custom_generate=bild.generate, small_model=small)
     assert not [w for w in caught if "streamer" in str(w.message)]
     assert torch.equal(out, again) and kept.tokens == out[0].tolist()
+
+
+@pytest.mark.parametrize("name", ["mistral", "bart"])
+def test_row_by_row_families_return_transformers_cache(name, one_thread):
+    """Families whose batches decode row by row: at batch 1 the cache is transformers'. Mistral (sliding-window
+    layers) continues exactly; BART's continuation from a cache differs from a fresh call in transformers itself
+    (its positions), and bild's cache continues as transformers' own does."""
+    from zoo import make_zoo_pair
+
+    small, large = make_zoo_pair("mistral") if name == "mistral" else make_pair("bart")
+    ed = large.config.is_encoder_decoder
+    ids = torch.tensor([[1, 17, 42, 9, 33, 2]]) if ed else torch.tensor([[1, 17, 42, 9, 33]])
+    out = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=4).generate(
+        ids, max_new_tokens=12, return_dict_in_generate=True)
+    want = large.generate(ids, max_new_tokens=12, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, want.sequences)
+    conts = []
+    for o in (out, want):
+        more = torch.cat([o.sequences, torch.tensor([[5, 61]])], 1)
+        kw = dict(decoder_input_ids=more) if ed else {}
+        conts.append(large.generate(ids if ed else more, past_key_values=o.past_key_values, max_new_tokens=8, **kw))
+    assert torch.equal(*conts)
+    if not ed:
+        assert torch.equal(conts[0], large.generate(more, max_new_tokens=8))
