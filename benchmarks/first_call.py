@@ -66,12 +66,11 @@ def one_generator(small, large, x, kw, warm: int, how: str):
 
     import bild
 
+    stats = bild.GenerationStats()  # filled in place by each call
     if how == "gen":
         g = bild.BiLDGenerator(small, large)
-        stats = g.stats
-        call = lambda: g.generate(x, **kw)  # noqa: E731
+        call = lambda: g.generate(x, bild_stats=stats, **kw)  # noqa: E731
     else:
-        stats = bild.GenerationStats()
         call = lambda: large.generate(x, custom_generate=bild.generate, small_model=small, bild_stats=stats,  # noqa: E731
                                       **kw)
     t_first, out = _timed(call)

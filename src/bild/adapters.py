@@ -393,6 +393,7 @@ def _probe_tokens(model: PreTrainedModel, n: int) -> list[int]:
     return [(7 * i + 3) % max(vocab - 3, 1) + 3 for i in range(1, n + 1)]
 
 
+NON_FINITE = "gives non-finite logits (NaN or inf) on a probe forward over 4 tokens"
 NOT_FILLED = "has no KV cache (given one as `cache` or `past_key_values`, its forward does not fill it)"
 NOT_CONTINUED = ("does not continue from its KV cache as from one pass (4 tokens through the cache as 2 + 2 or "
                  "2 + 1 + 1 give other logits than 4 at once), so a multi-token verify pass would differ from its "
@@ -424,6 +425,8 @@ def _probe_cache_arg(model: PreTrainedModel) -> tuple[str | None, str]:
                 continue
         if not filled:
             continue
+        if not all(_finite(o) for o in outs):
+            return None, NON_FINITE
         if not all(_close(outs[0], o, model.dtype) for o in outs[1:]):
             problem = NOT_CONTINUED
             continue
@@ -520,8 +523,16 @@ def batch_layout(model: PreTrainedModel) -> str:
     return cached
 
 
+def _finite(logits: torch.Tensor) -> bool:
+    """No NaN, no +inf, and some finite value (-inf alone is a masked token)."""
+    return not bool(logits.isnan().any() or logits.isposinf().any()) and bool(logits.isfinite().any())
+
+
 def _close(plain: torch.Tensor, other: torch.Tensor, dtype: torch.dtype) -> bool:
-    """A probe's two logit vectors agree, up to the dtype's rounding (relative to the logits' scale)."""
+    """A probe's two logit vectors agree, up to the dtype's rounding (relative to the logits' scale); non-finite
+    logits agree with nothing."""
+    if not (_finite(plain) and _finite(other)):
+        return False
     tol = (1e-3 if dtype == torch.float32 else 3e-2) * float(plain.abs().max().clamp(min=1.0))
     return bool(torch.allclose(plain, other, rtol=0, atol=tol))
 
@@ -722,6 +733,9 @@ def check_model(model: PreTrainedModel, role: str) -> None:
                          "sliding-window state into other layers, and this release cannot roll sliding-window "
                          "layers back (bild.adapters.window_rollback_works; 5.24 can)")
     caps = capabilities(model)
+    if caps.cache_problem == NON_FINITE:
+        raise ValueError(f"`{role}` ({name}) {NON_FINITE}: check its weights and dtype (a float16 model that "
+                         "overflows: load it in float32 or bfloat16)")
     if caps.cache_arg is None:
         raise ValueError(f"`{role}` ({name}) {caps.cache_problem}: the engine feeds each model only the tokens it "
                          "has not read, so it cannot decode this model" +

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import threading
+import warnings
+from collections import OrderedDict
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -20,6 +24,7 @@ from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .feature_draft import check_small_draft
 from .online_costs import learned_costs, lookup_costs, prior_costs
+from . import policies
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
                        ThresholdPolicy)
 from .proposers import CombinedProposer, PromptLookupProposer
@@ -286,17 +291,78 @@ def check_generation_config(gc: GenerationConfig, batch_size: int | None = None,
         raise ValueError("`streamer` supports batch size 1 only, as in transformers")
 
 
+def check_token_ids(ids, name: str, model=None) -> None:
+    """`ids` must be a 2-D tensor of integer token ids with at least one row and one column (transformers fails
+    deep inside the forward on each of these, or takes float ids), inside `model`'s vocabulary when given."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of token ids [batch, length], got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"`{name}` must hold integer token ids (torch.long), got {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"`{name}` must be a 2-D tensor [batch, length] of token ids, got shape {list(ids.shape)}"
+                         + (" (add a batch dimension: ids[None])" if ids.dim() == 1 else ""))
+    if ids.shape[0] == 0:
+        raise ValueError(f"`{name}` has 0 rows (shape {list(ids.shape)}): pass at least one prompt")
+    if ids.shape[1] == 0:
+        raise ValueError(f"`{name}` has 0 tokens per row (shape {list(ids.shape)}): pass at least one token per "
+                         "prompt (e.g. the BOS token)")
+    try:
+        V = getattr(model.get_input_embeddings(), "num_embeddings", None) if model is not None else None
+    except (AttributeError, NotImplementedError):
+        V = None
+    if V is not None and bool(((ids < 0) | (ids >= V)).any()):
+        raise ValueError(f"`{name}` holds token ids outside the model's vocabulary [0, {V}): "
+                         f"min {int(ids.min())}, max {int(ids.max())}")
+
+
+def check_mask(mask, ids, name: str = "attention_mask", ids_name: str = "input_ids") -> None:
+    """A mask must be a tensor of `ids`' shape ([batch, length], 1 = token, 0 = padding)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor [batch, length] of 0/1, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(ids.shape):
+        raise ValueError(f"`{name}` must have the shape of `{ids_name}`, {list(ids.shape)} (one 0/1 per token), "
+                         f"got {list(mask.shape)}")
+
+
+def check_prompt(model, inputs, kwargs: dict) -> None:
+    """The prompt as the user passed it to `BiLDGenerator.generate`, before any work: token ids (the encoder's for
+    an encoder-decoder whose encoder reads tokens) and masks of their shape."""
+    ids = inputs if inputs is not None else kwargs.get("input_ids")
+    tokens = getattr(model, "main_input_name", "input_ids") == "input_ids"
+    if ids is not None and tokens:
+        check_token_ids(ids, "input_ids", model)
+        check_mask(kwargs.get("attention_mask"), ids)
+    dec = kwargs.get("decoder_input_ids")
+    if dec is not None and model.config.is_encoder_decoder:
+        check_token_ids(dec, "decoder_input_ids", model.get_decoder() if hasattr(model, "get_decoder") else None)
+        check_mask(kwargs.get("decoder_attention_mask"), dec, "decoder_attention_mask", "decoder_input_ids")
+
+
 def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small: bool) -> None:
     """Input forms the engine cannot take exactly, refused before any work."""
     if model_kwargs.get("inputs_embeds") is not None:
         raise ValueError("`inputs_embeds` is not supported: the engine feeds token ids to both models (and the "
                          "small model has its own embeddings); pass `input_ids`")
+    ed = model.config.is_encoder_decoder
+    check_token_ids(input_ids, "decoder_input_ids" if ed else "input_ids", None if ed else model)
+    if not ed:
+        check_mask(model_kwargs.get("attention_mask"), input_ids)
+    elif (getattr(model, "main_input_name", "input_ids") == "input_ids" and isinstance(inputs_tensor, torch.Tensor)
+          and not inputs_tensor.is_floating_point() and not bool((inputs_tensor < 0).all())):
+        # (all negative: transformers' stand-in beside `encoder_outputs`)
+        check_token_ids(inputs_tensor, "input_ids", model)
+        check_mask(model_kwargs.get("attention_mask"), inputs_tensor)
     pos = model_kwargs.get("position_ids")
     if pos is not None and not model.config.is_encoder_decoder:
         mask = model_kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask.long()
         implied = mask.cumsum(-1) - 1
-        if pos.shape != input_ids.shape or bool(((pos.to(implied.device) != implied) & mask.bool()).any()):
+        if pos.shape != input_ids.shape:  # transformers derives them from the mask: a mask of another shape
+            raise ValueError(f"`attention_mask` (or `position_ids`) must have the shape of `input_ids`, "
+                             f"{list(input_ids.shape)}, got {list(pos.shape)}")
+        if bool(((pos.to(implied.device) != implied) & mask.bool()).any()):
             raise ValueError("`position_ids` other than those the attention mask implies are not supported: the "
                              "engine numbers each row's tokens itself")
     if not model.config.is_encoder_decoder:
@@ -310,19 +376,50 @@ def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small
         raise ValueError("`decoder_attention_mask` is supported for left padding only (zeros, then ones, per row)")
 
 
-# policies of `bild.generate` calls, per (large model, small model, options): they keep learning across calls
+# learned policies of `bild.generate` calls, per large model, then per (small model, options that shape what is
+# learned), least recently used first: at most `POLICIES_PER_MODEL` per large model
 _POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_POLICIES_LOCK = threading.Lock()
+POLICIES_PER_MODEL = 16
 
 
 def _policy_for(small_model, large_model, opts: DecodeOptions, lookup: tuple[int, int] | None = None) -> DraftPolicy:
     """The shared policy of these models and options (`lookup`: prompt lookup's (num_tokens, ngram) instead of
-    the small model's)."""
-    per_large = _POLICIES.setdefault(large_model, {})
-    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.draft_schedule, opts.num_drafts,
-           opts.verification, opts.rollback_threshold, opts.uno_epsilon, opts.opt_epsilon, opts.costs == AUTO, lookup)
-    if key not in per_large:
-        per_large[key] = make_policy(opts) if lookup is None else make_lookup_policy(opts, lookup[0])
-    return per_large[key]
+    the small model's). Only the adaptive policy of the lossless rules learns across calls: the others (fixed
+    thresholds; `RowwisePolicy` in the lossy modes) are built afresh for every call, so that nothing another
+    call does can reach them."""
+    fresh = make_policy(opts) if lookup is None else make_lookup_policy(opts, lookup[0])
+    if not isinstance(fresh, AdaptivePolicy):
+        return fresh
+    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.verification, opts.num_drafts,
+           opts.costs == AUTO, lookup)
+    with _POLICIES_LOCK:
+        per_large = _POLICIES.setdefault(large_model, OrderedDict())
+        held = per_large.get(key)
+        if held is not None and held[0]() is small_model:  # (not another model at a reused id)
+            per_large.move_to_end(key)
+            return held[1]
+        per_large[key] = (weakref.ref(small_model) if small_model is not None else _none, fresh)
+        while len(per_large) > POLICIES_PER_MODEL:
+            per_large.popitem(last=False)
+        return fresh
+
+
+def _none():
+    return None  # the weak reference of "no small model" (prompt lookup alone)
+
+
+def _dropped_streamer():
+    """The `streamer` given to transformers' `generate` that called this callable, found in its frame (transformers
+    passes a custom_generate callable only the arguments its own decoding methods do not take); None elsewhere."""
+    frame = sys._getframe(2)
+    for _ in range(3):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "generate" and "transformers" in frame.f_code.co_filename:
+            return frame.f_locals.get("streamer")
+        frame = frame.f_back
+    return None
 
 
 def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
@@ -341,10 +438,17 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     models), logits processors, stopping criteria and generation config. Pass `bild_stats=GenerationStats()`
     to read the counters back. The adaptive policy's state is kept per (large model, small model, options)
     across calls; pass `bild_policy=` (`bild_lookup_policy=` for prompt lookup) to use your own. transformers
-    does not forward `streamer` to custom callables; use `BiLDGenerator.generate` (or `bild_streamer=`) to stream.
+    does not forward `streamer` to custom callables (bild warns when it finds one dropped); use
+    `BiLDGenerator.generate` (or `bild_streamer=`) to stream. With `return_dict_in_generate=True` the output holds
+    the large model's cache at batch 1 (as transformers', to continue from), None for batches.
     """
     opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
                          draft_schedule, opt_epsilon, costs, num_drafts)
+    if bild_streamer is None and _dropped_streamer() is not None:
+        warnings.warn("`streamer` passed to `large.generate(..., custom_generate=bild.generate)` is dropped by "
+                      "transformers before bild runs: nothing is streamed. Stream with "
+                      "`bild.BiLDGenerator(...).generate(..., streamer=...)` or pass `bild_streamer=`.",
+                      UserWarning, stacklevel=2)
     gc = generation_config
     lookup = check_lookup(gc, opts, small_model is not None)
     if small_model is not None:
@@ -353,8 +457,8 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     else:
         check_model(model, "large_model")
     uses_small = small_model is not None and opts.uses_small
-    check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
     check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
+    check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
     if not gc.do_sample and (opts.uno_epsilon or opts.opt_epsilon):
         raise ValueError("`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
                          "exactly the large model's argmax")
@@ -396,16 +500,30 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     B = input_ids.shape[0]
 
     def loop(batch, prompt_len, slot=None, streamer=None):
+        """A loop over `batch` rows, with its own sessions of the shared policies (`DraftPolicy.open`)."""
+        sessions.clear()
+        session = None
         if uses_small:
             costs = resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new)
-            policy.begin(batch // M, costs)  # the policy sees prompts; forwards run batch rows
-        lp = DraftVerifyLoop(small, large, opts, policy, gc, logits_processor, stopping_criteria, streamer, stats,
+            session = policy.open(batch // M, costs)  # the policy sees prompts; forwards run batch rows
+            sessions.append((policy, session))
+        lp = DraftVerifyLoop(small, large, opts, session, gc, logits_processor, stopping_criteria, streamer, stats,
                              batch_slot=slot)  # its proposer: the small model, or none
         if lookup is not None:
-            lookup_policy.begin(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
-            lk = PromptLookupProposer(lookup_policy, lookup[1])
+            lk_session = lookup_policy.open(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
+            sessions.append((lookup_policy, lk_session))
+            lk = PromptLookupProposer(lk_session, lookup[1])
             lp.proposer = CombinedProposer(lk, lp.proposer) if uses_small else lk
         return lp
+
+    def run(lp, *args):
+        try:
+            return lp.run(*args)
+        finally:  # what the call learned goes back to the shared policies, also when it failed
+            for shared, session in sessions:
+                shared.close(session)
+
+    sessions: list = []
 
     if B > 1 and not (large.supports_holes and (not uses_small or small.supports_holes)):
         # rows of this family cannot leave masked cache slots for one another: decode row by row, each with its
@@ -417,13 +535,13 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
                 None if e is None else encoder_rows(e, lambda x: x[r : r + 1]) for e in enc)
             lp = loop(1, input_ids.shape[1], slot=(r, B))
             row_mask = None if attention_mask is None else attention_mask[r : r + 1]
-            rows.append(lp.run(input_ids[r : r + 1], row_mask, max_new, row_enc, None if src is None else [src[r]]))
+            rows.append(run(lp, input_ids[r : r + 1], row_mask, max_new, row_enc, None if src is None else [src[r]]))
             sources += stats.token_sources
         stats.token_sources = sources
         sequences, scores, raw = _stack_rows(input_ids, rows, lp.pad)
     else:
         lp = loop(B, input_ids.shape[1], streamer=bild_streamer)
-        sequences, scores, raw = lp.run(input_ids, attention_mask, max_new, enc, src)
+        sequences, scores, raw = run(lp, input_ids, attention_mask, max_new, enc, src)
     if M > 1:
         sequences, scores, raw = sequences[::M], scores[::M], raw[::M]
         stats.token_sources = stats.token_sources[::M]
@@ -438,9 +556,31 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     out = dict(sequences=sequences,
                scores=_per_step(scores, steps) if gc.output_scores else None,
                logits=_per_step(raw, steps) if gc.output_logits else None)
+    if B == 1 and gc.use_cache is not False:
+        out[_CACHE_FIELD] = returned_cache(large, sequences.shape[1], attention_mask)
     if large.is_encoder_decoder:
         return GenerateEncoderDecoderOutput(**out)
     return GenerateDecoderOnlyOutput(**out)
+
+
+# the output field transformers returns the cache in: `cache` from 5.24, `past_key_values` before (a field probed)
+_CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+
+
+def returned_cache(large: ModelAdapter, length: int, prompt_mask: torch.Tensor | None):
+    """The large model's cache as transformers' generate returns it, for a batch of one row `length` columns long:
+    every column but the last one, in the slots transformers gives them (the prompt's padding masked). None where
+    the engine's cache holds another layout (the padding slots were re-packed away)."""
+    keep = length - 1
+    P = 0 if prompt_mask is None else prompt_mask.shape[1]
+    want = [True] * keep
+    if prompt_mask is not None:
+        want[:P] = [bool(x) for x in prompt_mask[0].tolist()]
+    if large.length < keep or large.mask[0, :keep].tolist() != want:
+        return None
+    if large.length > keep:
+        large.cache.crop(keep - large.length)
+    return large.cache
 
 
 def _stack_rows(input_ids, rows, pad: int):
@@ -513,6 +653,10 @@ class BiLDGenerator:
     with the same options in the process (a new generator starts where the last one left off). With costs
     given, each generator has its own (fresh generators make the same decisions). In the lossy modes at
     "auto" it starts afresh for every call and every row.
+
+    Calls may come from several threads at once: each decides with its own session of the policy
+    (`DraftPolicy.open` / `close`) and counts into its own `GenerationStats` (`bild_stats=`, else a new one;
+    `self.stats` is the last finished call's).
     """
 
     def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
@@ -533,42 +677,55 @@ class BiLDGenerator:
                                                               self.options.max_small_steps) and not lossy(self.options)
         self.policy = (_policy_for(small_model, large_model, self.options) if self.shared
                        else make_policy(self.options))
-        self.lookup_policies: dict[tuple[int, int], DraftPolicy] = {}  # per (num_tokens, ngram) asked for
-        self.stats = GenerationStats()
+        # per (num_tokens, ngram) asked for, least recently used first (at most POLICIES_PER_MODEL)
+        self.lookup_policies: OrderedDict[tuple[int, int], DraftPolicy] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = GenerationStats()  # the last finished call's (each call fills its own)
 
     def lookup_policy(self, num_tokens: int, ngram: int) -> DraftPolicy:
         """Prompt lookup's policy for these settings (shared like `self.policy`)."""
         key = (num_tokens, ngram)
-        if key not in self.lookup_policies:
-            self.lookup_policies[key] = (_policy_for(self.small_model, self.large_model, self.options, key)
-                                         if self.shared else make_lookup_policy(self.options, num_tokens))
-        return self.lookup_policies[key]
+        with self._lock:
+            if key not in self.lookup_policies:
+                self.lookup_policies[key] = (_policy_for(self.small_model, self.large_model, self.options, key)
+                                             if self.shared else make_lookup_policy(self.options, num_tokens))
+                while len(self.lookup_policies) > POLICIES_PER_MODEL:
+                    self.lookup_policies.popitem(last=False)
+            self.lookup_policies.move_to_end(key)
+            return self.lookup_policies[key]
 
     def reset_policy(self) -> None:
         """Forget what the draft policies learned (shared with the other generators of these models when
         costs="auto"; learned costs are kept: `bild.online_costs.forget()` drops them)."""
-        self.policy.reset()
-        for p in self.lookup_policies.values():
-            p.reset()
+        with policies._LOCK:  # a call running now folds its session in as a concurrent one (`DraftPolicy.close`)
+            for p in [self.policy, *self.lookup_policies.values()]:
+                p.reset()
+                p._version = getattr(p, "_version", 0) + 1
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
-                 streamer=None, **kwargs):
-        """Same arguments and return type as `large_model.generate`; `self.stats` describes the call."""
+                 streamer=None, bild_stats: GenerationStats | None = None, **kwargs):
+        """Same arguments and return type as `large_model.generate`. Each call counts into its own
+        `GenerationStats`: `bild_stats=` (filled in place), else a new one; `self.stats` is then the last
+        finished call's (with calls from several threads, pass `bild_stats=` to get each call's own)."""
+        stats = bild_stats if bild_stats is not None else GenerationStats()
         gc = copy.deepcopy(generation_config or self.large_model.generation_config)
         gc.update(**kwargs)
+        check_prompt(self.large_model, inputs, kwargs)
         check_generation_config(gc, _batch_size(inputs, kwargs), streamer)
         o = self.options
         lookup = check_lookup(gc, o, self.small_model is not None)
         if lookup is not None:
             kwargs["bild_lookup_policy"] = self.lookup_policy(*lookup)
-        return self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
+        out = self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
             *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate,
             small_model=self.small_model,
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
             draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
             bild_streamer=streamer,
-            bild_stats=self.stats, bild_policy=self.policy, **kwargs)
+            bild_stats=stats, bild_policy=self.policy, **kwargs)
+        self.stats = stats
+        return out
 
 
 def _batch_size(inputs, kwargs) -> int | None:

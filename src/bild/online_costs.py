@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 import weakref
 from collections import deque
@@ -50,6 +51,7 @@ KEEP = 32  # times kept per (rows, tokens)
 MIN_SAMPLES = 6  # forwards after the prefill before a model's learned times replace the prior
 MAX_TOKENS = 64  # wider forwards (long catch-ups) are not recorded
 MIN_WIDTH_SAMPLES = 3  # times before a width enters a per-width verify table
+MAX_BATCH_SIZES = 16  # batch sizes whose times are kept per model setting (least recently timed dropped)
 MIN_ROUND_SAMPLES = 3  # timed rounds of a kind before their overhead replaces the prior (host work varies little)
 
 clock = time.perf_counter  # the timer; tests patch it
@@ -102,30 +104,51 @@ class ModelTimes:
     def __init__(self):
         self.times: dict[tuple[int, int], deque] = {}
         self.rounds: dict[tuple[int, str], deque] = {}
+        self.batch_sizes: dict[int, None] = {}  # batch sizes timed, least recently recorded first
+        self.lock = threading.Lock()  # calls from several threads record and read at once
 
     def record(self, rows: int, tokens: int, seconds: float) -> None:
         if 0 < tokens <= MAX_TOKENS and seconds > 0:
-            self.times.setdefault((rows, tokens), deque(maxlen=KEEP)).append(seconds)
+            with self.lock:
+                self._touch(rows)
+                self.times.setdefault((rows, tokens), deque(maxlen=KEEP)).append(seconds)
 
     def record_round(self, rows: int, kind: str, seconds: float) -> None:
-        self.rounds.setdefault((rows, kind), deque(maxlen=KEEP)).append(max(0.0, seconds))
+        with self.lock:
+            self._touch(rows)
+            self.rounds.setdefault((rows, kind), deque(maxlen=KEEP)).append(max(0.0, seconds))
+
+    def _touch(self, rows: int) -> None:
+        """Keep the tables bounded: the times of at most `MAX_BATCH_SIZES` batch sizes, the least recently
+        recorded dropped first."""
+        self.batch_sizes.pop(rows, None)
+        self.batch_sizes[rows] = None
+        if len(self.batch_sizes) > MAX_BATCH_SIZES:
+            old = next(iter(self.batch_sizes))
+            del self.batch_sizes[old]
+            for table in (self.times, self.rounds):
+                for key in [k for k in table if k[0] == old]:
+                    del table[key]
 
     def medians(self, rows: int) -> dict[int, tuple[float, int]]:
         """tokens -> (median seconds, samples) at this batch size."""
-        return {n: (statistics.median(d), len(d)) for (b, n), d in self.times.items() if b == rows and d}
+        with self.lock:
+            return {n: (statistics.median(d), len(d)) for (b, n), d in self.times.items() if b == rows and d}
 
     def round_overhead(self, rows: int, kind: str) -> float | None:
         """Seconds a round drafting with `kind` spends on the host beyond its forwards, more than a plain round
         does (median against median; against nothing before a plain round is timed), or None until
         `MIN_ROUND_SAMPLES` such rounds are timed at this batch size."""
-        d = self.rounds.get((rows, kind))
-        if d is None or len(d) < MIN_ROUND_SAMPLES:
-            return None
-        plain = self.rounds.get((rows, "plain"))
-        return max(0.0, statistics.median(d) - (statistics.median(plain) if plain else 0.0))
+        with self.lock:
+            d = self.rounds.get((rows, kind))
+            if d is None or len(d) < MIN_ROUND_SAMPLES:
+                return None
+            plain = self.rounds.get((rows, "plain"))
+            return max(0.0, statistics.median(d) - (statistics.median(plain) if plain else 0.0))
 
 
 _TIMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TIMES_LOCK = threading.Lock()
 
 
 def _key(model):
@@ -138,20 +161,22 @@ def model_times(model) -> ModelTimes | None:
     try:
         if model.device.type != "cpu":
             return None
-        per = _TIMES.get(model)
-        if per is None:
-            per = _TIMES[model] = {}
+        with _TIMES_LOCK:
+            per = _TIMES.get(model)
+            if per is None:
+                per = _TIMES[model] = {}
+            return per.setdefault(_key(model), ModelTimes())
     except (TypeError, AttributeError):
         return None
-    return per.setdefault(_key(model), ModelTimes())
 
 
 def forget(model=None) -> None:
     """Drop learned times (of one model, or of all)."""
-    if model is None:
-        _TIMES.clear()
-    else:
-        _TIMES.pop(model, None)
+    with _TIMES_LOCK:
+        if model is None:
+            _TIMES.clear()
+        else:
+            _TIMES.pop(model, None)
 
 
 def _medians(model, batch_size: int) -> dict[int, tuple[float, int]]:

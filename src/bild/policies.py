@@ -22,10 +22,18 @@ Policies:
     RowwisePolicy      the adaptive rule per row and per call on timing-free costs ("auto" in the lossy modes).
 
 Costs are `DraftCosts`: a small step and a verify pass over k drafts, in units of one large step.
+
+Concurrent calls: a policy object may be shared by calls running at the same time (one generator used from
+several threads, or the policies shared per pair of models). The engine never decides with the shared
+object: `open(batch_size, costs)` gives the call its own copy ("session", begun), which holds every
+per-call state and learns as the call runs; `close(session)` folds what it learned back, under a lock. Calls
+one at a time behave exactly as if the shared object had been used directly.
 """
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +152,9 @@ class RoundRecord:
 
 
 # -- policies ---------------------------------------------------------------------------------------
+_LOCK = threading.RLock()  # guards the fork and the fold-back of every shared policy (both are short)
+
+
 class DraftPolicy:
     """Interface. Subclasses override what they need; the default drafts nothing."""
 
@@ -152,6 +163,43 @@ class DraftPolicy:
 
     def begin(self, batch_size: int, costs: DraftCosts | None = None) -> None:
         self.batch_size = batch_size
+
+    # -- sessions: one per call, so that calls running at the same time share no per-call state -----------
+    def open(self, batch_size: int, costs: DraftCosts | None = None) -> "DraftPolicy":
+        """A copy of this policy for one call, begun: the call decides and learns with it alone. Hand it back
+        with `close` (what it learned is folded into this policy then)."""
+        with _LOCK:
+            session = self._fork()
+            session._origin = getattr(self, "_version", 0)
+        session.begin(batch_size, costs)
+        return session
+
+    def close(self, session: "DraftPolicy") -> None:
+        """Fold a finished session back: if no other session was folded since it was opened, this policy takes
+        its state as is (calls one at a time: exactly as if they had used this object); otherwise `_merge`."""
+        with _LOCK:
+            version = getattr(self, "_version", 0)
+            if session._origin == version:
+                self.__dict__.update(self._state(session))
+            else:
+                self._merge(session)
+            self._version = version + 1
+
+    def _fork(self) -> "DraftPolicy":
+        """A copy whose containers are its own (the learned values are copied, not shared)."""
+        session = copy.copy(self)
+        session.__dict__ = {k: copy.copy(v) if isinstance(v, (list, dict)) else v for k, v in self.__dict__.items()}
+        session._base = self._state(session)
+        return session
+
+    @staticmethod
+    def _state(session: "DraftPolicy") -> dict:
+        return {k: copy.copy(v) if isinstance(v, (list, dict)) else v for k, v in session.__dict__.items()
+                if k not in ("_origin", "_version", "_base")}
+
+    def _merge(self, session: "DraftPolicy") -> None:
+        """Another call folded its session back while this one ran: by default the last call's state wins."""
+        self.__dict__.update(self._state(session))
 
     def budgets(self, remaining: list[int]) -> list[int]:
         """remaining[r]: drafts row r may still write this call (0 for finished rows)."""
@@ -298,6 +346,8 @@ class AdaptivePolicy(DraftPolicy):
         return sum(self.acc) / sum(self.seen)
 
     def _bin(self, c: float) -> int:
+        if not math.isfinite(c):  # never from the engine (non-finite drafts are dropped): the lowest bin
+            return 0
         return min(max(int(c * self.BINS), 0), self.BINS - 1)
 
     @property
@@ -372,6 +422,24 @@ class AdaptivePolicy(DraftPolicy):
             self.wait = self.interval
         elif self.on:
             self.interval = self.probe_every
+
+    def _merge(self, session):
+        """Concurrent calls: the acceptance counts add up (this policy's plus what the session added to the
+        counts it started from); the rest (rate, probe schedule, draft length) is the session's."""
+        base = session._base
+        merged = {}
+        for name in ("seen", "acc", "first"):
+            merged[name] = [max(0.0, x + s - b) for x, s, b in zip(getattr(self, name), getattr(session, name),
+                                                                   base[name])]
+        merged["seen"] = [max(n, self.PRIOR / 2) for n in merged["seen"]]
+        merged["acc"] = [min(a, n) for a, n in zip(merged["acc"], merged["seen"])]
+        for name in ("judged_total", "warm_rounds"):
+            merged[name] = getattr(self, name) + getattr(session, name) - base[name]
+        super()._merge(session)
+        self.__dict__.update(merged)
+        self._est = None
+        if getattr(self, "costs", None) is not None:
+            self._decide()
 
     def _count(self, tokens: float, cost: float) -> None:
         """A round's tokens and cost into the moving sums behind the rate R."""

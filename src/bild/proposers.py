@@ -24,6 +24,7 @@ probabilities q the drafts were drawn from, one-hot for a deterministic drafter.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -159,24 +160,32 @@ class ModelProposer(Proposer):
         first_conf, steps = None, 1
         for j in range(max(budget)):
             probs = self.processors(logits, drafts).softmax(-1)
+            # NaN or +inf in a row's logits (an fp16 overflow, a broken draft) make its probabilities NaN: the row's
+            # draft ends there (its token is dropped, the large model writes the next one); a uniform stand-in keeps
+            # sampling and the policy away from the NaN (a softmax with a NaN has NaN everywhere)
+            bad = probs.isnan().any(-1)
+            probs = probs.nan_to_num(nan=1.0 / probs.shape[-1])
             tok = torch.multinomial(probs, 1).squeeze(-1) if self.do_sample else probs.argmax(-1)
             conf = probs.max(-1).values
             live = to_device([d and a for d, a in zip(driving, active)], st.device)
             keep, more = self.policy.step(j, conf, live)
-            tok_l, keep_l, more_l, conf_l = torch.stack([tok.double(), keep.double(), more.double(),
-                                                         conf.double()]).tolist()  # the step's one read
+            keep, more = keep & ~bad, more & ~bad
+            tok_l, keep_l, more_l, conf_l, bad_l = torch.stack([tok.double(), keep.double(), more.double(),
+                                                                conf.double(), bad.double()]).tolist()  # one read
+            if any(bad_l):
+                self._non_finite(st.lead([a and b > 0 for a, b in zip(active, bad_l)]))
             if first_conf is None:
-                first_conf = [c if a else None for c, a in zip(conf_l, active)]
+                first_conf = [c if a and not b else None for c, a, b in zip(conf_l, active, bad_l)]
             mine = [a and d and k > 0 for a, d, k in zip(active, driving, keep_l)]
-            self.stats.fallbacks += sum(a and d and not k for a, d, k in zip(*(st.lead(x) for x in (active, driving,
-                                                                                                   keep_l))))
+            self.stats.fallbacks += sum(a and d and not k and not b for a, d, k, b in
+                                        zip(*(st.lead(x) for x in (active, driving, keep_l, bad_l))))
             driving = [m and x > 0 for m, x in zip(mine, more_l)]
             any_driving = any(driving)
             if self.keep_q:
                 qs.append(probs)
             for r in range(B):
                 own[r] += mine[r]
-                take = mine[r] or (fill and active[r] and any_driving)
+                take = mine[r] or (fill and active[r] and any_driving and not bad_l[r])
                 if take:
                     drafts[r].append(int(tok_l[r]))
                     conf_h[r].append(conf_l[r])
@@ -190,6 +199,17 @@ class ModelProposer(Proposer):
             logits = self.adapter.feed(tok[:, None], [[a or filler] for a in active], keep=1)[:, -1]
             steps += 1
         return _Draft(drafts, torch.stack(qs, 1) if qs else None, read, own, conf_h, first_conf, steps)
+
+    def _non_finite(self, rows: list[bool]) -> None:
+        """Count draft steps with non-finite logits; warn at the call's first."""
+        if not any(rows):
+            return
+        if not self.stats.nonfinite_drafts:
+            warnings.warn("the small model's logits hold NaN or inf: those draft steps are dropped and the large "
+                          "model writes the tokens (the output is unchanged; counted in "
+                          "GenerationStats.nonfinite_drafts). Check the draft model's weights and dtype.",
+                          RuntimeWarning, stacklevel=2)
+        self.stats.nonfinite_drafts += sum(rows)
 
     def settle(self, n_accept, committed, before, width):
         d = self.round

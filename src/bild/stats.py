@@ -31,6 +31,8 @@ class GenerationStats:
     small_tokens_fed / large_tokens_fed   token positions each model read (prompt included, padding excluded)
     drafted_by / accepted_by   the same `drafted` / `accepted` counts split by drafter: {"small": n, "lookup": n}
                      (a drafter that drafted nothing this call is absent)
+    nonfinite_drafts draft steps (per row) at which the small model's logits held NaN or inf: the row's draft
+                     ended there, its token dropped (the large model wrote the next token)
     token_sources    per row, for each new token, who wrote it: "small" (a small-model draft the large model
                      kept), "lookup" (a prompt-lookup draft it kept) or "large" (the large model's own token)
     policy           what the draft policy had in force at the end of the call (see `bild.policies`)
@@ -55,6 +57,7 @@ class GenerationStats:
     large_tokens_fed: int = 0
     drafted_by: dict[str, int] = field(default_factory=dict)
     accepted_by: dict[str, int] = field(default_factory=dict)
+    nonfinite_drafts: int = 0
     token_sources: list[list[str]] = field(default_factory=list)
     policy: dict = field(default_factory=dict)
 
