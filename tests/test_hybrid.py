@@ -185,3 +185,14 @@ def test_mixed_pairs(hybrid_role):
     ref = reference_generate(small, large, ids[0].tolist(), N_NEW, fb, rb, steps)
     assert out[0, ids.shape[1]:].tolist()[: len(ref)] == ref
     assert gen.stats.drafted > 0
+
+
+def test_returned_cache_of_a_hybrid_is_none():
+    """return_dict_in_generate: a hybrid's cache is not returned (None, as documented): its recurrent state's
+    record goes with each round's rollback, so it cannot be cut back to the returned context."""
+    small, large = make_zoo_pair("qwen3_next")
+    ids = torch.tensor([[5, 9, 13, 17]])
+    out = bild.BiLDGenerator(small, large).generate(ids, max_new_tokens=8, return_dict_in_generate=True)
+    field = "cache" if "cache" in type(out).__dataclass_fields__ else "past_key_values"
+    assert getattr(out, field) is None
+    assert torch.equal(out.sequences, large.generate(ids, max_new_tokens=8, do_sample=False))

@@ -570,13 +570,16 @@ _CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_field
 def returned_cache(large: ModelAdapter, length: int, prompt_mask: torch.Tensor | None):
     """The large model's cache as transformers' generate returns it, for a batch of one row `length` columns long:
     every column but the last one, in the slots transformers gives them (the prompt's padding masked). None where
-    the engine's cache holds another layout (the padding slots were re-packed away)."""
+    the engine's cache holds another layout (the padding slots were re-packed away), and for caches with a
+    recurrent state (hybrid and state-space models)."""
     keep = length - 1
     P = 0 if prompt_mask is None else prompt_mask.shape[1]
     want = [True] * keep
     if prompt_mask is not None:
         want[:P] = [bool(x) for x in prompt_mask[0].tolist()]
     if large.length < keep or large.mask[0, :keep].tolist() != want:
+        return None
+    if large.recorded:  # a recurrent state: its record went with the last round's rollback, so it cannot be cut back
         return None
     if large.length > keep:
         large.cache.crop(keep - large.length)
