@@ -37,6 +37,25 @@ def test_llama_pair_reaches_agreement(target):
     assert info.small_confidence == pytest.approx(info.agreement, abs=0.01)
 
 
+def test_qwen3_next_pair_reaches_agreement_and_decodes_exactly():
+    """The hybrid family: the small model is the large one's first two layers (one linear-attention, one
+    attention layer); on releases that roll recurrent states back bild decodes the pair as large greedy."""
+    import transformers
+
+    import bild
+    small, large, info = build_controlled_pair("qwen3_next", 0.8, tolerance=TOL, small_layers=2, **TINY)
+    assert info.converged and abs(info.agreement - 0.8) <= TOL
+    assert small.config.layer_types == ["linear_attention", "full_attention"]
+    assert all(a is b for a, b in zip(small.model.layers, large.model.layers[:2]))
+    assert small.get_output_embeddings() is large.get_output_embeddings()
+    with pytest.raises(ValueError, match="small_layers >= 2"):
+        build_controlled_pair("qwen3_next", 0.8, **TINY)
+    if hasattr(transformers.DynamicCache, "get_recurrent_states_to_keep"):
+        x = make_prompts(TINY["vocab"], 1, 12)[0]
+        want = large.generate(x, max_new_tokens=16, do_sample=False)
+        assert torch.equal(bild.BiLDGenerator(small, large).generate(x, max_new_tokens=16), want)
+
+
 def test_t5_pair_reaches_agreement():
     small, large, info = build_controlled_pair("t5", 0.8, tolerance=TOL, **TINY)
     assert info.converged and abs(info.agreement - 0.8) <= TOL

@@ -105,6 +105,17 @@ class PairInfo:
 # --------------------------------------------------------------------------------------
 
 
+def _share_prefix(small, large, small_layers: int):
+    """The small decoder-only model becomes the large one's prefix: it shares the embeddings, the first
+    `small_layers` layers, the final norm, the rotary embedding and the LM head (modules, not copies)."""
+    small.model.embed_tokens = large.model.embed_tokens
+    small.model.layers = torch.nn.ModuleList(list(large.model.layers[:small_layers]))
+    small.model.norm = large.model.norm
+    small.model.rotary_emb = large.model.rotary_emb
+    small.lm_head = large.lm_head
+    return small
+
+
 def _llama_pair(hidden, layers, small_layers, vocab, heads, intermediate, init_std, max_positions):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -125,13 +136,7 @@ def _llama_pair(hidden, layers, small_layers, vocab, heads, intermediate, init_s
         )
 
     large = LlamaForCausalLM(cfg(layers))
-    small = LlamaForCausalLM(cfg(small_layers))
-    # share everything the small model has with the large one
-    small.model.embed_tokens = large.model.embed_tokens
-    small.model.layers = torch.nn.ModuleList(list(large.model.layers[:small_layers]))
-    small.model.norm = large.model.norm
-    small.model.rotary_emb = large.model.rotary_emb
-    small.lm_head = large.lm_head
+    small = _share_prefix(LlamaForCausalLM(cfg(small_layers)), large, small_layers)
     scaled = []
     for layer in large.model.layers[small_layers:]:
         scaled += [layer.self_attn.o_proj, layer.mlp.down_proj]
@@ -160,12 +165,7 @@ def _qwen3_next_pair(hidden, layers, small_layers, vocab, heads, intermediate, i
             initializer_range=init_std, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
     large = Qwen3NextForCausalLM(cfg(layers))
-    small = Qwen3NextForCausalLM(cfg(small_layers))
-    small.model.embed_tokens = large.model.embed_tokens
-    small.model.layers = torch.nn.ModuleList(list(large.model.layers[:small_layers]))
-    small.model.norm = large.model.norm
-    small.model.rotary_emb = large.model.rotary_emb
-    small.lm_head = large.lm_head
+    small = _share_prefix(Qwen3NextForCausalLM(cfg(small_layers)), large, small_layers)
     scaled = []
     for layer in large.model.layers[small_layers:]:
         mixer = layer.linear_attn.out_proj if hasattr(layer, "linear_attn") else layer.self_attn.o_proj
@@ -373,7 +373,7 @@ def build_controlled_pair(
     """Build ``(small, large, info)`` whose greedy agreement is close to ``agreement``.
 
     Args:
-        family: ``"llama"`` (decoder-only) or ``"t5"`` (encoder-decoder).
+        family: ``"llama"`` (decoder-only), ``"t5"`` (encoder-decoder) or ``"qwen3_next"`` (hybrid; small_layers >= 2).
         agreement: target greedy agreement in (0, 1]; ``None`` with ``alpha`` given skips
             calibration (the agreement is still measured and reported).
         hidden, layers, vocab: size of the large model; ``layers`` counts decoder layers.
