@@ -17,8 +17,11 @@ How a model's batch is laid out (`batch_layout`, decided once per model by probe
     Marian, Pegasus, M2M100, Blenderbot, Whisper's decoder; BartForCausalLM, TrOCR, GIT), or one its
     forward's signature does not name, so that transformers' generate does not pass it (WhisperForCausalLM);
   - sliding-window layers (Mistral, Qwen2/3, Gemma 2/3, Phi-3, Starcoder2, Cohere2, ...) and gpt-neo's
-    local attention: masked slots would use up the window; linear-attention / convolution layers
-    (LFM2): masked slots would enter the state.
+    local attention: masked slots would use up the window; linear-attention / convolution / state-space
+    layers (LFM2; on transformers >= 5.25 the hybrids and Mamba2): masked slots would enter the state.
+Layers with a recurrent state are rolled back through transformers' record of it (`record_past`: the states after
+each token of a forward that may be rolled back), and only where a probe running the engine's own feeds and
+rollbacks gives the logits of uncached forwards (`rollback_is_exact`, `check_model`).
 Both batched layouts re-pack the cache when masked slots pass 25 % of the longest row.
 Models without a KV cache (openai-gpt) are refused (`check_model`).
 """
