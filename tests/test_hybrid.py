@@ -17,6 +17,7 @@ import torch
 import transformers
 from models import make_pair
 from reference import reference_generate
+from test_families import padded_batch
 from test_sampling import accept_every_draft, chi_square_pvalue, exact_joint
 from zoo import make_zoo_pair
 
@@ -35,18 +36,9 @@ SETTINGS = [  # (fallback, rollback, max_small_steps, verification), as tests/te
 ]
 
 
-def padded(n_rows: int = 3, seed: int = 3, length: int = 9):
-    """Left-padded prompts of 9, 7, 5 tokens; the first repeats itself, so that prompt lookup finds matches."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(n_rows, length, dtype=torch.long)
-    mask = torch.zeros(n_rows, length, dtype=torch.long)
-    for r in range(n_rows):
-        n = length - 2 * r
-        toks = torch.randint(3, 96, (n,), generator=g)
-        if r == 0:
-            toks[n // 2 + 1:] = toks[1 : n - n // 2]
-        ids[r, length - n:], mask[r, length - n:] = toks, 1
-    return ids, mask
+def padded():
+    """Left-padded prompts of 9, 7 and 5 tokens (the family test's batch)."""
+    return padded_batch("decoder")
 
 
 @pytest.fixture(scope="module", params=HYBRIDS)

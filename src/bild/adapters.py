@@ -33,10 +33,12 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import transformers
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
 from . import online_costs
+from ._compat import TRANSFORMERS_NEWEST, _release
 from .vocabulary import token_index, widen_logits
 
 
@@ -678,7 +680,6 @@ def rollback_problem(model: PreTrainedModel) -> str:
     kinds = cache_layer_kinds(model)
     if kinds <= PLAIN_LAYERS or rollback_is_exact(model):
         return ""
-    import transformers
     return (f"its cache holds {', '.join(sorted(kinds - PLAIN_LAYERS))} layers (a recurrent, convolution or "
             "state-space state), and the engine's rollback of them (transformers' recorded states and `crop`) "
             f"does not give the logits of an uncached forward on transformers {transformers.__version__}")
@@ -688,8 +689,6 @@ def working_release(model: PreTrainedModel) -> str:
     """For a refused model with a recurrent state: which transformers release decodes its family exactly."""
     if cache_layer_kinds(model) <= PLAIN_LAYERS:
         return ""
-    import transformers
-    from ._compat import TRANSFORMERS_NEWEST, _release
     first = RECURRENT_EXACT_FROM.get(model.config.model_type)
     if first is None:
         return (f"; no transformers release bild was tested with (up to {TRANSFORMERS_NEWEST}) rolls this family's "
