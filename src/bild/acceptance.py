@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import to_device
+from .devices import to_device
 from .verification import (verify_batch_drafts, verify_block, verify_exact_greedy, verify_exact_sampling,
                            verify_rollback)
 

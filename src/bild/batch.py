@@ -16,7 +16,8 @@ import itertools
 
 import torch
 
-from .adapters import ModelAdapter, to_device
+from .adapters import ModelAdapter
+from .devices import to_device
 
 
 class BatchState:

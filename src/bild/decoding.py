@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList
 
-from . import online_costs
+from . import timing
 from .acceptance import Verdict, make_rule
-from .adapters import ModelAdapter, to_device
+from .adapters import ModelAdapter
+from .devices import to_device
 from .batch import BatchState, RowProcessors
 from .policies import DraftPolicy
 from .feature_draft import is_feature_draft
@@ -160,9 +161,9 @@ class DraftVerifyLoop:
         if not timed:
             self._round_body()
             return
-        t0, f0, n0 = online_costs.clock(), self._forward_seconds(), self._small_forwards()
+        t0, f0, n0 = timing.clock(), self._forward_seconds(), self._small_forwards()
         prop = self._round_body()
-        overhead = online_costs.clock() - t0 - (self._forward_seconds() - f0)
+        overhead = timing.clock() - t0 - (self._forward_seconds() - f0)
         self.large.times.record_round(self.state.B, round_kind(prop, self._small_forwards() > n0), overhead)
 
     def _small_forwards(self) -> int:

@@ -25,7 +25,9 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .adapters import capabilities, to_device
+from .devices import to_device
+from .probes import capabilities
+from .vocabulary import CONFIG_KEY as VOCAB_KEY, draft_vocabulary, prune_draft_vocabulary
 
 CONFIG_KEY = "bild_feature_draft"  # config entry: {"large_hidden_size": d}
 # the cache keyword of the installed transformers' LlamaModel (5.24 renamed `past_key_values` to `cache`)
@@ -131,8 +133,6 @@ class FeatureDraft(LlamaForCausalLM):
         """A feature draft that starts as `small` (a Llama token draft of the large model's width, pruned head
         included): its layers, norm, head and embeddings, with fc reading the token embedding only, so it
         drafts exactly as `small` until trained to read the features."""
-        from .vocabulary import CONFIG_KEY as VOCAB_KEY, draft_vocabulary, prune_draft_vocabulary
-
         if small.config.model_type != "llama":
             raise ValueError(f"FeatureDraft.from_draft takes a Llama draft; `small` is {small.config.model_type!r}")
         draft = cls._shaped_like({k: v for k, v in small.config.to_dict().items() if k != VOCAB_KEY}, small.dtype)

@@ -7,7 +7,6 @@ Both go through `large_model.generate`, so transformers prepares everything it n
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import threading
 import warnings
@@ -17,170 +16,29 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
-import weakref
-
-from .adapters import ModelAdapter, check_model, encoder_rows, vocab_width
-from .analysis.cost_model import CostTable
-from .decoding import DecodeOptions, DraftVerifyLoop
-from .feature_draft import check_small_draft
-from .online_costs import learned_costs, lookup_costs, prior_costs
 from . import policies
-from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
-                       ThresholdPolicy)
+from .adapters import ModelAdapter, encoder_rows
+from .checks import check_generation_config, check_inputs, check_pair, check_prompt
+from .decoding import DraftVerifyLoop
+from .families import check_model
+from .feature_draft import check_small_draft
+from .options import (AUTO, POLICIES_PER_MODEL, _policy_for, check_lookup, check_options, lossy, make_lookup_policy,
+                      make_policy, resolve_costs, resolve_lookup_costs)
+from .policies import DraftPolicy
 from .proposers import CombinedProposer, PromptLookupProposer
 from .stats import GenerationStats
-from .vocabulary import draft_vocabulary
 
-VERIFICATIONS = ("rollback", "exact", "block")
-DRAFT_SCHEDULES = ("constant", "heuristic")
-AUTO = "auto"
-DEFAULT_ROLLBACK_THRESHOLD = 5.0  # BiLD's rule when chosen without a number
-
-
-def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_steps=AUTO, verification=None,
-                  uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO, num_drafts=1) -> DecodeOptions:
-    """Validate the engine's own arguments; raise ValueError naming the argument and what is allowed.
-
-    Defaults are lossless: `verification=None` means "exact", unless a `rollback_threshold` is given, which
-    selects BiLD's rollback rule; `rollback_threshold=None` is 5.0 when the rollback rule is in force."""
-    if verification is None:
-        verification = "exact" if rollback_threshold is None else "rollback"
-    if rollback_threshold is None:
-        rollback_threshold = DEFAULT_ROLLBACK_THRESHOLD
-    def number(name, x):
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
-            raise ValueError(f"`{name}` must be a number, got {x!r}")
-    if fallback_threshold != AUTO:
-        if isinstance(fallback_threshold, str):
-            raise ValueError(f"`fallback_threshold` must be 'auto' or a number in [0, 1], got {fallback_threshold!r}")
-        number("fallback_threshold", fallback_threshold)
-        if not 0.0 <= fallback_threshold <= 1.0:
-            raise ValueError(f"`fallback_threshold` must be 'auto' or in [0, 1], got {fallback_threshold}")
-        fallback_threshold = float(fallback_threshold)
-    number("rollback_threshold", rollback_threshold)
-    if rollback_threshold < 0:
-        raise ValueError(f"`rollback_threshold` must be >= 0 or float('inf'), got {rollback_threshold}")
-    if max_small_steps != AUTO and (isinstance(max_small_steps, bool) or not isinstance(max_small_steps, int)
-                                    or max_small_steps < 1):
-        raise ValueError(f"`max_small_steps` must be 'auto' or an integer >= 1, got {max_small_steps!r}")
-    if verification not in VERIFICATIONS:
-        raise ValueError(f"`verification` must be one of {VERIFICATIONS}, got {verification!r}")
-    for name, eps in (("uno_epsilon", uno_epsilon), ("opt_epsilon", opt_epsilon)):
-        number(name, eps)
-        if eps < 0:
-            raise ValueError(f"`{name}` must be >= 0, got {eps}")
-        if eps > 0 and verification != "exact":
-            raise ValueError(f"`{name}` > 0 needs verification='exact' (it relaxes the exact check)")
-    if uno_epsilon > 0 and opt_epsilon > 0:
-        raise ValueError("pass one of `uno_epsilon` (Decoding-UNO) and `opt_epsilon` (Decoding-OPT), not both")
-    if draft_schedule not in DRAFT_SCHEDULES:
-        raise ValueError(f"`draft_schedule` must be one of {DRAFT_SCHEDULES}, got {draft_schedule!r}")
-    if draft_schedule == "heuristic" and AUTO in (fallback_threshold, max_small_steps):
-        raise ValueError("`draft_schedule`='heuristic' needs numbers for `fallback_threshold` and `max_small_steps` "
-                         "(its budget starts at, and is capped by, max_small_steps)")
-    if not (costs == AUTO or isinstance(costs, (DraftCosts, CostTable))
-            or (isinstance(costs, (int, float)) and not isinstance(costs, bool) and costs > 0)):
-        raise ValueError(f"`costs` must be 'auto', a cost ratio > 0 (small step / large step), a "
-                         f"bild.analysis.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}")
-    if isinstance(num_drafts, bool) or not isinstance(num_drafts, int) or num_drafts < 1:
-        raise ValueError(f"`num_drafts` must be an integer >= 1, got {num_drafts!r}")
-    if num_drafts > 1 and verification == "block":
-        raise ValueError("`num_drafts` > 1 is not supported with verification='block': block verification judges "
-                         "one draft per prompt; use verification='exact' for batch speculative decoding")
-    if num_drafts > 1 and verification != "exact":
-        raise ValueError("`num_drafts` > 1 (batch speculative decoding) needs verification='exact'")
-    if num_drafts > 1 and (uno_epsilon > 0 or opt_epsilon > 0):
-        raise ValueError("`num_drafts` > 1 is lossless batch speculative decoding: it takes no `uno_epsilon` / "
-                         "`opt_epsilon`")
-    return DecodeOptions(fallback_threshold, float(rollback_threshold), max_small_steps, verification,
-                         float(uno_epsilon), draft_schedule, float(opt_epsilon), costs, num_drafts)
-
-
-def lossy(opts: DecodeOptions) -> bool:
-    """The verification rule lets a draft decision change the text: rollback, Decoding-UNO / OPT."""
-    return opts.verification == "rollback" or opts.uno_epsilon > 0 or opts.opt_epsilon > 0
-
-
-def make_policy(opts: DecodeOptions) -> DraftPolicy:
-    """The draft policy the options ask for: adaptive when either knob is 'auto'. Under exact verification
-    that is `AdaptivePolicy` (learns across calls, from learned costs: it cannot change greedy output); in
-    the lossy modes `RowwisePolicy` (the same rule, per call and per row, on timing-free costs), so that
-    the text is a function of the inputs there."""
-    fb, steps = opts.fallback_threshold, opts.max_small_steps
-    if AUTO in (fb, steps):
-        cls = RowwisePolicy if lossy(opts) else AdaptivePolicy
-        return cls(None if fb == AUTO else fb, None if steps == AUTO else steps)
-    if opts.draft_schedule == "heuristic":
-        return HeuristicPolicy(fb, steps)
-    return ThresholdPolicy(fb, steps)
-
-
-def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, prompt_len: int,
-                  max_new: int) -> DraftCosts | None:
-    """The policy's cost model: given, or with costs="auto" the shared online estimate for these models at this
-    batch size (`bild.online_costs.learned_costs`: no forward is run for it), except for `RowwisePolicy`,
-    which gets the timing-free prior at batch 1 (a row's decisions must not depend on time or batch)."""
-    if not policy.needs_costs:
-        return None
-    if costs != AUTO:
-        return given_costs(costs)
-    if isinstance(policy, RowwisePolicy):
-        return prior_costs(small, large, 1)
-    return learned_costs(small, large, batch_size)
-
-
-def given_costs(costs) -> DraftCosts:
-    """`costs=` other than "auto" as `DraftCosts`: as given, from a measured table, or from a ratio."""
-    if isinstance(costs, DraftCosts):
-        return costs
-    if isinstance(costs, CostTable):
-        return DraftCosts.from_table(costs)
-    return DraftCosts.from_ratio(costs)
-
-
-LOOKUP_PRIOR = 0.4  # prompt lookup's acceptance before any is seen, in every position bin
-DEFAULT_NGRAM = 2  # transformers' default `max_matching_ngram_size`
-
-
-def check_lookup(gc: GenerationConfig, opts: DecodeOptions, has_small: bool) -> tuple[int, int] | None:
-    """(prompt_lookup_num_tokens, max_matching_ngram_size) when prompt lookup is asked for, else None;
-    ValueError for values or combinations the engine does not take, and when there is no drafter at all."""
-    n, ngram = getattr(gc, "prompt_lookup_num_tokens", None), getattr(gc, "max_matching_ngram_size", None)
-    for name, x in (("prompt_lookup_num_tokens", n), ("max_matching_ngram_size", ngram)):
-        if x is not None and (isinstance(x, bool) or not isinstance(x, int) or x < 1):
-            raise ValueError(f"`{name}` must be None or an integer >= 1, got {x!r}")
-    if n is None:
-        if not has_small:
-            raise ValueError("no drafter: pass `small_model` (a draft model) and/or `prompt_lookup_num_tokens` "
-                             "(prompt lookup, e.g. 10)")
-        return None
-    if opts.num_drafts > 1:
-        raise ValueError("`num_drafts` > 1 (batch speculative decoding of M sampled drafts) cannot be combined with "
-                         "`prompt_lookup_num_tokens`: prompt lookup proposes one deterministic draft per row")
-    return n, ngram or DEFAULT_NGRAM
-
-
-def make_lookup_policy(opts: DecodeOptions, num_tokens: int) -> DraftPolicy:
-    """Prompt lookup's policy: under the adaptive policy (either knob "auto") `num_tokens` caps the draft
-    length the policy picks per position; with numeric thresholds drafts are `num_tokens` long (as far as a
-    match continues), as in transformers."""
-    if AUTO in (opts.fallback_threshold, opts.max_small_steps):
-        if lossy(opts):
-            return RowwisePolicy(None, num_tokens, prior=LOOKUP_PRIOR, row_policy=LookupPolicy)
-        return LookupPolicy(None, num_tokens, prior=LOOKUP_PRIOR)
-    return ThresholdPolicy(0.0, num_tokens)
-
-
-def resolve_lookup_costs(policy: DraftPolicy, costs, large, batch_size: int) -> DraftCosts | None:
-    """Prompt lookup's costs: the verify table of the given costs (or, at "auto", the large model's learned
-    one; the prior for `RowwisePolicy`) with a free draft step (`DraftCosts.for_lookup`)."""
-    if not policy.needs_costs:
-        return None
-    if costs != AUTO:
-        return given_costs(costs).for_lookup()
-    if isinstance(policy, RowwisePolicy):
-        return lookup_costs(large, 1, learned=False)
-    return lookup_costs(large, batch_size)
+# names that lived here up to 0.12 (option checks and policy construction: bild.options; pair, input and
+# generation-config checks: bild.checks), re-exported so that `bild.generator.X` keeps working
+from .checks import _REFUSED_FIELDS, check_mask, check_token_ids, check_widths  # noqa: F401,E402
+from .options import (DEFAULT_NGRAM, DEFAULT_ROLLBACK_THRESHOLD, DRAFT_SCHEDULES, LOOKUP_PRIOR,  # noqa: F401,E402
+                      VERIFICATIONS, _POLICIES, _POLICIES_LOCK, _none, given_costs)
+from .decoding import DecodeOptions  # noqa: F401,E402
+from .online_costs import learned_costs, lookup_costs, prior_costs  # noqa: F401,E402
+from .policies import (AdaptivePolicy, DraftCosts, HeuristicPolicy, LookupPolicy, RowwisePolicy,  # noqa: F401,E402
+                       ThresholdPolicy)
+from .timing import CostTable  # noqa: F401,E402
+from .vocabulary import draft_vocabulary  # noqa: F401,E402
 
 
 def source_tokens(model, inputs_tensor, attention_mask) -> list[list[int]] | None:
@@ -191,222 +49,6 @@ def source_tokens(model, inputs_tensor, attention_mask) -> list[list[int]] | Non
     ids = inputs_tensor.tolist()
     mask = [[1] * len(r) for r in ids] if attention_mask is None else attention_mask.tolist()
     return [[t for t, m in zip(r, k) if m and t >= 0] for r, k in zip(ids, mask)]
-
-
-def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
-    """The two models must share the vocabulary (the small model's head may cover a recorded subset of it) and
-    special tokens."""
-    if small is None:
-        raise ValueError("`small_model` is required: pass the draft model, e.g. small_model=AutoModelFor...(...)")
-    if bool(small.config.is_encoder_decoder) != bool(large.config.is_encoder_decoder):
-        raise ValueError("`small_model` and the large model must both be decoder-only or both encoder-decoder")
-    for role, m in (("small_model", small), ("large_model", large)):
-        check_model(m, role)
-    check_widths(small, large)
-    for name in ("eos_token_id", "pad_token_id", "decoder_start_token_id"):
-        a, b = (getattr(m.generation_config, name, None) for m in (small, large))
-        norm = lambda x: None if x is None else tuple(sorted(x)) if isinstance(x, (list, tuple)) else (x,)  # noqa: E731
-        if a is not None and b is not None and norm(a) != norm(b):
-            raise ValueError(f"the small and large models have different `{name}` ({a} vs {b})")
-
-
-def check_widths(small: PreTrainedModel, large: PreTrainedModel) -> None:
-    """The small model's logits cover the large model's vocabulary, or a subset of it recorded by
-    `bild.prune_draft_vocabulary`; the large model's head is never pruned (verification reads all of it)."""
-    if draft_vocabulary(large) is not None:
-        raise ValueError("the large model's head is pruned (bild.prune_draft_vocabulary): verification needs its "
-                         "full vocabulary; prune the small model only")
-    ws, wl, pruned = vocab_width(small), vocab_width(large), draft_vocabulary(small)
-    if pruned is None:
-        if ws != wl:
-            hint = (" (a narrower draft head needs its token map: bild.prune_draft_vocabulary)" if ws < wl else "")
-            raise ValueError(f"the small and large models' logits differ in width ({ws} vs {wl}): "
-                             f"they must share one vocabulary{hint}")
-        return
-    ids, full = pruned
-    if full != wl or len(ids) != ws or ids[-1] >= wl:
-        raise ValueError(f"`small_model` records a pruned vocabulary of {len(ids)} of {full} tokens, but its head "
-                         f"gives {ws} logits and the large model's {wl}" +
-                         (": load a saved pruned draft with bild.load_draft" if ws == full else ""))
-
-
-# generation-config fields that switch transformers to a decoding the draft-verify loop does not do, or that
-# need what a custom_generate callable is not given: (field, is it switched on?, why it is refused)
-_REFUSED_FIELDS = (
-    ("guidance_scale", lambda v: v is not None and v != 1,
-     "classifier-free guidance mixes in an unconditional forward pass at every step, which the draft-verify "
-     "loop does not run"),
-    ("penalty_alpha", lambda v: bool(v), "contrastive search is another decoding method"),
-    ("dola_layers", lambda v: v is not None, "DoLa decoding contrasts the model's layers, another decoding method"),
-    ("num_beam_groups", lambda v: (v or 1) > 1, "group beam search is another decoding method"),
-    ("diversity_penalty", lambda v: bool(v), "it belongs to group beam search, another decoding method"),
-    ("constraints", lambda v: v is not None, "constrained beam search is another decoding method"),
-    ("force_words_ids", lambda v: v is not None, "constrained beam search is another decoding method"),
-    ("use_mtp", lambda v: bool(v), "multi-token prediction is transformers' own assisted decoding"),
-    ("assistant_early_exit", lambda v: v is not None, "early-exit self-speculation is transformers' own assisted "
-     "decoding"),
-    ("is_assistant", lambda v: bool(v), "it marks the assistant's own generate inside transformers' assisted "
-     "decoding"),
-    ("speculation_type", lambda v: v is not None, "it selects transformers' own speculative decoding"),
-    ("continuous_batching_config", lambda v: v is not None, "continuous batching is another generation path"),
-    ("token_healing", lambda v: bool(v), "it needs `tokenizer`, which transformers does not pass to a "
-     "custom_generate callable"),
-    ("stop_strings", lambda v: v is not None, "it needs `tokenizer`, which transformers does not pass to a "
-     "custom_generate callable; pass `stopping_criteria=StoppingCriteriaList([StopStringCriteria(tokenizer, "
-     "stop_strings)])` instead"),
-    ("cache_implementation", lambda v: v not in (None, "dynamic", "dynamic_full"),
-     "the engine keeps its own dynamic KV caches (rolled back on rejection)"),
-    ("cache_config", lambda v: v is not None, "the engine keeps its own dynamic KV caches (rolled back on rejection)"),
-)
-
-
-def check_generation_config(gc: GenerationConfig, batch_size: int | None = None, streamer=None,
-                            model: PreTrainedModel | None = None) -> None:
-    """What the draft-then-verify loop cannot do (`model`: the large model, whose own generation config tells
-    a default from a choice)."""
-    if (gc.num_beams or 1) > 1:
-        raise ValueError(f"`num_beams`={gc.num_beams} is not supported: BiLD decodes greedily or by sampling "
-                         "(num_beams=1)")
-    if (gc.num_return_sequences or 1) > 1:
-        raise ValueError(f"`num_return_sequences`={gc.num_return_sequences} is not supported: repeat the "
-                         "prompt in the batch instead")
-    for name, on, why in _REFUSED_FIELDS:
-        value = getattr(gc, name, None)
-        if on(value):
-            raise ValueError(f"`{name}`={value!r} is not supported: {why}")
-    if gc.return_dict_in_generate:
-        for name in ("output_attentions", "output_hidden_states"):
-            if getattr(gc, name, None):
-                raise ValueError(f"`{name}`=True with `return_dict_in_generate` is not supported: the draft-verify "
-                                 "loop runs its forward passes over several tokens and rows at once and does not "
-                                 "collect per-step attentions or hidden states")
-    if getattr(gc, "prefill_chunk_size", None) and model is not None and model.config.is_encoder_decoder:
-        raise ValueError(f"`prefill_chunk_size`={gc.prefill_chunk_size} is not supported for encoder-decoders: "
-                         "transformers' chunked prefill of one gives other output than its one-pass prefill on a "
-                         "padded encoder input, and the engine prefills in one pass")
-    # a model whose own config switches the cache off (MPT) decodes with one all the same: only a choice refuses
-    if gc.use_cache is False and model is not None and model.generation_config.use_cache is not False:
-        raise ValueError("`use_cache`=False is not supported: the engine works on both models' KV caches")
-    if streamer is not None and batch_size is not None and batch_size > 1:
-        raise ValueError("`streamer` supports batch size 1 only, as in transformers")
-
-
-def check_token_ids(ids, name: str, model=None) -> None:
-    """`ids` must be a 2-D tensor of integer token ids with at least one row and one column (transformers fails
-    deep inside the forward on each of these, or takes float ids), inside `model`'s vocabulary when given."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of token ids [batch, length], got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"`{name}` must hold integer token ids (torch.long), got {ids.dtype}")
-    if ids.dim() != 2:
-        raise ValueError(f"`{name}` must be a 2-D tensor [batch, length] of token ids, got shape {list(ids.shape)}"
-                         + (" (add a batch dimension: ids[None])" if ids.dim() == 1 else ""))
-    if ids.shape[0] == 0:
-        raise ValueError(f"`{name}` has 0 rows (shape {list(ids.shape)}): pass at least one prompt")
-    if ids.shape[1] == 0:
-        raise ValueError(f"`{name}` has 0 tokens per row (shape {list(ids.shape)}): pass at least one token per "
-                         "prompt (e.g. the BOS token)")
-    try:
-        V = getattr(model.get_input_embeddings(), "num_embeddings", None) if model is not None else None
-    except (AttributeError, NotImplementedError):
-        V = None
-    if V is not None and bool(((ids < 0) | (ids >= V)).any()):
-        raise ValueError(f"`{name}` holds token ids outside the model's vocabulary [0, {V}): "
-                         f"min {int(ids.min())}, max {int(ids.max())}")
-
-
-def check_mask(mask, ids, name: str = "attention_mask", ids_name: str = "input_ids") -> None:
-    """A mask must be a tensor of `ids`' shape ([batch, length], 1 = token, 0 = padding)."""
-    if mask is None:
-        return
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor [batch, length] of 0/1, got {type(mask).__name__}")
-    if tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"`{name}` must have the shape of `{ids_name}`, {list(ids.shape)} (one 0/1 per token), "
-                         f"got {list(mask.shape)}")
-
-
-def check_prompt(model, inputs, kwargs: dict) -> None:
-    """The prompt as the user passed it to `BiLDGenerator.generate`, before any work: token ids (the encoder's for
-    an encoder-decoder whose encoder reads tokens) and masks of their shape."""
-    ids = inputs if inputs is not None else kwargs.get("input_ids")
-    tokens = getattr(model, "main_input_name", "input_ids") == "input_ids"
-    if ids is not None and tokens:
-        check_token_ids(ids, "input_ids", model)
-        check_mask(kwargs.get("attention_mask"), ids)
-    dec = kwargs.get("decoder_input_ids")
-    if dec is not None and model.config.is_encoder_decoder:
-        check_token_ids(dec, "decoder_input_ids", model.get_decoder() if hasattr(model, "get_decoder") else None)
-        check_mask(kwargs.get("decoder_attention_mask"), dec, "decoder_attention_mask", "decoder_input_ids")
-
-
-def check_inputs(model, input_ids, inputs_tensor, model_kwargs: dict, uses_small: bool) -> None:
-    """Input forms the engine cannot take exactly, refused before any work."""
-    if model_kwargs.get("inputs_embeds") is not None:
-        raise ValueError("`inputs_embeds` is not supported: the engine feeds token ids to both models (and the "
-                         "small model has its own embeddings); pass `input_ids`")
-    ed = model.config.is_encoder_decoder
-    check_token_ids(input_ids, "decoder_input_ids" if ed else "input_ids", None if ed else model)
-    if not ed:
-        check_mask(model_kwargs.get("attention_mask"), input_ids)
-    elif (getattr(model, "main_input_name", "input_ids") == "input_ids" and isinstance(inputs_tensor, torch.Tensor)
-          and not inputs_tensor.is_floating_point() and not bool((inputs_tensor < 0).all())):
-        # (all negative: transformers' stand-in beside `encoder_outputs`)
-        check_token_ids(inputs_tensor, "input_ids", model)
-        check_mask(model_kwargs.get("attention_mask"), inputs_tensor)
-    pos = model_kwargs.get("position_ids")
-    if pos is not None and not model.config.is_encoder_decoder:
-        mask = model_kwargs.get("attention_mask")
-        mask = torch.ones_like(input_ids) if mask is None else mask.long()
-        implied = mask.cumsum(-1) - 1
-        if pos.shape != input_ids.shape:  # transformers derives them from the mask: a mask of another shape
-            raise ValueError(f"`attention_mask` (or `position_ids`) must have the shape of `input_ids`, "
-                             f"{list(input_ids.shape)}, got {list(pos.shape)}")
-        if bool(((pos.to(implied.device) != implied) & mask.bool()).any()):
-            raise ValueError("`position_ids` other than those the attention mask implies are not supported: the "
-                             "engine numbers each row's tokens itself")
-    if not model.config.is_encoder_decoder:
-        return
-    no_input = inputs_tensor is None or (not inputs_tensor.is_floating_point() and bool((inputs_tensor < 0).all()))
-    if uses_small and no_input:  # transformers fills the missing encoder input with -100
-        raise ValueError("`encoder_outputs` without the encoder's input is not supported: the small model encodes "
-                         "the input itself; pass `input_ids` (or the encoder input)")
-    mask = model_kwargs.get("decoder_attention_mask")
-    if mask is not None and bool((mask[:, 1:] < mask[:, :-1]).any()):
-        raise ValueError("`decoder_attention_mask` is supported for left padding only (zeros, then ones, per row)")
-
-
-# learned policies of `bild.generate` calls, per large model, then per (small model, options that shape what is
-# learned), least recently used first: at most `POLICIES_PER_MODEL` per large model
-_POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_POLICIES_LOCK = threading.Lock()
-POLICIES_PER_MODEL = 16
-
-
-def _policy_for(small_model, large_model, opts: DecodeOptions, lookup: tuple[int, int] | None = None) -> DraftPolicy:
-    """The shared policy of these models and options (`lookup`: prompt lookup's (num_tokens, ngram) instead of
-    the small model's). Only the adaptive policy of the lossless rules learns across calls: the others (fixed
-    thresholds; `RowwisePolicy` in the lossy modes) are built afresh for every call, so that nothing another
-    call does can reach them."""
-    fresh = make_policy(opts) if lookup is None else make_lookup_policy(opts, lookup[0])
-    if not isinstance(fresh, AdaptivePolicy):
-        return fresh
-    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.verification, opts.num_drafts,
-           opts.costs == AUTO, lookup)
-    with _POLICIES_LOCK:
-        per_large = _POLICIES.setdefault(large_model, OrderedDict())
-        held = per_large.get(key)
-        if held is not None and held[0]() is small_model:  # (not another model at a reused id)
-            per_large.move_to_end(key)
-            return held[1]
-        per_large[key] = (weakref.ref(small_model) if small_model is not None else _none, fresh)
-        while len(per_large) > POLICIES_PER_MODEL:
-            per_large.popitem(last=False)
-        return fresh
-
-
-def _none():
-    return None  # the weak reference of "no small model" (prompt lookup alone)
 
 
 def _dropped_streamer():

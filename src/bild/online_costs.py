@@ -36,25 +36,19 @@ cannot change the output under greedy decoding (see `bild.generator.make_policy`
 from __future__ import annotations
 
 import math
-import statistics
-import threading
-import time
-import weakref
-from collections import deque
 
 import torch
+
+from .policies import DraftCosts
+# the time records moved to bild.timing (below the model layer); re-exported for `bild.online_costs.X` of 0.12
+from .timing import (KEEP, MAX_BATCH_SIZES, MAX_TOKENS, MIN_ROUND_SAMPLES, ModelTimes, clock, forget,  # noqa: F401
+                     model_times)
 
 CPU_SLOPE = 0.13
 HEAD_WEIGHT = 0.25
 GPU_SLOPE = 0.02
-KEEP = 32  # times kept per (rows, tokens)
 MIN_SAMPLES = 6  # forwards after the prefill before a model's learned times replace the prior
-MAX_TOKENS = 64  # wider forwards (long catch-ups) are not recorded
 MIN_WIDTH_SAMPLES = 3  # times before a width enters a per-width verify table
-MAX_BATCH_SIZES = 16  # batch sizes whose times are kept per model setting (least recently timed dropped)
-MIN_ROUND_SAMPLES = 3  # timed rounds of a kind before their overhead replaces the prior (host work varies little)
-
-clock = time.perf_counter  # the timer; tests patch it
 
 
 def compute_params(model) -> float:
@@ -87,96 +81,10 @@ def prior_slope(device, batch_size: int) -> float:
 
 def prior_costs(small, large, batch_size: int = 1, device=None):
     """The timing-free `DraftCosts`: parameter-count ratio, verify slope by device kind (module docstring)."""
-    from .policies import DraftCosts
-
     c = compute_params(small) / compute_params(large)
     slope = prior_slope(device if device is not None else large.device, batch_size)
     return DraftCosts(float(c), tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
                       DraftCosts.ROUND_OVERHEAD)
-
-
-class ModelTimes:
-    """Recent forward times of one model on one (device, dtype, threads): `times[(rows, tokens)]`; for a large
-    model also the host time of the engine's rounds beyond their forwards: `rounds[(rows, kind)]`, kind
-    "small" (the small model ran), "lookup" (a lookup draft, no small model) or "plain"
-    (`bild.decoding.round_kind`)."""
-
-    def __init__(self):
-        self.times: dict[tuple[int, int], deque] = {}
-        self.rounds: dict[tuple[int, str], deque] = {}
-        self.batch_sizes: dict[int, None] = {}  # batch sizes timed, least recently recorded first
-        self.lock = threading.Lock()  # calls from several threads record and read at once
-
-    def record(self, rows: int, tokens: int, seconds: float) -> None:
-        if 0 < tokens <= MAX_TOKENS and seconds > 0:
-            with self.lock:
-                self._touch(rows)
-                self.times.setdefault((rows, tokens), deque(maxlen=KEEP)).append(seconds)
-
-    def record_round(self, rows: int, kind: str, seconds: float) -> None:
-        with self.lock:
-            self._touch(rows)
-            self.rounds.setdefault((rows, kind), deque(maxlen=KEEP)).append(max(0.0, seconds))
-
-    def _touch(self, rows: int) -> None:
-        """Keep the tables bounded: the times of at most `MAX_BATCH_SIZES` batch sizes, the least recently
-        recorded dropped first."""
-        self.batch_sizes.pop(rows, None)
-        self.batch_sizes[rows] = None
-        if len(self.batch_sizes) > MAX_BATCH_SIZES:
-            old = next(iter(self.batch_sizes))
-            del self.batch_sizes[old]
-            for table in (self.times, self.rounds):
-                for key in [k for k in table if k[0] == old]:
-                    del table[key]
-
-    def medians(self, rows: int) -> dict[int, tuple[float, int]]:
-        """tokens -> (median seconds, samples) at this batch size."""
-        with self.lock:
-            return {n: (statistics.median(d), len(d)) for (b, n), d in self.times.items() if b == rows and d}
-
-    def round_overhead(self, rows: int, kind: str) -> float | None:
-        """Seconds a round drafting with `kind` spends on the host beyond its forwards, more than a plain round
-        does (median against median; against nothing before a plain round is timed), or None until
-        `MIN_ROUND_SAMPLES` such rounds are timed at this batch size."""
-        with self.lock:
-            d = self.rounds.get((rows, kind))
-            if d is None or len(d) < MIN_ROUND_SAMPLES:
-                return None
-            plain = self.rounds.get((rows, "plain"))
-            return max(0.0, statistics.median(d) - (statistics.median(plain) if plain else 0.0))
-
-
-_TIMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_TIMES_LOCK = threading.Lock()
-
-
-def _key(model):
-    return (str(model.device), str(model.dtype), torch.get_num_threads())
-
-
-def model_times(model) -> ModelTimes | None:
-    """The shared timing record of this model in its current setting; None where nothing is timed (not a
-    CPU) or the model cannot be held weakly."""
-    try:
-        if model.device.type != "cpu":
-            return None
-        with _TIMES_LOCK:
-            per = _TIMES.get(model)
-            if per is None:
-                per = _TIMES[model] = {}
-            return per.setdefault(_key(model), ModelTimes())
-    except (TypeError, AttributeError):
-        return None
-
-
-def forget(model=None) -> None:
-    """Drop learned times (of one model, or of all)."""
-    with _TIMES_LOCK:
-        if model is None:
-            _TIMES.clear()
-        else:
-            _TIMES.pop(model, None)
 
 
 def _medians(model, batch_size: int) -> dict[int, tuple[float, int]]:
@@ -219,8 +127,6 @@ def learned_costs(small, large, batch_size: int = 1):
     """The pair's `DraftCosts` at this batch size: learned where both models have enough forwards timed,
     else the prior. Verify passes per width as timed (`verify_table`, the fitted line where no table can be
     made); the round overhead as timed over the engine's small-model rounds (the prior until it has been)."""
-    from .policies import DraftCosts
-
     prior = prior_costs(small, large, batch_size)
     ms = _medians(small, batch_size)
     ml = _medians(large, batch_size)
@@ -278,8 +184,6 @@ def lookup_costs(large, batch_size: int = 1, learned: bool = True):
     model (`learned`: `verify_table`, once `MIN_SAMPLES` forwards are timed, extended past the widest timed
     width with the fitted slope; the fitted line where no table can be made), else the prior slope. The lookup's
     policy prices each draft length from this table, so a step in the cost curve is seen where it is."""
-    from .policies import DraftCosts
-
     slope = prior_slope(large.device, batch_size)
     n = DraftCosts.MAX_DRAFTS
     if learned:

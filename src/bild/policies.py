@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import to_device
+from .devices import to_device
 
 
 # -- costs ------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import ModelAdapter, to_device
+from .adapters import ModelAdapter
+from .devices import to_device
 from .batch import BatchState, CacheReader, RowProcessors
 from .policies import DraftPolicy, RoundRecord
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .adapters import ModelAdapter, to_device
+from .adapters import ModelAdapter
+from .devices import to_device
 from .batch import BatchState, CacheReader, RowProcessors
 
 

@@ -29,6 +29,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+# the table lives in the engine (bild.timing: `costs=` takes one); re-exported here, where it is measured
+from ..timing import CostTable, _interp  # noqa: F401
+
 __all__ = [
     "CallRecord",
     "CostTable",
@@ -43,95 +46,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
-# cost table
+# measuring a cost table (`CostTable` itself: bild.timing)
 # --------------------------------------------------------------------------------------
-
-
-def _interp(table: Mapping[int, float], n: int) -> float:
-    """Piecewise-linear interpolation of ``table`` (tokens -> seconds) at ``n``; linear
-    extrapolation from the two nearest points outside the measured range."""
-    if not table:
-        raise ValueError("empty cost table")
-    if n in table:
-        return float(table[n])
-    xs = sorted(table)
-    if len(xs) == 1:
-        return float(table[xs[0]])
-    if n < xs[0]:
-        x0, x1 = xs[0], xs[1]
-    elif n > xs[-1]:
-        x0, x1 = xs[-2], xs[-1]
-    else:
-        x1 = next(x for x in xs if x > n)
-        x0 = max(x for x in xs if x < n)
-    y0, y1 = table[x0], table[x1]
-    return float(max(0.0, y0 + (y1 - y0) * (n - x0) / (x1 - x0)))
-
-
-@dataclass
-class CostTable:
-    """Median seconds per model call, measured with caches in place.
-
-    ``small_forward[n]`` / ``large_forward[n]``: a forward over ``n`` new tokens on top of a
-    cache of ``past_len`` tokens (``n = 1`` is one decoding step; ``n = k+1`` is a verify pass
-    over ``k`` drafts).  ``*_prefill[L]``: a first forward over ``L`` tokens with an empty
-    cache (decoder-only: the prompt; encoder-decoder: the decoder's first tokens, the encoder
-    pass being ``*_encoder``).  All times are for ``batch_size`` rows.
-    """
-
-    small_forward: dict[int, float]
-    large_forward: dict[int, float]
-    small_prefill: dict[int, float]
-    large_prefill: dict[int, float]
-    small_encoder: float = 0.0
-    large_encoder: float = 0.0
-    prompt_len: int = 0
-    past_len: int = 0
-    batch_size: int = 1
-    is_encoder_decoder: bool = False
-    device: str = "cpu"
-    dtype: str = "float32"
-    repeats: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    # -- lookups -----------------------------------------------------------------------
-    @property
-    def small_step(self) -> float:
-        """One small-model decoding step (one new token)."""
-        return self.small(1)
-
-    def small(self, n: int) -> float:
-        return _interp(self.small_forward, n)
-
-    def large(self, n: int) -> float:
-        return _interp(self.large_forward, n)
-
-    def small_prefill_time(self, length: int | None = None) -> float:
-        return _interp(self.small_prefill, self._prefill_len(length))
-
-    def large_prefill_time(self, length: int | None = None) -> float:
-        return _interp(self.large_prefill, self._prefill_len(length))
-
-    def _prefill_len(self, length):
-        if length is not None:
-            return length
-        return 1 if self.is_encoder_decoder else self.prompt_len
-
-    @property
-    def cost_ratio(self) -> float:
-        """``c`` of the papers: small step / large step."""
-        return self.small(1) / self.large(1)
-
-    # -- (de)serialisation ---------------------------------------------------------------
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CostTable":
-        d = dict(d)
-        for k in ("small_forward", "large_forward", "small_prefill", "large_prefill"):
-            d[k] = {int(n): float(t) for n, t in d[k].items()}
-        return cls(**d)
 
 
 def _sync(device) -> None:

@@ -64,7 +64,7 @@ def _torch_dtype(name: str):
 def _load_model(path: str, dtype: str, device):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from ..vocabulary import load_draft
+    from ..drafts import load_draft
 
     config = AutoConfig.from_pretrained(path)
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM

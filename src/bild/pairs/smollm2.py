@@ -514,7 +514,7 @@ def load_pair(cache: str | os.PathLike | None = None, build: bool = True) -> Pai
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..vocabulary import load_draft
+    from ..drafts import load_draft
 
     cache = Path(cache) if cache else default_cache_dir()
     if build:
