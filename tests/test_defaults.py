@@ -15,7 +15,7 @@ import torch
 from models import make_inputs, make_pair
 
 import bild
-from bild import online_costs
+from bild import online_costs, timing
 from bild.analysis.cost_model import ForwardCounter
 from bild.policies import AdaptivePolicy, DraftCosts, RowwisePolicy
 
@@ -105,7 +105,7 @@ def test_rollback_at_auto_tenth_call_equals_first_and_ignores_the_clock(monkeypa
         out = gen.generate(ids, attention_mask=mask, max_new_tokens=N)
     assert torch.equal(out, first)
     for factor in (1e-6, 10.0):  # forwards that seem free, or ten seconds each
-        monkeypatch.setattr(online_costs, "clock", skewed_clock(factor))
+        monkeypatch.setattr(timing, "clock", skewed_clock(factor))
         for g in (gen, bild.BiLDGenerator(small, large, rollback_threshold=1.5)):
             assert torch.equal(g.generate(ids, attention_mask=mask, max_new_tokens=N), first)
         assert torch.equal(large.generate(ids, attention_mask=mask, max_new_tokens=N, custom_generate=bild.generate,
@@ -123,7 +123,7 @@ def test_uno_opt_at_auto_are_reproducible_under_a_seed_whatever_the_clock(eps, m
     first = gen.generate(ids, **kw)
     for _ in range(3):
         gen.generate(ids, **kw)
-    monkeypatch.setattr(online_costs, "clock", skewed_clock(5.0))
+    monkeypatch.setattr(timing, "clock", skewed_clock(5.0))
     torch.manual_seed(11)
     assert torch.equal(bild.BiLDGenerator(small, large, **{eps: 0.3}).generate(ids, **kw), first)
     torch.manual_seed(11)
@@ -139,7 +139,7 @@ def test_exact_mode_learns_costs_from_its_own_forwards(monkeypatch):
     prior = online_costs.prior_costs(small, large, 1)
     assert online_costs.learned_costs(small, large, 1) == prior  # nothing timed yet
     assert 0 < prior.small < 1 and prior.verify[1] > 1.0
-    monkeypatch.setattr(online_costs, "clock", skewed_clock(1.0))  # every forward "takes" 1 s: c = 1
+    monkeypatch.setattr(timing, "clock", skewed_clock(1.0))  # every forward "takes" 1 s: c = 1
     gen = bild.BiLDGenerator(small, large, costs="auto")
     for _ in range(3):
         assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=N), want)
@@ -174,7 +174,7 @@ def test_round_overhead_is_a_rounds_host_time_beyond_its_forwards(monkeypatch):
     ids, mask = make_inputs("llama", 1, seed=4)
     want = large.generate(ids, attention_mask=mask, max_new_tokens=N)
     now = [0.0]
-    monkeypatch.setattr(online_costs, "clock", lambda: now[0])
+    monkeypatch.setattr(timing, "clock", lambda: now[0])
     _timed_forwards(monkeypatch, large, 1.0, now)
     _timed_forwards(monkeypatch, small, 0.25, now)
     propose = ModelProposer.propose

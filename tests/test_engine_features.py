@@ -276,7 +276,7 @@ def test_streamer_on_a_family_decoded_row_by_row():
 
 
 def _cache_of(layer_kind):
-    """`bild.adapters.new_cache` building every layer as `layer_kind` (a cache layer kind bild has not seen)."""
+    """`bild.caches.new_cache` building every layer as `layer_kind` (a cache layer kind bild has not seen)."""
     from transformers import DynamicCache
 
     def new_cache(model):
@@ -302,11 +302,11 @@ def test_unseen_cache_layer_kinds_are_probed(monkeypatch):
     ids = torch.tensor([[5, 6, 7, 9]])
     small, large = make_pair("llama")
     want = large.generate(ids, max_new_tokens=12, do_sample=False)
-    monkeypatch.setattr(bild.adapters, "new_cache", _cache_of(StatefulLayer))
+    monkeypatch.setattr(bild.caches, "new_cache", _cache_of(StatefulLayer))
     with pytest.raises(ValueError, match="small_model.*StatefulLayer.*does not give the logits of an uncached"):
         bild.BiLDGenerator(*make_pair("llama"))
     small, large = make_pair("llama")
-    monkeypatch.setattr(bild.adapters, "new_cache", _cache_of(UnseenLayer))
+    monkeypatch.setattr(bild.caches, "new_cache", _cache_of(UnseenLayer))
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=4)
     assert bild.adapters.rollback_is_exact(large) and large.__dict__["_bild_rollback_ok"]
     assert torch.equal(gen.generate(ids, max_new_tokens=12), want) and gen.stats.rollbacks > 0
