@@ -1,8 +1,21 @@
 """bild: Big Little Decoder, speculative decoding and Yin et al.'s Decoding-UNO/OPT for transformers models.
 
-Layout: the engine is this package's top level (`generator` -> `decoding` -> `verification`, `policies`,
-`adapters`, `stats`); tooling lives in sub-packages: `bild.pairs` (model pairs), `bild.analysis` (cost
-model, theory), `bild.evaluation` (test-set runs).
+Layout: the engine is this package's top level; tooling lives in sub-packages that import it, never the
+reverse: `bild.pairs` (model pairs), `bild.analysis` (cost model, theory), `bild.evaluation` (test-set runs),
+and `bild.cli`. The engine's layers, highest first (a module imports only from layers below; docs/architecture.md;
+checked by `lint-imports`, pyproject.toml):
+
+    integration
+    generator                                   entry points, output assembly
+    options | checks | drafts                   option checks and policies; input checks; load_draft
+    decoding | online_costs                     the draft-verify loop; learned costs
+    proposers | scoring | acceptance            one round
+    batch | policies | verification             row state; draft policies; verification rules
+    families | feature_draft                    which models decode exactly; the feature draft
+    adapters                                    ModelAdapter and the batch layouts
+    probes | vocabulary                         capability probes; pruned vocabularies
+    caches | timing | stats                     KV caches; time records; counters
+    devices | _compat                           device helpers; the transformers range
 """
 import sys as _sys
 

@@ -1,4 +1,9 @@
-"""One adapter per model: the only place that knows about model families.
+"""One adapter per model, and how a batch is laid out in its cache.
+
+The model layer (docs/architecture.md): `bild.caches` builds the caches and records what a rollback needs,
+`bild.probes` finds how a model's forward is called, `bild.families` decides which models decode exactly
+(refusals, the rollback probe), `bild.timing` keeps the forwards' times; this module holds `ModelAdapter` and
+the three batch layouts. Family quirks stay in these modules.
 
 The decoding loop sees every model through `ModelAdapter`: feed tokens, get logits, keep a prefix.
 The adapter owns the KV cache and a per-row mask over cache slots. In a batch, rows that take fewer
