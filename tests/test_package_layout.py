@@ -104,12 +104,13 @@ def test_names_of_0_12_still_import():
     from bild.adapters import (ModelAdapter, batch_layout, capabilities, check_model, new_cache,  # noqa: F401
                                rollback_is_exact, state_layers, to_device, window_rollback_works)
     from bild.analysis.cost_model import CostTable
+    from bild.vocabulary import load_draft
     from bild.generator import POLICIES_PER_MODEL, _POLICIES, check_generation_config, check_options, lossy
     assert (check_model, rollback_is_exact) == (families.check_model, families.rollback_is_exact)
     assert bild.adapters.RECURRENT_EXACT_FROM is families.RECURRENT_EXACT_FROM
     assert (capabilities, new_cache) == (probes.capabilities, caches.new_cache)
     assert (check_options, lossy, _POLICIES, POLICIES_PER_MODEL) == (
         options.check_options, options.lossy, options._POLICIES, options.POLICIES_PER_MODEL)
-    assert check_generation_config is checks.check_generation_config
+    assert check_generation_config is checks.check_generation_config and load_draft is bild.load_draft
     assert (online_costs.clock, online_costs.model_times, CostTable) == (timing.clock, timing.model_times,
                                                                          timing.CostTable)

@@ -36,13 +36,14 @@ from .stats import GenerationStats, expected_speedup  # noqa: E402
 from .drafts import load_draft  # noqa: E402
 from .vocabulary import draft_vocabulary, prune_draft_vocabulary  # noqa: E402
 
-# names of `bild.adapters` up to 0.12 that moved above it (bild.families runs a ModelAdapter), so that
-# `bild.adapters.check_model` etc. keep working without an import cycle
-from . import adapters as _adapters, families as _families  # noqa: E402
+# names of 0.12 that moved above their module (bild.families runs a ModelAdapter; bild.drafts loads feature drafts
+# too), set back on it so that `bild.adapters.check_model`, `bild.vocabulary.load_draft` etc. work without a cycle
+from . import adapters as _adapters, families as _families, vocabulary as _vocabulary  # noqa: E402
 
 for _name in ("check_model", "rollback_is_exact", "rollback_problem", "working_release", "RECURRENT_EXACT_FROM",
               "ROLLBACK_OPS", "_REFUSED_TYPES", "_CHECKED_ENCODER_INPUTS"):
     setattr(_adapters, _name, getattr(_families, _name))
+_vocabulary.load_draft = load_draft  # moved to bild.drafts (it knows feature drafts too), above vocabulary
 
 # module paths of version 0.2 (`bild.pair`, `bild.cost_model`, ...) keep working
 for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", controlled),
