@@ -439,4 +439,4 @@ def test_demo_drafts_by_prompt_lookup_by_default(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BILD_CACHE", str(tmp_path / "absent"))
     with pytest.raises(SystemExit):
         demo(["--prompt_lookup", "-1"])
-    assert "--prompt_lookup must be >= 0" in capsys.readouterr().err
+    assert "argument --prompt_lookup: must be >= 0" in capsys.readouterr().err
