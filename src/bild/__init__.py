@@ -42,6 +42,7 @@ _LAZY = {
     "DraftCosts": "policies",
     "prune_draft_vocabulary": "vocabulary", "load_draft": "vocabulary", "draft_vocabulary": "vocabulary",
     "FeatureDraft": "feature_draft",
+    "BiLDWarning": "bild_warnings", "BiLDRuntimeWarning": "bild_warnings",
 }
 # modules reachable under a second name: tooling sub-packages, and the module paths of version 0.2
 # (`bild.pair`, `bild.cost_model`, ...), which keep working for `import bild.pair` too
@@ -91,4 +92,5 @@ if not any(type(f).__name__ == "_AliasFinder" for f in _sys.meta_path):  # once,
 
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
            "AdaptivePolicy", "LookupPolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
-           "prune_draft_vocabulary", "load_draft", "draft_vocabulary", "FeatureDraft"]
+           "prune_draft_vocabulary", "load_draft", "draft_vocabulary", "FeatureDraft", "BiLDWarning",
+           "BiLDRuntimeWarning"]

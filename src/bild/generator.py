@@ -20,6 +20,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 import weakref
 
 from .adapters import ModelAdapter, check_model, encoder_rows, vocab_width
+from .bild_warnings import BiLDWarning
 from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .feature_draft import check_small_draft
@@ -448,7 +449,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         warnings.warn("`streamer` passed to `large.generate(..., custom_generate=bild.generate)` is dropped by "
                       "transformers before bild runs: nothing is streamed. Stream with "
                       "`bild.BiLDGenerator(...).generate(..., streamer=...)` or pass `bild_streamer=`.",
-                      UserWarning, stacklevel=2)
+                      BiLDWarning, stacklevel=2)
     gc = generation_config
     lookup = check_lookup(gc, opts, small_model is not None)
     if small_model is not None:
