@@ -14,7 +14,8 @@
 Command line::
 
     python -m bild.pairs.smollm2 build            # or: bild pair build
-    python -m bild.pairs.smollm2 info
+    python -m bild.pairs.smollm2 info             # the cache's folders and sizes (about 0.8 GB built)
+    python -m bild.pairs.smollm2 clean            # remove them
     python -m bild.pairs.smollm2 agreement        # the draft's greedy agreement per task (test splits)
     python -m bild.pairs.smollm2 gen-data / teacher-force / train / compress   # re-create it: docs/pair.md
 
