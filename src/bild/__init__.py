@@ -10,7 +10,6 @@ command line answers at once. Every name in `__all__` and every submodule (`bild
 reachable as an attribute, as when they were imported eagerly.
 """
 import importlib as _importlib
-import importlib.abc as _abc
 import importlib.util as _util
 import sys as _sys
 
@@ -70,8 +69,9 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY) | set(_ALIASES))
 
 
-class _AliasFinder(_abc.MetaPathFinder, _abc.Loader):
-    """`import bild.pair` (an `_ALIASES` name) imports the module it names and registers it under both names."""
+class _AliasFinder:
+    """`import bild.pair` (an `_ALIASES` name) imports the module it names and registers it under both names.
+    A meta path finder and loader by protocol (importlib.abc costs a noticeable part of `import bild`)."""
 
     def find_spec(self, fullname, path=None, target=None):
         head, _, tail = fullname.partition(".")
