@@ -4,7 +4,7 @@
 
 Builds every tests/zoo.py pair (tiny, random) and asks the engine what it would do: "holes", "aligned",
 "rows", "refused: <reason>", or "absent" (no such class in this release). Run it under two releases and diff
-the JSON files to list the families that behave differently (README, Versions). Correctness is checked by
+the JSON files to list the families that behave differently (docs/versions.md). Correctness is checked by
 tests/test_families.py; this only reports the routing.
 """
 from __future__ import annotations

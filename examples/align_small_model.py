@@ -17,7 +17,7 @@ Examples::
         --data cnn_dailymail --dataset_config 3.0.0 --field article --template "summarize: {text}" \
         --limit 2000 --output_dir aligned-t5-small
 
-    # the offline SmolLM2 pair's draft: see `python -m bild.pairs.smollm2 train -h`
+    # the offline SmolLM2 pair's draft: see `python -m bild.pairs.cli train -h`
 """
 
 from __future__ import annotations

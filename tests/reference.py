@@ -27,7 +27,7 @@ def _ce(p: float) -> float:
 def reference_generate(small, large, prompt: list[int], max_new_tokens: int, fallback_threshold: float,
                        rollback_threshold: float, max_small_steps: int, verification: str = "rollback",
                        eos: int = 2, encoder_ids: list[int] | None = None, counts: dict | None = None) -> list[int]:
-    """Returns the new tokens of one row (greedy). `counts` (a dict) receives the statistics as the README
+    """Returns the new tokens of one row (greedy). `counts` (a dict) receives the statistics as docs/guide.md
     defines them: drafted, judged (up to and including the first rejection), accepted, rollbacks (rounds
     ending in a rejection), fallbacks; only what was committed counts."""
     c = counts if counts is not None else {}

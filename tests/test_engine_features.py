@@ -308,5 +308,5 @@ def test_unseen_cache_layer_kinds_are_probed(monkeypatch):
     small, large = make_pair("llama")
     monkeypatch.setattr(bild.caches, "new_cache", _cache_of(UnseenLayer))
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=4)
-    assert bild.adapters.rollback_is_exact(large) and large.__dict__["_bild_rollback_ok"]
+    assert bild.families.rollback_is_exact(large) and large.__dict__["_bild_rollback_ok"]
     assert torch.equal(gen.generate(ids, max_new_tokens=12), want) and gen.stats.rollbacks > 0

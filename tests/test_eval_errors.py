@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,34 @@ def test_resume_with_changed_setting(capsys, data, tmp_path):
 def test_sweep_bad_thresholds(capsys, data, tmp_path, argv, expected):
     err = run_error(capsys, "sweep_thresholds", base(data, tmp_path, *argv))
     assert expected in err
+
+
+@pytest.mark.parametrize("script_task, config", [("summarization", "xsum"), ("translation", "iwslt2017_de_en")])
+def test_local_large_folder_means_its_tokenizer(tmp_path, monkeypatch, script_task, config):
+    """A config file's Hub tokenizer is not asked for when --large is a local folder (no Hub request, no retries
+    offline), unless --tokenizer says otherwise; a Hub --large keeps the config file's tokenizer."""
+    import transformers
+
+    from bild.evaluation.config import resolve_config
+    from bild.evaluation.modeling import load_tokenizer
+
+    asked = []
+
+    class FakeTokenizer:
+        @staticmethod
+        def from_pretrained(name, **kw):
+            asked.append(name)
+            return types.SimpleNamespace()
+
+    monkeypatch.setattr(transformers, "AutoTokenizer", FakeTokenizer)
+    large = tmp_path / "large"
+    large.mkdir()
+    cfg_file = str(ROOT / "configs" / f"{config}.yaml")
+    hub_tokenizer = resolve_config(["--config", cfg_file], script_task)[0].tokenizer
+    assert hub_tokenizer and not hub_tokenizer.startswith("/")  # the file names a Hub tokenizer
+    for args, want in ((["--large", str(large), "--mode", "large"], str(large)),
+                       (["--large", str(large), "--mode", "large", "--tokenizer", "org/tok"], "org/tok"),
+                       (["--large", "org/large", "--mode", "large"], hub_tokenizer)):
+        asked.clear()
+        cfg, _ = resolve_config(["--config", cfg_file, *args], script_task)
+        assert load_tokenizer(cfg).bild_source == want and asked == [want], (args, asked)

@@ -44,7 +44,7 @@ CHANGED_IN = {
     # linear-attention / state-space hybrids and Mamba2: 5.25 records recurrent states for `crop`
     # (`recurrent_states_to_keep`); before it every probe that fails must name that release
     **{n: (r"transformers 5\.25\.0 or later rolls its recurrent state back", (5, 25))
-       for n in bild.adapters.RECURRENT_EXACT_FROM},
+       for n in bild.families.RECURRENT_EXACT_FROM},
 }
 RELEASE = tuple(int(x) for x in transformers.__version__.split(".")[:2])
 for _name, (_why, _fixed) in CHANGED_IN.items():
@@ -55,8 +55,8 @@ for _name, (_why, _fixed) in CHANGED_IN.items():
 def test_recurrent_table_matches_the_zoo():
     """Every family bild's own table says is exact from 5.25 is a zoo entry the test below runs (so the table is
     checked on both ends of the range), and no zoo family refused everywhere is in it."""
-    assert set(bild.adapters.RECURRENT_EXACT_FROM) <= set(ZOO)
-    assert not set(bild.adapters.RECURRENT_EXACT_FROM) & {n for n, why in REFUSED.items() if NO_RELEASE in why}
+    assert set(bild.families.RECURRENT_EXACT_FROM) <= set(ZOO)
+    assert not set(bild.families.RECURRENT_EXACT_FROM) & {n for n, why in REFUSED.items() if NO_RELEASE in why}
 
 
 def padded_batch(kind: str):

@@ -53,7 +53,7 @@ def test_hybrids_are_recorded_and_rows(hybrid):
     for m in (small, large):
         assert bild.adapters.state_layers(bild.adapters.new_cache(m))
         assert bild.adapters.batch_layout(m) == "rows"
-        assert bild.adapters.rollback_is_exact(m)
+        assert bild.families.rollback_is_exact(m)
 
 
 def test_rollback_rule_matches_cache_free_reference(hybrid):

@@ -12,12 +12,12 @@ def test_old_module_paths_still_import():
 
 # --- the import graph (docs/architecture.md; `lint-imports` checks the declared layers in CI) ---------------------
 import ast  # noqa: E402
+import pytest  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bild"
 TOOLING = ("bild.pairs", "bild.evaluation", "bild.analysis", "bild.cli")
-# the one cycle left, in tooling (pyproject.toml's acyclic contract says why)
-KNOWN = {("bild.pairs.smollm2", "bild.pairs.recipe")}
+KNOWN: set[tuple[str, str]] = set()  # imports exempt from the cycle check: none
 
 
 def import_graph(src: Path = SRC) -> dict[str, set[str]]:
@@ -101,16 +101,45 @@ def test_names_of_0_12_still_import():
     `bild.analysis.cost_model` still import from there, as the same objects."""
     import bild
     from bild import caches, checks, families, online_costs, options, probes, timing
-    from bild.adapters import (ModelAdapter, batch_layout, capabilities, check_model, new_cache,  # noqa: F401
-                               rollback_is_exact, state_layers, to_device, window_rollback_works)
+    from bild.adapters import (ModelAdapter, batch_layout, capabilities, new_cache,  # noqa: F401
+                               state_layers, to_device, window_rollback_works)
     from bild.analysis.cost_model import CostTable
-    from bild.vocabulary import load_draft
+    with pytest.deprecated_call(match="moved to `bild.families.check_model`"):
+        from bild.adapters import check_model, rollback_is_exact
+    with pytest.deprecated_call(match="moved to `bild.families.RECURRENT_EXACT_FROM`"):
+        assert bild.adapters.RECURRENT_EXACT_FROM is families.RECURRENT_EXACT_FROM
+    with pytest.deprecated_call(match="moved to `bild.drafts.load_draft`"):
+        from bild.vocabulary import load_draft
     from bild.generator import POLICIES_PER_MODEL, _POLICIES, check_generation_config, check_options, lossy
     assert (check_model, rollback_is_exact) == (families.check_model, families.rollback_is_exact)
-    assert bild.adapters.RECURRENT_EXACT_FROM is families.RECURRENT_EXACT_FROM
     assert (capabilities, new_cache) == (probes.capabilities, caches.new_cache)
     assert (check_options, lossy, _POLICIES, POLICIES_PER_MODEL) == (
         options.check_options, options.lossy, options._POLICIES, options.POLICIES_PER_MODEL)
     assert check_generation_config is checks.check_generation_config and load_draft is bild.load_draft
     assert (online_costs.clock, online_costs.model_times, CostTable) == (timing.clock, timing.model_times,
                                                                          timing.CostTable)
+
+
+def test_import_is_light_and_every_public_name_resolves():
+    """`import bild` loads neither torch nor transformers (the command line answers at once); each public name
+    and submodule loads them on first use, and is the object its defining module holds."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    code = ("import json, sys, bild\nheavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "got = {n: type(getattr(bild, n)).__name__ for n in bild.__all__}\n"
+            "print(json.dumps([heavy, got, bild.adapters.__name__, 'torch' in sys.modules]))")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    heavy, got, adapters, torch_after = json.loads(subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True).stdout)
+    assert heavy == [] and torch_after and adapters == "bild.adapters"
+    import bild
+    from bild import generator, policies, stats
+    assert sorted(got) == sorted(bild.__all__)
+    assert bild.BiLDGenerator is generator.BiLDGenerator and bild.generate is generator.generate
+    assert bild.AdaptivePolicy is policies.AdaptivePolicy and bild.GenerationStats is stats.GenerationStats
+    assert "BiLDGenerator" in dir(bild)

@@ -8,6 +8,7 @@ pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from bild import pair  # noqa: E402
+from bild.pairs import cli as pair_cli  # noqa: E402
 
 
 def tiny_large(tie=True):
@@ -247,7 +248,7 @@ def test_gen_data_extra_refuses_a_part_it_would_ignore(tmp_path):
     model loads (they would be silently ignored)."""
     for extra in (["--part", "tune"], ["--per_file", "3"]):
         with pytest.raises(SystemExit, match="--prompts extra reads the whole train half"):
-            pair.main(["--cache", str(tmp_path / "none"), "gen-data", "--prompts", "extra",
+            pair_cli.main(["--cache", str(tmp_path / "none"), "gen-data", "--prompts", "extra",
                        "--out", str(tmp_path / "x.pt"), *extra])
     assert not (tmp_path / "none").exists()
 
@@ -405,7 +406,7 @@ def test_tune_split_command_writes_the_second_half(tmp_path, monkeypatch):
     (tmp_path / "data" / "xsum" / "dev.jsonl").write_text(
         "".join(json.dumps({"source": f"DEV{i}", "target": "t"}) + "\n" for i in range(5)))
     monkeypatch.setenv("BILD_DATA", str(tmp_path / "data"))
-    assert pair.main(["tune-split", "--out", str(tmp_path / "tune")]) == 0
+    assert pair_cli.main(["tune-split", "--out", str(tmp_path / "tune")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "tune" / "xsum.tune.jsonl").read_text().splitlines()]
     assert [r["source"] for r in rows] == ["DEV2", "DEV3", "DEV4"]
 
@@ -439,4 +440,4 @@ def test_demo_drafts_by_prompt_lookup_by_default(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BILD_CACHE", str(tmp_path / "absent"))
     with pytest.raises(SystemExit):
         demo(["--prompt_lookup", "-1"])
-    assert "--prompt_lookup must be >= 0" in capsys.readouterr().err
+    assert "argument --prompt_lookup: must be >= 0" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Statistics mean what the README says (checked against the cache-free reference and a hand-traced batch),
+"""Statistics mean what docs/guide.md says (checked against the cache-free reference and a hand-traced batch),
 and the fidelity fixes: greedy rollback keeps the large model's argmax, criteria see scores, scores are copies."""
 import copy
 
@@ -17,7 +17,7 @@ KEYS = ("drafted", "judged", "accepted", "rollbacks", "fallbacks")
 @pytest.mark.parametrize("fb,rb,steps", [(0.5, 1.5, 4), (0.0, 0.7, 5)])
 def test_counters_equal_the_reference_summed_over_rows(family, fb, rb, steps):
     """Rollback mode, a padded batch of 3 (rows decode as alone): the engine's counters equal those of the
-    cache-free reference, which counts by the README's definitions."""
+    cache-free reference, which counts by the definitions in docs/guide.md."""
     small, large = make_pair(family)
     ids, mask = make_inputs(family, 3, seed=31)
     is_ed = family == "bart"

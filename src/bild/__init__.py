@@ -16,42 +16,94 @@ checked by `lint-imports`, pyproject.toml):
     probes | vocabulary                         capability probes; pruned vocabularies
     caches | timing | stats                     KV caches; time records; counters
     devices | _compat                           device helpers; the transformers range
-"""
-import sys as _sys
 
-import transformers as _transformers
+`import bild` is light: it checks the installed transformers release (from its metadata) and imports
+torch and transformers only when a public name is first used (PEP 562 `__getattr__`), so the `bild`
+command line answers at once. Every name in `__all__` and every submodule (`bild.adapters`, ...) is
+reachable as an attribute, as when they were imported eagerly.
+"""
+import importlib as _importlib
+import importlib.util as _util
+import sys as _sys
 
 from ._compat import check_transformers as _check_transformers
 
-_check_transformers(_transformers.__version__)  # outside the tested range: ImportError (older) or a warning
+__version__ = "0.12.0"
 
-from . import online_costs  # noqa: E402
-from .analysis import cost_model, theory  # noqa: E402
-from .feature_draft import FeatureDraft  # noqa: E402
-from .generator import BiLDGenerator, generate  # noqa: E402
-from .pairs import alignment, controlled, smollm2  # noqa: E402
-from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,  # noqa: E402
-                       ThresholdPolicy)
-from .stats import GenerationStats, expected_speedup  # noqa: E402
-from .drafts import load_draft  # noqa: E402
-from .vocabulary import draft_vocabulary, prune_draft_vocabulary  # noqa: E402
 
-# names of 0.12 that moved above their module (bild.families runs a ModelAdapter; bild.drafts loads feature drafts
-# too), set back on it so that `bild.adapters.check_model`, `bild.vocabulary.load_draft` etc. work without a cycle
-from . import adapters as _adapters, families as _families, vocabulary as _vocabulary  # noqa: E402
+def _transformers_version() -> str:
+    """The release `import transformers` gives, without importing it when it is not loaded yet."""
+    if "transformers" in _sys.modules:
+        return _sys.modules["transformers"].__version__
+    from importlib.metadata import PackageNotFoundError, version
 
-for _name in ("check_model", "rollback_is_exact", "rollback_problem", "working_release", "RECURRENT_EXACT_FROM",
-              "ROLLBACK_OPS", "_REFUSED_TYPES", "_CHECKED_ENCODER_INPUTS"):
-    setattr(_adapters, _name, getattr(_families, _name))
-_vocabulary.load_draft = load_draft  # moved to bild.drafts (it knows feature drafts too), above vocabulary
+    try:
+        return version("transformers")
+    except PackageNotFoundError:  # a source tree on sys.path without metadata
+        return _importlib.import_module("transformers").__version__
 
-# module paths of version 0.2 (`bild.pair`, `bild.cost_model`, ...) keep working
-for _old, _mod in (("pair", smollm2), ("alignment", alignment), ("controlled", controlled),
-                   ("cost_model", cost_model), ("theory", theory)):
-    _sys.modules[f"{__name__}.{_old}"] = _mod
-    globals()[_old] = _mod
+
+_check_transformers(_transformers_version())  # outside the tested range: ImportError (older) or a warning
+
+# public name -> the module that defines it
+_LAZY = {
+    "BiLDGenerator": "generator", "generate": "generator",
+    "GenerationStats": "stats", "expected_speedup": "stats",
+    "DraftPolicy": "policies", "AdaptivePolicy": "policies", "LookupPolicy": "policies",
+    "RowwisePolicy": "policies", "ThresholdPolicy": "policies", "HeuristicPolicy": "policies",
+    "DraftCosts": "policies",
+    "prune_draft_vocabulary": "vocabulary", "load_draft": "drafts", "draft_vocabulary": "vocabulary",
+    "FeatureDraft": "feature_draft",
+    "BiLDWarning": "bild_warnings", "BiLDRuntimeWarning": "bild_warnings",
+}
+# modules reachable under a second name: tooling sub-packages, and the module paths of version 0.2
+# (`bild.pair`, `bild.cost_model`, ...), which keep working for `import bild.pair` too
+_ALIASES = {
+    "cost_model": "analysis.cost_model", "theory": "analysis.theory",
+    "alignment": "pairs.alignment", "controlled": "pairs.controlled", "smollm2": "pairs.smollm2",
+    "pair": "pairs.smollm2",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    elif name in _ALIASES:
+        value = _importlib.import_module(f"{__name__}.{_ALIASES[name]}")
+    elif not name.startswith("_") and _util.find_spec(f"{__name__}.{name}") is not None:
+        value = _importlib.import_module(f"{__name__}.{name}")  # a submodule: bild.adapters, bild.decoding, ...
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_ALIASES))
+
+
+class _AliasFinder:
+    """`import bild.pair` (an `_ALIASES` name) imports the module it names and registers it under both names.
+    A meta path finder and loader by protocol (importlib.abc costs a noticeable part of `import bild`)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        head, _, tail = fullname.partition(".")
+        if head == __name__ and tail in _ALIASES:
+            return _util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        target = _importlib.import_module(f"{__name__}.{_ALIASES[module.__name__.partition('.')[2]]}")
+        _sys.modules[module.__name__] = target  # the import statement returns what sys.modules holds
+
+
+if not any(type(f).__name__ == "_AliasFinder" for f in _sys.meta_path):  # once, also when bild is re-imported
+    _sys.meta_path.append(_AliasFinder())
 
 __all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
            "AdaptivePolicy", "LookupPolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
-           "prune_draft_vocabulary", "load_draft", "draft_vocabulary", "FeatureDraft"]
-__version__ = "0.12.0"
+           "prune_draft_vocabulary", "load_draft", "draft_vocabulary", "FeatureDraft", "BiLDWarning",
+           "BiLDRuntimeWarning"]

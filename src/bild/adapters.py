@@ -348,3 +348,20 @@ def vocab_width(model: PreTrainedModel) -> int:
     """Width of the model's logits."""
     head = model.get_output_embeddings()
     return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+
+
+# names of 0.12 that moved to a module above this one: they still resolve here, with a DeprecationWarning naming
+# their home (imported on first use, by name: this layer never depends on that one)
+_MOVED = {"check_model": "families", "rollback_is_exact": "families", "rollback_problem": "families", "working_release": "families", "RECURRENT_EXACT_FROM": "families", "ROLLBACK_OPS": "families", "_REFUSED_TYPES": "families", "_CHECKED_ENCODER_INPUTS": "families"}
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    home = f"bild.{_MOVED[name]}"
+    warnings.warn(f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(home), name)

@@ -1,28 +1,26 @@
-"""``bild`` console script.
+"""The ``bild`` command line: ``bild demo`` (the offline SmolLM2 pair against the large model alone) and
+``bild pair`` (build, inspect and remove that pair's cache; the recipe of its draft: :mod:`bild.pairs.cli`).
 
-    bild demo [--prompt TEXT] [--max_new_tokens N] [--fallback_threshold auto|F] [--max_small_steps auto|N]
-              [--rollback_threshold R] [--verification rollback|exact|block] [--prompt_lookup N]
-              [--feature_weights FILE]
-
-``bild demo`` follows the library's defaults (lossless: exact verification with the adaptive draft
-policy) and drafts from the small model and prompt lookup (``--prompt_lookup 10``: on this pair the lookup is
-where the speed comes from; lookup alone measured 1-4 % faster than both, the demo shows both drafters;
-``--prompt_lookup 0``: the small model alone); ``--rollback_threshold R`` selects
-BiLD's rollback rule, as in the library. It prints the rule.
-    bild pair build | info | gen-data | train     (see ``python -m bild.pairs.smollm2 -h``)
-
-``bild demo`` loads the offline SmolLM2 pair (:mod:`bild.pairs.smollm2`; built into the cache folder on
-first use), generates with the pair, then with the large model alone on the same prompt, and prints
-the text, both latencies, the speedup and which tokens each model wrote.
+Parsing imports neither torch nor transformers (``import bild`` is light), so ``bild --help``,
+``bild --version`` and a wrong argument answer at once; a command imports what it needs once its
+arguments are checked.  A wrong or missing argument prints one line naming it (and the allowed
+values) and exits with status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from typing import Sequence
+
+from .cli_parser import Parser
+
+DESCRIPTION = "Big Little Decoder (BiLD) and speculative decoding for transformers models."
+COMMANDS = {
+    "demo": "run the offline SmolLM2 pair and the large model, timed",
+    "pair": "build, inspect or remove the pair's cache; its recipe",
+}
 
 GREEN = "\033[32m"
 CYAN = "\033[36m"
@@ -68,7 +66,11 @@ def _auto(kind):
 
 
 def demo(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bild demo", description="BiLD with the offline SmolLM2 pair")
+    p = Parser(prog="bild demo", description="BiLD with the offline SmolLM2 pair: builds it into the cache folder on "
+               "first use (about 0.8 GB, `bild pair clean` removes it), generates with the pair, then with the large "
+               "model alone on the same prompt, and prints the text, both latencies, the speedup and which tokens "
+               "each model wrote. Defaults are the library's: lossless exact verification, the adaptive draft "
+               "policy, drafts from the small model and prompt lookup (--prompt_lookup 10).")
     p.add_argument("--prompt", default=None, help="instruction (chat-formatted automatically)")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to --prompt")
     p.add_argument("--max_new_tokens", type=int, default=48)
@@ -90,7 +92,13 @@ def demo(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     a = p.parse_args(argv)
     if a.prompt_lookup < 0:
-        p.error(f"--prompt_lookup must be >= 0 (0: no prompt lookup), got {a.prompt_lookup}")
+        p.error(f"argument --prompt_lookup: must be >= 0 (0: no prompt lookup), got {a.prompt_lookup}")
+    if a.fallback_threshold != "auto" and not 0 <= a.fallback_threshold <= 1:
+        p.error(f"argument --fallback_threshold: 'auto' or a number in [0, 1], got {a.fallback_threshold:g}")
+    if a.max_small_steps != "auto" and a.max_small_steps < 1:
+        p.error(f"argument --max_small_steps: 'auto' or an integer >= 1, got {a.max_small_steps}")
+    if a.threads is not None and a.threads < 1:
+        p.error(f"argument --threads: an integer >= 1, got {a.threads}")
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -174,21 +182,30 @@ def demo(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def parser() -> Parser:
+    from . import __version__
+
+    p = Parser(prog="bild", description=DESCRIPTION, epilog="`bild COMMAND --help` shows a command's options; "
+               "the library's API and the docs: README.md and docs/.")
+    p.add_argument("--version", action="version", version=f"bild {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", title="commands")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: bild {demo,pair} ...\n  bild demo --help\n  bild pair build"
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage + "\n\n" + (__doc__ or ""))
+    p = parser()
+    if not argv:
+        p.print_help()
         return 0
-    cmd, rest = argv[0], argv[1:]
+    cmd = p.parse_args(argv[:1]).cmd  # --help, --version, an unknown command: argparse answers and exits
     if cmd == "demo":
-        return demo(rest)
-    if cmd == "pair":
-        from .pairs.smollm2 import main as pair_main
+        return demo(argv[1:])
+    from .pairs.cli import main as pair_main
 
-        return pair_main(rest)
-    print(f"unknown command {cmd!r}\n{usage}", file=sys.stderr)
-    return 2
+    return pair_main(argv[1:])
 
 
 if __name__ == "__main__":

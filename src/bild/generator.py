@@ -16,6 +16,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
+from .bild_warnings import BiLDWarning
 from . import policies
 from .adapters import ModelAdapter, encoder_rows
 from .checks import check_generation_config, check_inputs, check_pair, check_prompt
@@ -90,7 +91,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         warnings.warn("`streamer` passed to `large.generate(..., custom_generate=bild.generate)` is dropped by "
                       "transformers before bild runs: nothing is streamed. Stream with "
                       "`bild.BiLDGenerator(...).generate(..., streamer=...)` or pass `bild_streamer=`.",
-                      UserWarning, stacklevel=2)
+                      BiLDWarning, stacklevel=2)
     gc = generation_config
     lookup = check_lookup(gc, opts, small_model is not None)
     if small_model is not None:

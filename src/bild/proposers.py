@@ -31,6 +31,7 @@ import torch
 
 from .adapters import ModelAdapter
 from .devices import to_device
+from .bild_warnings import BiLDRuntimeWarning
 from .batch import BatchState, CacheReader, RowProcessors
 from .policies import DraftPolicy, RoundRecord
 
@@ -209,7 +210,7 @@ class ModelProposer(Proposer):
             warnings.warn("the small model's logits hold NaN or inf: those draft steps are dropped and the large "
                           "model writes the tokens (the output is unchanged; counted in "
                           "GenerationStats.nonfinite_drafts). Check the draft model's weights and dtype.",
-                          RuntimeWarning, stacklevel=2)
+                          BiLDRuntimeWarning, stacklevel=2)
         self.stats.nonfinite_drafts += sum(rows)
 
     def settle(self, n_accept, committed, before, width):

