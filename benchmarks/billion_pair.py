@@ -291,9 +291,9 @@ def tables(records) -> str:
                   f"transformers {meta['transformers']}, bild {meta['bild']}; {meta['date']}",
                   f"Command: `{meta['command']}`",
                   f"Pair: {size}; {a.get('prompts')} prompt(s) of {a.get('prompt_len')} tokens x "
-                  f"{a.get('new_tokens')} new tokens per row, greedy; ms/token = wall time per generated token, all rows; methods interleaved per prompt after one warm-up "
-                  f"each; speedup = median over prompts of t(large greedy) / t(method); (k/n) = outputs identical to "
-                  f"large greedy's.", ""]
+                  f"{a.get('new_tokens')} new tokens per row, greedy; ms/token = wall time per generated token, all "
+                  f"rows; methods interleaved per prompt after one warm-up each; speedup = median over prompts of "
+                  f"t(large greedy) / t(method); (k/n) = outputs identical to large greedy's.", ""]
         if pairs:
             lines.append("Build (init + calibration) per pair: " + ", ".join(
                 f"{t}: {r['build_seconds']:.0f}s" for t, r in pairs.items()))
@@ -330,7 +330,8 @@ def tables(records) -> str:
             if ASSISTED in rows:
                 ok = d / rows[ASSISTED]["speedup"] >= 1.15
                 c.append(f"defaults / assisted {vs_assisted} (>= 1.15: {'yes' if ok else 'no'})")
-            c.append(f"defaults / large greedy {d:.2f} (>= 0.95 where the draft is weak: {'yes' if d >= 0.95 else 'no'})")
+            weak_ok = "yes" if d >= 0.95 else "no"
+            c.append(f"defaults / large greedy {d:.2f} (>= 0.95 where the draft is weak: {weak_ok})")
             checks.append(f"- agreement {target:.2f}, batch {batch}: " + "; ".join(c))
     lines += ["", "| agreement | batch | method | speedup | identical | ms/token | tokens per large call "
               "| draft length (last call) |", "|---|---|---|---|---|---|---|---|"]
@@ -377,7 +378,8 @@ def parse(argv):
     ap.add_argument("--calib-iters", "--calib_iters", dest="calib_iters", type=int, default=8,
                     help="bisection steps of the agreement calibration at most")
     ap.add_argument("--cost-repeats", "--cost_repeats", dest="cost_repeats", type=int, default=5)
-    ap.add_argument("--out", help="JSONL file the records are appended to (default: billion_pair_<device>_<time>.jsonl)")
+    ap.add_argument("--out", help="JSONL file the records are appended to "
+                    "(default: billion_pair_<device>_<time>.jsonl)")
     ap.add_argument("--from", dest="from_file", help="print the tables of this JSONL file and exit")
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset or ("gpu" if torch.device(args.device).type == "cuda" else "cpu")]
