@@ -326,7 +326,9 @@ def tables(records) -> str:
                      f"{chain_cell} | {tree_cell} | {_cell(rows, missing, ASSISTED)} | {opt_cell} | {vs_chain} | "
                      f"{vs_assisted} |")
         if d:
-            c = [f"defaults / best chain {vs_chain} (>= 0.95: {'yes' if chain and d / chain[0] >= 0.95 else 'no'})"]
+            c = []
+            if chain:
+                c.append(f"defaults / best chain {vs_chain} (>= 0.95: {'yes' if d / chain[0] >= 0.95 else 'no'})")
             if ASSISTED in rows:
                 ok = d / rows[ASSISTED]["speedup"] >= 1.15
                 c.append(f"defaults / assisted {vs_assisted} (>= 1.15: {'yes' if ok else 'no'})")
@@ -351,7 +353,16 @@ def tables(records) -> str:
 
 
 def read_records(path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a JSONL file; a last line cut short by an interrupted write is skipped."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return records
 
 
 # --------------------------------------------------------------------------------------------------------------------

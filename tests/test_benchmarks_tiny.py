@@ -102,7 +102,7 @@ def test_interrupted_file_still_prints(tiny_run, tmp_path):
     cut = tmp_path / "cut.jsonl"
     # interrupted in the middle of the last block: what was measured is printed, the run is marked unfinished
     last_run = max(i for i, r in enumerate(records) if r["type"] == "run")
-    cut.write_text("".join(json.dumps(r) + "\n" for r in records[:last_run - 2]))
+    cut.write_text("".join(json.dumps(r) + "\n" for r in records[:last_run - 2]) + json.dumps(records[last_run])[:20])
     text = bench.main(["--from", str(cut)])
     assert "run not finished" in text
     assert len(_table(text, "| agreement (target / measured)")) == 2 + 4
