@@ -104,3 +104,21 @@ def test_bad_arguments():
         build_controlled_pair("llama", 1.5, **TINY)
     with pytest.raises(ValueError):
         build_controlled_pair("t5", 0.9, encoder_layers=2, **TINY)
+
+
+def test_agreement_on_a_given_continuation():
+    """`agreement_on` (one small forward over the whole continuation) against the small model's argmax recomputed
+    prefix by prefix, on large greedy's continuation."""
+    from bild.pairs.controlled import agreement_on
+
+    small, large, _ = build_controlled_pair("llama", None, alpha=0.3, **TINY)
+    x = torch.cat(make_prompts(TINY["vocab"], 3, 10, seed=5))
+    gen = large.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False)[:, 10:]
+    hits = []
+    with torch.no_grad():
+        for j in range(gen.shape[1]):
+            hits.append(small(torch.cat([x, gen[:, :j]], 1)).logits[:, -1].argmax(-1) == gen[:, j])
+    want = torch.stack(hits).float().mean().item()
+    assert 0.0 < want < 1.0  # both kinds of position occur
+    assert agreement_on(small, x, gen) == pytest.approx(want, abs=1e-6)
+    assert agreement_on(small, x, gen) == pytest.approx(measure_agreement(small, large, x, 12), abs=1e-6)

@@ -58,6 +58,7 @@ __all__ = [
     "build_controlled_pair",
     "make_prompts",
     "measure_agreement",
+    "agreement_on",
     "set_alpha",
     "FAMILIES",
 ]
@@ -293,9 +294,10 @@ def _large_greedy(large, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def _agreement_with(small, large, prompts: torch.Tensor, new_tokens: int, return_logits: bool = False):
-    gen = _large_greedy(large, prompts, new_tokens)
-    if large.config.is_encoder_decoder:
+def _small_on_continuation(small, prompts: torch.Tensor, gen: torch.Tensor):
+    """The small model's logits at each position of the large model's continuation ``gen`` (as
+    :func:`_large_greedy` returns it) and the tokens they are compared with: ``(logits (B, N, V), target (B, N))``."""
+    if small.config.is_encoder_decoder:
         dec_in, target = gen[:, :-1], gen[:, 1:]
         logits = small(input_ids=prompts, attention_mask=torch.ones_like(prompts), decoder_input_ids=dec_in).logits
     else:
@@ -303,11 +305,25 @@ def _agreement_with(small, large, prompts: torch.Tensor, new_tokens: int, return
         logits = small(input_ids=full, attention_mask=torch.ones_like(full)).logits
         logits = logits[:, prompts.shape[1] - 1: -1]
         target = gen
-    pred = logits.float().argmax(-1)
-    agree = (pred == target).float().mean().item()
+    return logits.float(), target
+
+
+def agreement_on(small, prompts: torch.Tensor, continuation: torch.Tensor) -> float:
+    """Greedy agreement of ``small`` on a large-model greedy continuation already generated (no large-model
+    forward): ``prompts`` ``(B, L)``, ``continuation`` ``(B, N)`` the generated tokens (decoder-only) or the decoder
+    ids starting with the decoder start token (encoder-decoder)."""
+    logits, target = _small_on_continuation(small, prompts, continuation)
+    return (logits.argmax(-1) == target).float().mean().item()
+
+
+@torch.no_grad()
+def _agreement_with(small, large, prompts: torch.Tensor, new_tokens: int, return_logits: bool = False):
+    gen = _large_greedy(large, prompts, new_tokens)
+    logits, target = _small_on_continuation(small, prompts, gen)
+    agree = (logits.argmax(-1) == target).float().mean().item()
     distinct = sum(len(set(row.tolist())) for row in target) / target.numel()
     if return_logits:
-        return agree, distinct, target.numel(), logits.float()
+        return agree, distinct, target.numel(), logits
     return agree, distinct, target.numel()
 
 
