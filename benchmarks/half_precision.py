@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--pair", choices=("smollm2", "controlled"), default="smollm2")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     p.add_argument("--prompts", type=int, default=None, help="default: 8 (smollm2), 3 (controlled)")
+    p.add_argument("--first", type=int, default=0, help="skip the first prompts (to resume a run)")
     p.add_argument("--new_tokens", type=int, default=48)
     p.add_argument("--agreement", type=float, default=0.7)
     p.add_argument("--hidden", type=int, default=2048)
@@ -109,9 +110,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     dtype = DTYPES[a.dtype]
     if a.pair == "smollm2":
-        small, large, prompts, name = smollm2_setup(dtype, a.prompts or 8)
+        small, large, prompts, name = smollm2_setup(dtype, a.first + (a.prompts or 8))
     else:
-        small, large, prompts, name = controlled_setup(dtype, a.prompts or 3, a.agreement, a.hidden, a.layers)
+        small, large, prompts, name = controlled_setup(dtype, a.first + (a.prompts or 3), a.agreement, a.hidden,
+                                                       a.layers)
     print(f"# {name}; {a.dtype}; exact verification, greedy, {a.new_tokens} new tokens; "
           f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
                            dict(prompt_lookup_num_tokens=4))}
     print(f"{'prompt':>6} {'drafter':>7} {'equal':>5} {'t':>3} {'gap':>7} {'ulp':>6} {'drift':>7} {'drift/ulp':>9}")
     equal, gaps = 0, []
-    for i, (ids, mask) in enumerate(prompts):
+    for i, (ids, mask) in list(enumerate(prompts))[a.first:]:
         for label, (gen, kw) in drafters.items():
             eq, t, gap, u, drift, du = compare(large, gen, ids, mask, a.new_tokens, dtype, **kw)
             equal += eq
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
             f = (lambda x, w, d: f"{x:>{w}.{d}f}" if x is not None else f"{'-':>{w}}")
             print(f"{i:>6} {label:>7} {str(eq):>5} {('-' if t is None else t):>3} {f(gap, 7, 3)} {f(u, 6, 4)} "
                   f"{drift:>7.3f} {du:>9.1f}", flush=True)
-    total = len(prompts) * len(drafters)
+    total = (len(prompts) - a.first) * len(drafters)
     print(f"# equal to large.generate: {equal} of {total}; gaps at first differences: "
           f"{', '.join(f'{g:.3f}' for g in sorted(gaps)) or '-'}")
     return 0

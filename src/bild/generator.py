@@ -24,6 +24,7 @@ from .analysis.cost_model import CostTable
 from .decoding import DecodeOptions, DraftVerifyLoop
 from .feature_draft import check_small_draft
 from .online_costs import learned_costs, lookup_costs, prior_costs
+from .precision import check_dtypes
 from . import policies
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
                        ThresholdPolicy)
@@ -198,6 +199,7 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
     special tokens."""
     if small is None:
         raise ValueError("`small_model` is required: pass the draft model, e.g. small_model=AutoModelFor...(...)")
+    check_dtypes(small, large)
     if bool(small.config.is_encoder_decoder) != bool(large.config.is_encoder_decoder):
         raise ValueError("`small_model` and the large model must both be decoder-only or both encoder-decoder")
     for role, m in (("small_model", small), ("large_model", large)):
@@ -455,6 +457,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         check_pair(small_model, model)
         check_small_draft(small_model, model, opts.num_drafts)
     else:
+        check_dtypes(None, model)
         check_model(model, "large_model")
     uses_small = small_model is not None and opts.uses_small
     check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
@@ -672,6 +675,7 @@ class BiLDGenerator:
             check_pair(small_model, large_model)
             check_small_draft(small_model, large_model, num_drafts)
         else:  # prompt lookup alone: `generate` then needs `prompt_lookup_num_tokens`
+            check_dtypes(None, large_model)
             check_model(large_model, "large_model")
         self.small_model, self.large_model = small_model, large_model
         # with costs="auto" everything the adaptive policy knows is learned online, so it is shared: a new
