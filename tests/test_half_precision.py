@@ -56,7 +56,8 @@ def check_half(small, large, ids, mask, dtype, encoder_decoder, **gen_kw):
         assert d <= 1, (j, d * ULPS[dtype])
     gap = None
     if t is not None:
-        MEASURED["first differences"] = MEASURED.get("first differences", 0) + 1  # a near-tie: large.generate's two candidates within the rounding
+        # a near-tie: large.generate's two candidates within the rounding
+        MEASURED["first differences"] = MEASURED.get("first differences", 0) + 1
         a = ref.logits[t][0].float()
         gap = (a[z[t]] - a[y[t]]).item()
         assert 0 <= gap <= ulp(a.max().item(), dtype)

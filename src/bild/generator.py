@@ -647,8 +647,8 @@ class BiLDGenerator:
             `bild.analysis.cost_model.CostTable` or a `bild.policies.DraftCosts`. "auto" never times a
             dedicated forward: under exact verification it starts from a parameter-count prior and learns
             from the call's own forwards, shared by all generators of these models in the process
-            (`bild.online_costs`; CPU only, the prior elsewhere); in the lossy modes it is the timing-free
-            prior alone, so that the text never depends on timing.
+            (`bild.online_costs`; on CUDA timed at the engine's own host reads); in the lossy modes it is the
+            timing-free prior alone, so that the text never depends on timing.
         num_drafts: M >= 1 (default 1). M > 1 is Yin et al.'s batch speculative decoding (their Alg. 4):
             M independent drafts per prompt in one batched small-model pass, one large pass over all of
             them, depth-first verification at the first position (lossless). Needs exact verification,
