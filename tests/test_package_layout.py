@@ -104,7 +104,7 @@ def test_names_of_0_12_still_import():
     from bild.adapters import (ModelAdapter, batch_layout, capabilities, new_cache,  # noqa: F401
                                state_layers, to_device, window_rollback_works)
     from bild.analysis.cost_model import CostTable
-    with pytest.deprecated_call(match="moved to `bild.families.check_model`"):
+    with pytest.deprecated_call(match="moved to `bild.families"):
         from bild.adapters import check_model, rollback_is_exact
     with pytest.deprecated_call(match="moved to `bild.families.RECURRENT_EXACT_FROM`"):
         assert bild.adapters.RECURRENT_EXACT_FROM is families.RECURRENT_EXACT_FROM

@@ -77,6 +77,7 @@ class ModelAdapter:
         self.compactions = 0
         self.times = timing.model_times(model)  # forwards' host times feed the shared cost estimates
         self.seconds = 0.0  # host time in forwards, where timed (the loop subtracts it from a round's time)
+        self.read_clock = None  # an asynchronous device's forwards are timed at the host reads (`timing.ReadClock`)
         self.vocab = token_index(model, execution_device(model))  # a pruned head's (ids, V), or None
 
     @functools.cached_property
@@ -165,7 +166,9 @@ class ModelAdapter:
         logits = out.logits[:, -keep:].float()
         if self.vocab is not None:  # [B, keep, V_sub] -> [B, keep, V], the other tokens improbable
             logits = widen_logits(logits, *self.vocab)
-        if self.times is not None:
+        if self.read_clock is not None:  # not run yet: timed at the next host read
+            self.read_clock.launched(self, B, n, t0, self.length > n)
+        elif self.times is not None:
             dt = timing.clock() - t0
             self.seconds += dt
             if self.length > n:  # not the prefill

@@ -9,6 +9,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from .adapters import vocab_width
 from .families import check_model
+from .precision import check_dtypes
 from .vocabulary import draft_vocabulary
 
 
@@ -17,6 +18,7 @@ def check_pair(small: PreTrainedModel, large: PreTrainedModel) -> None:
     special tokens."""
     if small is None:
         raise ValueError("`small_model` is required: pass the draft model, e.g. small_model=AutoModelFor...(...)")
+    check_dtypes(small, large)
     if bool(small.config.is_encoder_decoder) != bool(large.config.is_encoder_decoder):
         raise ValueError("`small_model` and the large model must both be decoder-only or both encoder-decoder")
     for role, m in (("small_model", small), ("large_model", large)):

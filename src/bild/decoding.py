@@ -85,6 +85,7 @@ class DraftVerifyLoop:
             proposer = (self.model_proposer(small, policy) if small is not None and opts.uses_small
                         else Proposer())
         self.proposer = proposer
+        self.clock = None  # a ReadClock where forwards run asynchronously (set per call)
         self.rule = make_rule(opts, self.do_sample)
         # transformers stops on its criteria list alone, in which a user's EosTokenCriteria / MaxLengthCriteria
         # replace the ones built from the generation config: the loop enforces the list's eos and length
@@ -144,10 +145,14 @@ class DraftVerifyLoop:
             processed, raw = self.scorer.prefill()
             first = st.expand(self._choose(processed[:: st.M]).tolist())  # one token per prompt
             self._commit([[t] for t in first], processed[:, None], raw[:, None], [""] * B, [0] * B)
+            self.clock = timing.read_clock(self.small, self.large)  # None where forwards are timed as run
             while not all(st.done):
                 self._round()
         finally:
             self.proposer.finish()
+            for a in (self.small, self.large):
+                if a is not None:
+                    a.read_clock = None
         if self.streamer is not None:
             self.streamer.end()
         T = max(c - P for c in st.cur)
@@ -156,11 +161,14 @@ class DraftVerifyLoop:
     # -- one round ----------------------------------------------------------------------------------
     def _round(self) -> None:
         """Propose, score, accept, commit. Host reads: one per draft step (in the proposer), one verdict.
-        Where forwards are timed (CPU), the round's host time beyond them goes to the cost estimates."""
+        The round's host time beyond its forwards goes to the cost estimates (on an asynchronous device the
+        forwards are timed at those reads: `bild.timing.ReadClock`)."""
         timed = self.large.times is not None
         if not timed:
             self._round_body()
             return
+        if self.clock is not None:
+            self.clock.reset()
         t0, f0, n0 = timing.clock(), self._forward_seconds(), self._small_forwards()
         prop = self._round_body()
         overhead = timing.clock() - t0 - (self._forward_seconds() - f0)
@@ -180,6 +188,8 @@ class DraftVerifyLoop:
                        torch.long).reshape(st.B, K)  # [B, K]
         p_logits, p_raw = self.scorer.score(prop.drafts, dt)
         verdict = self._accept(dt, p_logits, prop)
+        if self.clock is not None:  # the verdict was read: the verify pass has run
+            self.clock.read()
         if verdict.pick is not None:  # batch speculative decoding: every draft of a prompt continues the chosen one
             idx = to_device(verdict.pick, st.device)
             p_logits, p_raw = p_logits.index_select(0, idx), p_raw.index_select(0, idx)

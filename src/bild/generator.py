@@ -20,6 +20,7 @@ from .bild_warnings import BiLDWarning
 from . import policies
 from .adapters import ModelAdapter, encoder_rows
 from .checks import check_generation_config, check_inputs, check_pair, check_prompt
+from .precision import check_dtypes
 from .decoding import DraftVerifyLoop
 from .families import check_model
 from .feature_draft import check_small_draft
@@ -98,6 +99,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         check_pair(small_model, model)
         check_small_draft(small_model, model, opts.num_drafts)
     else:
+        check_dtypes(None, model)
         check_model(model, "large_model")
     uses_small = small_model is not None and opts.uses_small
     check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
@@ -287,8 +289,8 @@ class BiLDGenerator:
             `bild.analysis.cost_model.CostTable` or a `bild.policies.DraftCosts`. "auto" never times a
             dedicated forward: under exact verification it starts from a parameter-count prior and learns
             from the call's own forwards, shared by all generators of these models in the process
-            (`bild.online_costs`; CPU only, the prior elsewhere); in the lossy modes it is the timing-free
-            prior alone, so that the text never depends on timing.
+            (`bild.online_costs`; on CUDA timed at the engine's own host reads); in the lossy modes it is the
+            timing-free prior alone, so that the text never depends on timing.
         num_drafts: M >= 1 (default 1). M > 1 is Yin et al.'s batch speculative decoding (their Alg. 4):
             M independent drafts per prompt in one batched small-model pass, one large pass over all of
             them, depth-first verification at the first position (lossless). Needs exact verification,
@@ -315,6 +317,7 @@ class BiLDGenerator:
             check_pair(small_model, large_model)
             check_small_draft(small_model, large_model, num_drafts)
         else:  # prompt lookup alone: `generate` then needs `prompt_lookup_num_tokens`
+            check_dtypes(None, large_model)
             check_model(large_model, "large_model")
         self.small_model, self.large_model = small_model, large_model
         # with costs="auto" everything the adaptive policy knows is learned online, so it is shared: a new

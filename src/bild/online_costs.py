@@ -27,8 +27,14 @@ rounds  the engine times each round on the host and records what its forwards di
         (`DraftCosts.ROUND_OVERHEAD`, `DraftCosts.LOOKUP_OVERHEAD`). 0.10 charged every small-model round the
         prior's 0.4 large steps and priced verify widths on a line; on the SmolLM2 pair the learned overhead is
         0.03-0.06 and a 2-token verify 1.1-1.2 steps (docs/performance.md, "The round overhead ... learned").
-CUDA    timing a forward on the host would need a synchronisation in the hot loop: on devices other than
-        the CPU nothing is timed and the prior is kept (pass `costs=` a ratio or a measured table there).
+devices where a forward returns before it has run (CUDA; `synchronous` says which), timing one around its call
+        would need a synchronisation in the hot loop. There a `ReadClock` times it instead at the host reads the
+        engine makes anyway (one per draft step, one per round for the verdict; `tests/test_host_reads.py`):
+        a read waits for everything queued before it, so a forward's time is from its launch to the first
+        read after it (the host work up to the launch is the round's, as on the CPU; the host work between
+        the launch and the read runs while the device computes). A read after exactly one forward records
+        it, as `ModelAdapter.feed` does on the CPU; several forwards between two reads count as forward time
+        but record nothing. The same tables, fits and round overheads follow, with no read added.
 
 Nothing is written to disk. Learned costs only steer the adaptive policy in exact verification, where they
 cannot change the output under greedy decoding (see `bild.generator.make_policy`).
@@ -42,7 +48,7 @@ import torch
 from .policies import DraftCosts
 # the time records moved to bild.timing (below the model layer); re-exported for `bild.online_costs.X` of 0.12
 from .timing import (KEEP, MAX_BATCH_SIZES, MAX_TOKENS, MIN_ROUND_SAMPLES, ModelTimes, clock, forget,  # noqa: F401
-                     model_times)
+                     ReadClock, model_times, read_clock, synchronous)
 
 CPU_SLOPE = 0.13
 HEAD_WEIGHT = 0.25

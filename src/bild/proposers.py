@@ -174,6 +174,8 @@ class ModelProposer(Proposer):
             keep, more = keep & ~bad, more & ~bad
             tok_l, keep_l, more_l, conf_l, bad_l = torch.stack([tok.double(), keep.double(), more.double(),
                                                                 conf.double(), bad.double()]).tolist()  # one read
+            if self.adapter.read_clock is not None:  # the step's forward has run (an asynchronous device)
+                self.adapter.read_clock.read()
             if any(bad_l):
                 self._non_finite(st.lead([a and b > 0 for a, b in zip(active, bad_l)]))
             if first_conf is None:

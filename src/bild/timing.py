@@ -87,12 +87,57 @@ def _key(model):
     return (str(model.device), str(model.dtype), torch.get_num_threads())
 
 
+def synchronous(device) -> bool:
+    """A forward on `device` has run when its call returns (the CPU): it is timed around the call. Elsewhere a
+    `ReadClock` times it. Tests patch this to run the asynchronous path on the CPU."""
+    return torch.device(device).type == "cpu"
+
+
+class ReadClock:
+    """Times the forwards of one generate call on an asynchronous device at the host reads that follow them
+    (module docstring). `ModelAdapter.feed` reports each forward's launch (`launched`); the engine calls
+    `read` right after each of its host reads, and `reset` where a round starts (a forward launched and
+    never read, the prefill's, is dropped)."""
+
+    def __init__(self):
+        self.queue: list[tuple] = []  # (adapter, rows, tokens, launch time, recorded) since the last read
+
+    def launched(self, adapter, rows: int, tokens: int, t0: float, record: bool) -> None:
+        self.queue.append((adapter, rows, tokens, t0, record))
+
+    def read(self) -> None:
+        """The host has just read a tensor: every forward launched so far has finished."""
+        if not self.queue:
+            return
+        queue, self.queue = self.queue, []
+        dt = clock() - queue[0][3]
+        for adapter, *_ in queue:  # seconds in forwards (the round's overhead is what they leave)
+            adapter.seconds += dt / len(queue)
+        adapter, rows, tokens, _, record = queue[0]
+        if len(queue) == 1 and record:
+            adapter.times.record(rows, tokens, dt)
+
+    def reset(self) -> None:
+        self.queue.clear()
+
+
+def read_clock(*adapters) -> ReadClock | None:
+    """A `ReadClock` attached to those of `adapters` (None skipped) whose forwards are timed on an
+    asynchronous device; None (and nothing attached) where there are none."""
+    late = [a for a in adapters if a is not None and a.times is not None
+            and not synchronous(getattr(a, "device", None) or a.model.device)]
+    if not late:
+        return None
+    rc = ReadClock()
+    for a in late:
+        a.read_clock = rc
+    return rc
+
+
 def model_times(model) -> ModelTimes | None:
-    """The shared timing record of this model in its current setting; None where nothing is timed (not a
-    CPU) or the model cannot be held weakly."""
+    """The shared timing record of this model in its current setting; None where the model cannot be held
+    weakly."""
     try:
-        if model.device.type != "cpu":
-            return None
         with _TIMES_LOCK:
             per = _TIMES.get(model)
             if per is None:
