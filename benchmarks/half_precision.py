@@ -81,11 +81,12 @@ def smollm2_setup(dtype, n_prompts):
     return small, large, prompts, "SmolLM2-135M-Instruct + shipped 3-layer draft"
 
 
-def controlled_setup(dtype, n_prompts, agreement, hidden, layers):
+def controlled_setup(dtype, n_prompts, agreement, hidden, layers, alpha=None):
     from bild.pairs.controlled import build_controlled_pair, make_prompts
 
-    small, large, info = build_controlled_pair("llama", agreement, hidden=hidden, layers=layers, vocab=32000,
-                                               dtype=dtype, calib_prompts=4, max_iters=8)
+    small, large, info = build_controlled_pair("llama", None if alpha is not None else agreement, hidden=hidden,
+                                               layers=layers, vocab=32000, dtype=dtype, calib_prompts=4,
+                                               max_iters=8, alpha=alpha)
     n = sum(p.numel() for p in large.parameters())
     prompts = [(p, torch.ones_like(p)) for p in make_prompts(large.config.vocab_size, n_prompts, length=16, seed=7)]
     for m in (small, large):  # random token ids: no eos
@@ -102,6 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--first", type=int, default=0, help="skip the first prompts (to resume a run)")
     p.add_argument("--new_tokens", type=int, default=48)
     p.add_argument("--agreement", type=float, default=0.7)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="the controlled pair's scale, as a calibration printed it (benchmarks/billion_pair.py): skips "
+                        "the calibration")
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
         small, large, prompts, name = smollm2_setup(dtype, a.first + (a.prompts or 8))
     else:
         small, large, prompts, name = controlled_setup(dtype, a.first + (a.prompts or 3), a.agreement, a.hidden,
-                                                       a.layers)
+                                                       a.layers, a.alpha)
     print(f"# {name}; {a.dtype}; exact verification, greedy, {a.new_tokens} new tokens; "
           f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
