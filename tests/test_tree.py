@@ -197,3 +197,19 @@ def test_batch_falls_back_to_chains_with_a_warning(one_thread):
     with pytest.warns(UserWarning, match="draft_tree.*batch 1"):
         got = gen.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False)
     assert torch.equal(got, large.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False))
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_tree_host_reads(do_sample):
+    """The host-read budget of tests/test_host_reads.py: one read per draft depth, one per round."""
+    from test_host_reads import count_reads
+    small, large = make_pair("llama")
+    ids = _prompts(1)[0]
+    gen = bild.BiLDGenerator(small, large, draft_tree=3, fallback_threshold=0.3, max_small_steps=4)
+    kw = dict(max_new_tokens=24, do_sample=do_sample, top_k=0)
+    gen.generate(ids, **kw)  # warm: probes run once per model
+    with count_reads([small, large]) as state:
+        gen.generate(ids, **kw)
+    s = gen.stats
+    assert s.rounds > 3
+    assert state["reads"] <= s.small_forwards + s.rounds + 3, (state["reads"], s.small_forwards, s.rounds)
