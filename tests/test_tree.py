@@ -149,7 +149,7 @@ def test_returned_cache_continues_like_the_large_models(one_thread):
 
 
 # -- what trees cannot serve -----------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", [1, 0, True, "auto", 2.0, "tree"])
+@pytest.mark.parametrize("bad", [1, 0, True, 2.0, "tree"])
 def test_bad_draft_tree_values(bad):
     small, large = make_pair("llama")
     with pytest.raises(ValueError, match="draft_tree"):
@@ -213,3 +213,21 @@ def test_tree_host_reads(do_sample):
     s = gen.stats
     assert s.rounds > 3
     assert state["reads"] <= s.small_forwards + s.rounds + 3, (state["reads"], s.small_forwards, s.rounds)
+
+
+def test_auto_chooses_widths_exactly_and_falls_back_to_chains(one_thread):
+    """draft_tree="auto": chain or tree per round from the measured tokens per cost; output exact either way;
+    chains where trees cannot be served (an encoder-decoder, num_drafts), with no error."""
+    from bild.tree import WidthChooser
+    small, large = make_pair("llama")
+    for ids in _prompts(4):
+        want = large.generate(ids, max_new_tokens=30, do_sample=False)
+        assert torch.equal(bild.BiLDGenerator(small, large, draft_tree="auto").generate(
+            ids, max_new_tokens=30, do_sample=False), want)
+    chooser = WidthChooser._shared[large][(id(small), False)]
+    assert all(n >= WidthChooser.EXPLORE for n in chooser.rounds.values())  # both widths ran
+    assert bild.BiLDGenerator(small, large, draft_tree="auto", num_drafts=2).options.draft_tree is None
+    s5, l5 = make_pair("t5")
+    ids = _prompts(1)[0]
+    got = bild.BiLDGenerator(s5, l5, draft_tree="auto").generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(got, l5.generate(ids, max_new_tokens=12, do_sample=False))

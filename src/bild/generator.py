@@ -29,7 +29,7 @@ from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy,
                        ThresholdPolicy)
 from .proposers import CombinedProposer, PromptLookupProposer
 from .stats import GenerationStats
-from .tree import TreeLoop, check_draft_tree, check_tree_models
+from .tree import TreeLoop, check_draft_tree, check_tree_models, trees_served
 from .vocabulary import draft_vocabulary
 
 VERIFICATIONS = ("rollback", "exact", "block")
@@ -459,7 +459,11 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         check_small_draft(small_model, model, opts.num_drafts)
     else:
         check_model(model, "large_model")
-    if opts.draft_tree:
+    if opts.draft_tree == AUTO:  # trees where they can be served, else chains
+        if not trees_served(small_model, model, lookup is not None):
+            opts = copy.copy(opts)
+            opts.draft_tree = None
+    elif opts.draft_tree:
         check_tree_models(small_model, model, lookup is not None)
     uses_small = small_model is not None and opts.uses_small
     check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
@@ -504,7 +508,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
                              "(see bild.adapters)")
     B = input_ids.shape[0]
     tree = opts.draft_tree if uses_small and B == 1 else None
-    if opts.draft_tree and uses_small and B > 1:
+    if isinstance(opts.draft_tree, int) and uses_small and B > 1:
         warnings.warn(f"`draft_tree`={opts.draft_tree} runs at batch 1: this batch of {B} drafts chains",
                       UserWarning, stacklevel=2)
 
@@ -686,7 +690,7 @@ class BiLDGenerator:
                  draft_tree: int | str | None = None):
         self.options = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification,
                                      uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts, draft_tree)
-        if self.options.draft_tree:
+        if isinstance(self.options.draft_tree, int):
             check_tree_models(small_model, large_model, False)
         if small_model is not None:
             check_pair(small_model, large_model)

@@ -23,6 +23,8 @@ cached on the model), with verification "exact". `tree_problem` says why a model
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from . import online_costs
@@ -104,13 +106,16 @@ class TreeCache:
 TREE_OFF = (None, "off")
 
 
-def check_draft_tree(draft_tree, verification: str, num_drafts: int, epsilon: float) -> int | None:
-    """`draft_tree` -> k (or None: chains); a ValueError naming it for what trees cannot serve."""
+def check_draft_tree(draft_tree, verification: str, num_drafts: int, epsilon: float) -> int | str | None:
+    """`draft_tree` -> k, "auto" or None (chains); a ValueError naming it for what trees cannot serve ("auto"
+    where trees cannot serve the options: chains)."""
     if draft_tree in TREE_OFF:
         return None
+    if draft_tree == "auto":
+        return "auto" if num_drafts == 1 and verification == "exact" and not epsilon else None
     if isinstance(draft_tree, bool) or not isinstance(draft_tree, int) or draft_tree < 2:
-        raise ValueError(f"`draft_tree` must be None, 'off' or an integer k >= 2 (candidates per branching), "
-                         f"got {draft_tree!r}")
+        raise ValueError(f"`draft_tree` must be None, 'off', 'auto' or an integer k >= 2 (candidates per "
+                         f"branching), got {draft_tree!r}")
     if num_drafts > 1:
         raise ValueError("`draft_tree` cannot be combined with `num_drafts` > 1: a tree already holds several "
                          "drafts per prompt (pass one of them)")
@@ -118,6 +123,13 @@ def check_draft_tree(draft_tree, verification: str, num_drafts: int, epsilon: fl
         raise ValueError(f"`draft_tree` needs verification='exact' without `uno_epsilon` / `opt_epsilon` "
                          f"(got verification={verification!r}): trees are verified by the lossless rules only")
     return draft_tree
+
+
+def trees_served(small, large, lookup: bool) -> bool:
+    """draft_tree="auto": whether these models (and drafter) can take trees; if not, it drafts chains."""
+    from .feature_draft import is_feature_draft
+    return (small is not None and not lookup and not is_feature_draft(small)
+            and not tree_problem(small) and not tree_problem(large))
 
 
 def check_tree_models(small, large, lookup: bool) -> None:
@@ -193,11 +205,17 @@ class TreeLoop(DraftVerifyLoop):
     """`DraftVerifyLoop` (batch 1) whose rounds draft a tree of `width` chains and verify it in one pass.
     Host reads: one per draft depth, one per round (the verdict)."""
 
-    def __init__(self, *args, width: int, **kwargs):
+    def __init__(self, *args, width: int | str, **kwargs):
         super().__init__(*args, **kwargs)
-        self.width = width
+        self.chooser = WidthChooser.of(self.small, self.large, self.do_sample) if width == "auto" else None
+        self.width = width if self.chooser is None else WidthChooser.WIDTHS[-1]
+        self.costs = None
 
     def _round_body(self) -> Proposal:
+        if self.chooser is not None:
+            if self.costs is None:
+                self.costs = online_costs.learned_costs(self.small.model, self.large.model, 1)
+            self.width = self.chooser.pick()
         st, k = self.state, self.width
         if st.B != 1 or not isinstance(self.proposer, ModelProposer):
             raise RuntimeError("tree drafts run at batch 1 with the small model as the proposer")
@@ -223,6 +241,10 @@ class TreeLoop(DraftVerifyLoop):
             prop.policy.learn(RoundRecord(conf=[conf[chosen][:D]], first_conf=[first_conf], drafted=[D],
                                           judged=judged, accepted=accepted, committed=committed,
                                           small_steps=steps, width=width))
+        if self.chooser is not None:
+            c = self.costs
+            cost = steps * c.small + c.verify_cost(width) + (c.overhead if steps else 0.0)
+            self.chooser.learn(k, committed[0], cost)
         out = Proposal([path + drafts[chosen][a:]], [D], [source], budget, probing)
         self._count(out, [a], committed)
         return out
@@ -310,6 +332,53 @@ class TreeLoop(DraftVerifyLoop):
             best = n_acc.argmax()
             chosen, n_acc, nxt = torch.stack([best, n_acc[best], nxt[best]]).tolist()
         return chosen, n_acc, nxt, processed, raw, k * D
+
+
+class WidthChooser:
+    """draft_tree="auto": each round drafts a chain (width 1) or a tree of `WIDTHS[-1]` chains, whichever has
+    committed more tokens per unit of cost (`DraftCosts`, learned like the adaptive policy's: the small
+    model's steps, the verify pass of the round's nodes, the round overhead; exponentially weighted). Each
+    width is tried `EXPLORE` rounds first, and the other one every `EVERY`-th round after. The width is chosen
+    from past rounds only, so either choice keeps the round exact. Shared per (large model, small model,
+    sampling or not) in the process."""
+
+    WIDTHS = (1, 4)
+    EXPLORE, EVERY, DECAY = 3, 8, 0.97
+    _shared: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def __init__(self):
+        self.tokens = {w: 0.0 for w in self.WIDTHS}
+        self.cost = {w: 0.0 for w in self.WIDTHS}
+        self.rounds = {w: 0 for w in self.WIDTHS}
+        self.n = 0
+
+    @classmethod
+    def of(cls, small: ModelAdapter, large: ModelAdapter, do_sample: bool) -> "WidthChooser":
+        per_large = cls._shared.setdefault(large.model, {})
+        key = (id(small.model), do_sample)
+        if key not in per_large:
+            per_large[key] = cls()
+        return per_large[key]
+
+    def rate(self, w: int) -> float:
+        return self.tokens[w] / self.cost[w] if self.cost[w] > 0 else 0.0
+
+    def pick(self) -> int:
+        untried = [w for w in self.WIDTHS if self.rounds[w] < self.EXPLORE]
+        if untried:
+            return untried[0]
+        self.n += 1
+        best = max(self.WIDTHS, key=self.rate)
+        if self.n % self.EVERY == 0:
+            return next(w for w in self.WIDTHS if w != best)
+        return best
+
+    def learn(self, width: int, committed: int, cost: float) -> None:
+        if width not in self.tokens:
+            return
+        self.tokens[width] = self.DECAY * self.tokens[width] + committed
+        self.cost[width] = self.DECAY * self.cost[width] + cost
+        self.rounds[width] += 1
 
 
 def _read(tok, top, keep, more, bad):
