@@ -664,7 +664,9 @@ class BiLDGenerator:
             M independent drafts per prompt in one batched small-model pass, one large pass over all of
             them, depth-first verification at the first position (lossless). Needs exact verification,
             do_sample=True and a family whose batches decode together (README: supported families).
-        draft_tree: None or "off" (default: one chain of drafts per round) or an integer k >= 2: tree drafts
+        draft_tree: None or "off" (default: one chain of drafts per round), "auto" (per round a chain or a tree of
+            4, from the tokens per unit of cost measured so far, `bild.tree.WidthChooser`; chains where trees
+            cannot be served) or an integer k >= 2: tree drafts
             (`bild.tree`): the small model's k candidates for the first draft position, each continued into a
             chain, verified by the large model in one pass under a tree attention mask; the longest accepted
             path is kept. Exact (greedy: the large model's output; sampling: its distribution, by SpecInfer's
