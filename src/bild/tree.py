@@ -28,7 +28,7 @@ import weakref
 import torch
 
 from . import online_costs
-from .adapters import (ModelAdapter, _close, _probe_tokens, _self_attention_layers, capabilities, cache_layer_kinds,
+from .adapters import (ModelAdapter, _close, _plain_attention, _probe_tokens, _self_attention_layers, capabilities,
                        execution_device, to_device)
 from .batch import CacheReader
 from .decoding import DraftVerifyLoop
@@ -152,10 +152,9 @@ def tree_problem(model) -> str:
     """Why tree drafts cannot run on this model ("" if they can)."""
     if model.config.is_encoder_decoder:
         return "it is an encoder-decoder model"
-    kinds = cache_layer_kinds(model)
-    if kinds != {"DynamicLayer"}:
-        return (f"its cache holds {', '.join(sorted(kinds - {'DynamicLayer'}))} layers (a sliding window or a "
-                "recurrent state), not only full-attention layers")
+    if not _plain_attention(model):  # the layers a config asks for, whatever cache this release builds
+        return ("its attention is not full attention over plain cache layers (a sliding or local window, or a "
+                "recurrent / linear-attention state), which a tree mask would override or cannot express")
     if not capabilities(model).takes_positions:
         return "its forward takes no per-token `position_ids`"
     if not tree_mask_is_exact(model):
