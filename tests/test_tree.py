@@ -42,6 +42,18 @@ def test_greedy_tree_equals_large_generate(family, one_thread):
     assert accepted > 0  # drafts were kept, so paths other than the first token were gathered
 
 
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_tree_mask_on_both_attention_paths(impl, one_thread):
+    """The 4D additive mask is added by eager attention and passed to sdpa as a float mask."""
+    small, large = make_pair("llama")
+    for m in (small, large):
+        m.set_attn_implementation(impl)
+    for ids in _prompts(2):
+        want = large.generate(ids, max_new_tokens=24, do_sample=False)
+        gen = bild.BiLDGenerator(small, large, draft_tree=3, fallback_threshold=0, max_small_steps=4)
+        assert torch.equal(gen.generate(ids, max_new_tokens=24, do_sample=False), want)
+
+
 def test_greedy_tree_default_policy_padding_and_eos(one_thread):
     """The adaptive policy's depths, a left-padded prompt at batch 1, an eos in the way."""
     small, large = make_pair("llama")
