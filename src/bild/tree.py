@@ -57,11 +57,12 @@ class TreeCache:
             self.path.append((self.path[p] if p >= 0 else []) + [start + i])
             self.pos.append(self.pos[p] + 1 if p >= 0 else self.root_pos)
         T = start + n
-        sees = torch.zeros(n, T, dtype=torch.bool)
+        sees = [[False] * T for _ in range(n)]
         for i in range(n):
-            sees[i, self.path[start + i]] = True
-        dev = a.device
-        visible = torch.cat([a.mask[0, : self.base].expand(n, -1), sees.to(dev)], dim=1)  # [n, base + T]
+            for j in self.path[start + i]:
+                sees[i][j] = True
+        dev = a.device  # (a host list through `to_device`: on CUDA no wait for queued work)
+        visible = torch.cat([a.mask[0, : self.base].expand(n, -1), to_device(sees, dev, torch.bool)], dim=1)
         dtype = a.model.dtype if a.model.dtype.is_floating_point else torch.float32
         mask = torch.zeros(n, visible.shape[1], dtype=dtype, device=dev).masked_fill(~visible,
                                                                                     torch.finfo(dtype).min)
