@@ -85,11 +85,11 @@ def test_tree_accepts_more_per_round_than_the_chain(one_thread):
 
 
 # -- sampling --------------------------------------------------------------------------------------------
-N = 4000
+N = 3000
 
 
-def tree_joint(small, large, k=3) -> torch.Tensor:
-    """Counts of (t2, t3) over N batch-1 runs of the tree loop (driven directly: generate's own setup per call
+def tree_joint(small, large, k=3, n=N) -> torch.Tensor:
+    """Counts of (t2, t3) over n batch-1 runs of the tree loop (driven directly: generate's own setup per call
     would dominate)."""
     opts = check_options(fallback_threshold=0.0, max_small_steps=2, verification="exact", draft_tree=k)
     gc = GenerationConfig(do_sample=True, temperature=TEMP, top_k=0, pad_token_id=0)
@@ -99,7 +99,7 @@ def tree_joint(small, large, k=3) -> torch.Tensor:
     ids = torch.tensor([PROMPT])
     torch.manual_seed(0)
     counts = torch.zeros(V * V, dtype=torch.float64)
-    for _ in range(N):
+    for _ in range(n):
         seq = lp.run(ids, None, 4)[0][0]
         counts[int(seq[len(PROMPT) + 1]) * V + int(seq[len(PROMPT) + 2])] += 1
     assert lp.stats.rounds >= 1
@@ -111,7 +111,7 @@ def test_tree_sampling_preserves_the_large_distribution(one_thread, monkeypatch)
     truth = exact_joint(large)
     counts = tree_joint(small, large)
     tv = 0.5 * (counts / N - truth).abs().sum()
-    assert chi_square_pvalue(counts, truth) > 1e-4 and tv < 0.06, tv
+    assert chi_square_pvalue(counts, truth) > 1e-4 and tv < 0.09, tv
 
     # control: the same test rejects a tree rule that follows the first draft and keeps it whole
     def follow_first(drafts, n_draft, p, q):
@@ -119,7 +119,7 @@ def test_tree_sampling_preserves_the_large_distribution(one_thread, monkeypatch)
         zero = torch.zeros(B, dtype=torch.long)
         return zero, n_draft[:, 0], torch.multinomial(p[torch.arange(B), 0, n_draft[:, 0]], 1).squeeze(-1)
     monkeypatch.setattr(bild.tree, "verify_batch_drafts", follow_first)
-    bad = tree_joint(small, large)
+    bad = tree_joint(small, large, n=1000)
     assert chi_square_pvalue(bad, truth) < 1e-6
 
 
