@@ -45,6 +45,7 @@ class DecodeOptions:
     opt_epsilon: float = 0.0
     costs: object = "auto"  # see BiLDGenerator
     num_drafts: int = 1  # Yin et al.'s batch speculative decoding: M drafts per prompt (sampling, exact)
+    draft_tree: int | str | None = None  # k candidates per tree branching, "auto" (`bild.tree`); None: a chain
 
     @property
     def uses_small(self) -> bool:

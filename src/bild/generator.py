@@ -28,6 +28,7 @@ from .options import (AUTO, POLICIES_PER_MODEL, _policy_for, check_lookup, check
                       make_policy, resolve_costs, resolve_lookup_costs)
 from .policies import DraftPolicy
 from .proposers import CombinedProposer, PromptLookupProposer
+from .tree import TreeLoop, check_tree_models, trees_served
 from .stats import GenerationStats
 
 # names that lived here up to 0.12 (option checks and policy construction: bild.options; pair, input and
@@ -70,7 +71,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
              small_model=None, fallback_threshold: float | str = AUTO, rollback_threshold: float | None = None,
              max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
              draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1,
-             inputs_tensor=None,
+             draft_tree: int | str | None = None, inputs_tensor=None,
              bild_streamer=None, bild_stats=None, bild_policy=None, bild_lookup_policy=None, **model_kwargs):
     """Draft-then-verify decoding as a transformers `custom_generate` callable.
 
@@ -87,7 +88,7 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     the large model's cache at batch 1 (as transformers', to continue from), None for batches.
     """
     opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
-                         draft_schedule, opt_epsilon, costs, num_drafts)
+                         draft_schedule, opt_epsilon, costs, num_drafts, draft_tree)
     if bild_streamer is None and _dropped_streamer() is not None:
         warnings.warn("`streamer` passed to `large.generate(..., custom_generate=bild.generate)` is dropped by "
                       "transformers before bild runs: nothing is streamed. Stream with "
@@ -101,6 +102,12 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     else:
         check_dtypes(None, model)
         check_model(model, "large_model")
+    if opts.draft_tree == AUTO:  # trees where they can be served, else chains
+        if not trees_served(small_model, model, lookup is not None):
+            opts = copy.copy(opts)
+            opts.draft_tree = None
+    elif opts.draft_tree:
+        check_tree_models(small_model, model, lookup is not None)
     uses_small = small_model is not None and opts.uses_small
     check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
     check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
@@ -143,6 +150,10 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
                              f"{type(model).__name__} / {type(small_model).__name__} decode row by row "
                              "(see bild.adapters)")
     B = input_ids.shape[0]
+    tree = opts.draft_tree if uses_small and B == 1 else None
+    if isinstance(opts.draft_tree, int) and uses_small and B > 1:
+        warnings.warn(f"`draft_tree`={opts.draft_tree} runs at batch 1: this batch of {B} drafts chains",
+                      BiLDWarning, stacklevel=2)
 
     def loop(batch, prompt_len, slot=None, streamer=None):
         """A loop over `batch` rows, with its own sessions of the shared policies (`DraftPolicy.open`)."""
@@ -152,8 +163,9 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
             costs = resolve_costs(policy, opts.costs, small_model, model, batch, prompt_len, max_new)
             session = policy.open(batch // M, costs)  # the policy sees prompts; forwards run batch rows
             sessions.append((policy, session))
-        lp = DraftVerifyLoop(small, large, opts, session, gc, logits_processor, stopping_criteria, streamer, stats,
-                             batch_slot=slot)  # its proposer: the small model, or none
+        args = (small, large, opts, session, gc, logits_processor, stopping_criteria, streamer, stats)
+        lp = (TreeLoop(*args, batch_slot=slot, width=tree) if tree and batch == 1
+              else DraftVerifyLoop(*args, batch_slot=slot))  # its proposer: the small model, or none
         if lookup is not None:
             lk_session = lookup_policy.open(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
             sessions.append((lookup_policy, lk_session))
@@ -295,6 +307,15 @@ class BiLDGenerator:
             M independent drafts per prompt in one batched small-model pass, one large pass over all of
             them, depth-first verification at the first position (lossless). Needs exact verification,
             do_sample=True and a family whose batches decode together (README: supported families).
+        draft_tree: None or "off" (default: one chain of drafts per round), "auto" (per round a chain or a tree of
+            4, from the tokens per unit of cost measured so far, `bild.tree.WidthChooser`; chains where trees
+            cannot be served) or an integer k >= 2: tree drafts
+            (`bild.tree`): the small model's k candidates for the first draft position, each continued into a
+            chain, verified by the large model in one pass under a tree attention mask; the longest accepted
+            path is kept. Exact (greedy: the large model's output; sampling: its distribution, by SpecInfer's
+            multi-draft rule). Needs verification "exact", num_drafts 1, no prompt lookup, and decoder-only
+            models with full-attention caches that pass a tree-mask probe (else a ValueError naming
+            `draft_tree`); runs at batch 1 (a batch drafts chains, with a warning).
 
     Under exact verification the draft policy (`self.policy`) keeps learning across calls (`reset_policy()`
     forgets); with costs="auto" it is shared by every generator and `bild.generate` call of these two models
@@ -310,9 +331,12 @@ class BiLDGenerator:
     def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
                  fallback_threshold: float | str = AUTO, rollback_threshold: float | None = None,
                  max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
-                 draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1):
+                 draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1,
+                 draft_tree: int | str | None = None):
         self.options = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification,
-                                     uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts)
+                                     uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts, draft_tree)
+        if isinstance(self.options.draft_tree, int):
+            check_tree_models(small_model, large_model, False)
         if small_model is not None:
             check_pair(small_model, large_model)
             check_small_draft(small_model, large_model, num_drafts)
@@ -371,7 +395,7 @@ class BiLDGenerator:
             fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
             max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
             draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
-            bild_streamer=streamer,
+            draft_tree=o.draft_tree, bild_streamer=streamer,
             bild_stats=stats, bild_policy=self.policy, **kwargs)
         self.stats = stats
         return out

@@ -15,6 +15,7 @@ from .online_costs import learned_costs, lookup_costs, prior_costs
 from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
                        ThresholdPolicy)
 from .timing import CostTable
+from .tree import check_draft_tree
 
 
 VERIFICATIONS = ("rollback", "exact", "block")
@@ -24,7 +25,8 @@ DEFAULT_ROLLBACK_THRESHOLD = 5.0  # BiLD's rule when chosen without a number
 
 
 def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_steps=AUTO, verification=None,
-                  uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO, num_drafts=1) -> DecodeOptions:
+                  uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO, num_drafts=1,
+                  draft_tree=None) -> DecodeOptions:
     """Validate the engine's own arguments; raise ValueError naming the argument and what is allowed.
 
     Defaults are lossless: `verification=None` means "exact", unless a `rollback_threshold` is given, which
@@ -78,8 +80,9 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_st
     if num_drafts > 1 and (uno_epsilon > 0 or opt_epsilon > 0):
         raise ValueError("`num_drafts` > 1 is lossless batch speculative decoding: it takes no `uno_epsilon` / "
                          "`opt_epsilon`")
+    draft_tree = check_draft_tree(draft_tree, verification, num_drafts, uno_epsilon or opt_epsilon)
     return DecodeOptions(fallback_threshold, float(rollback_threshold), max_small_steps, verification,
-                         float(uno_epsilon), draft_schedule, float(opt_epsilon), costs, num_drafts)
+                         float(uno_epsilon), draft_schedule, float(opt_epsilon), costs, num_drafts, draft_tree)
 
 
 def lossy(opts: DecodeOptions) -> bool:
@@ -185,7 +188,7 @@ def _policy_for(small_model, large_model, opts: DecodeOptions, lookup: tuple[int
     if not isinstance(fresh, AdaptivePolicy):
         return fresh
     key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.verification, opts.num_drafts,
-           opts.costs == AUTO, lookup)
+           opts.costs == AUTO, lookup, opts.draft_tree)
     with _POLICIES_LOCK:
         per_large = _POLICIES.setdefault(large_model, OrderedDict())
         held = per_large.get(key)
