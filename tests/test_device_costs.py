@@ -105,13 +105,33 @@ def test_timing_around_the_call_sees_nothing_on_an_asynchronous_device(fake_devi
     assert online_costs.learned_costs(small, large, 1) == online_costs.prior_costs(small, large, 1)
 
 
-@pytest.mark.parametrize("mode", ["greedy", "sample-exact", "auto-exact"])
+def test_tree_forwards_are_timed_at_the_reads(fake_device):
+    """Tree drafts (`draft_tree`) on the asynchronous device: every forward recorded is the device's time for its
+    width (the small model's per depth, the large model's over the whole tree), and the output is exact."""
+    small, large = make_pair("llama")
+    ids, mask = make_inputs("llama", 1, seed=4)
+    want = large.generate(ids, attention_mask=mask, max_new_tokens=N, do_sample=False)
+    fake_device(small, large)
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=3, draft_tree=2)
+    for _ in range(3):
+        assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=N), want)
+    large_times = online_costs.model_times(large).times
+    assert any(n >= 5 and d for (b, n), d in large_times.items())  # tree passes: 2 chains x up to 3 drafts
+    for (b, n), d in large_times.items():
+        assert list(d) == pytest.approx([LARGE * (1 + SLOPE * (n - 1))] * len(d)), n
+    small_times = online_costs.model_times(small).times
+    assert small_times and all(list(d) == pytest.approx([SMALL] * len(d)) for d in small_times.values())
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample-exact", "auto-exact", "tree"])
 def test_the_read_clock_adds_no_read(mode, monkeypatch):
     """tests/test_host_reads.py's budget, with forwards timed at the reads (a real clock)."""
     monkeypatch.setattr(timing, "synchronous", lambda device: False)
     small, large = make_pair("llama")
-    ids, mask = make_inputs("llama", 4, seed=4)
+    ids, mask = make_inputs("llama", 1 if mode == "tree" else 4, seed=4)
     kw = dict(fallback_threshold=0.3, max_small_steps=4, verification="exact")
+    if mode == "tree":
+        kw.update(draft_tree=2)
     gen_kw = dict(max_new_tokens=24)
     if mode == "sample-exact":
         gen_kw.update(do_sample=True, top_k=0)
@@ -125,4 +145,4 @@ def test_the_read_clock_adds_no_read(mode, monkeypatch):
     s = gen.stats
     assert s.rounds > 3
     assert state["reads"] <= s.small_forwards + s.rounds + 3, (state["reads"], s.small_forwards, s.rounds)
-    assert online_costs.model_times(large).medians(4)  # timed at the reads
+    assert online_costs.model_times(large).medians(ids.shape[0])  # timed at the reads
