@@ -28,6 +28,7 @@ warm-up also lets the exact default learn costs and acceptance, as a user's firs
 
 Speedup: median over prompts of t(large greedy) / t(method). "same" counts outputs equal to large greedy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,19 +56,30 @@ def methods(small, large, batch):
     """name -> callable(x, **kw) returning the output; generators persist across prompts."""
     m = {"large greedy": lambda x, **kw: large.generate(x, **kw)}
     if batch == 1:
+
         def assisted(x, **kw):
             with assistant_config(small, None):
                 return large.generate(x, assistant_model=small, **kw)
+
         m["assisted default"] = assisted
     gens = {"exact auto": BiLDGenerator(small, large, verification="exact")}
-    gens.update({f"exact k={k}": BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0,
-                                               max_small_steps=k) for k in FIXED})
-    gens["exact 0.6/10"] = BiLDGenerator(small, large, verification="exact", fallback_threshold=0.6,
-                                         max_small_steps=10)
+    gens.update(
+        {
+            f"exact k={k}": BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0, max_small_steps=k)
+            for k in FIXED
+        }
+    )
+    gens["exact 0.6/10"] = BiLDGenerator(small, large, verification="exact", fallback_threshold=0.6, max_small_steps=10)
     gens["BiLD auto"] = BiLDGenerator(small, large, verification="rollback")
-    gens.update({f"BiLD {f:g}/{k}": BiLDGenerator(small, large, verification="rollback", fallback_threshold=f,
-                                                     max_small_steps=k)
-                 for f in (0.0, 0.6) for k in FIXED})
+    gens.update(
+        {
+            f"BiLD {f:g}/{k}": BiLDGenerator(
+                small, large, verification="rollback", fallback_threshold=f, max_small_steps=k
+            )
+            for f in (0.0, 0.6)
+            for k in FIXED
+        }
+    )
     for name, g in gens.items():
         m[name] = (lambda g: lambda x, **kw: g.generate(x, **kw))(g)
     return m, gens
@@ -76,23 +88,32 @@ def methods(small, large, batch):
 def run(pair_name, batch, args, log):
     agreement, confidence = PAIRS[pair_name]
     t0 = time.perf_counter()
-    small, large, info = build_controlled_pair("llama", agreement, confidence=confidence, hidden=args.hidden,
-                                               layers=args.layers, vocab=args.vocab, seed=args.seed)
-    log(f"\n== {pair_name} (agreement {info.agreement:.3f}, small-model mean confidence "
+    small, large, info = build_controlled_pair(
+        "llama",
+        agreement,
+        confidence=confidence,
+        hidden=args.hidden,
+        layers=args.layers,
+        vocab=args.vocab,
+        seed=args.seed,
+    )
+    log(
+        f"\n== {pair_name} (agreement {info.agreement:.3f}, small-model mean confidence "
         f"{info.small_confidence:.3f}), batch {batch}: {args.prompts} prompts x {args.new_tokens} tokens "
-        f"(pair built in {time.perf_counter() - t0:.0f}s)")
+        f"(pair built in {time.perf_counter() - t0:.0f}s)"
+    )
     prompts = make_prompts(info.vocab, args.prompts + 1, args.prompt_len, batch_size=batch, seed=args.seed + 1)
     warm, prompts = prompts[0], prompts[1:]
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
     table, gens = methods(small, large, batch)
-    for name, fn in table.items():  # warm-up (the adaptive generators measure costs and learn here)
+    for fn in table.values():  # warm-up (the adaptive generators measure costs and learn here)
         fn(warm, attention_mask=torch.ones_like(warm), **kw)
     times = {n: [] for n in table}
     same = {n: 0 for n in table}
     names = list(table)
     for i, x in enumerate(prompts):
         ref = None
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         outs = {}
         for name in order:
             t = time.perf_counter()
@@ -105,41 +126,62 @@ def run(pair_name, batch, args, log):
     rows = {}
     for name in names:
         sp = statistics.median(b / t for b, t in zip(base, times[name]))
-        rows[name] = dict(speedup=sp, same=same[name], ms_per_token=1e3 * statistics.median(times[name]) /
-                          args.new_tokens / batch)
+        rows[name] = dict(
+            speedup=sp, same=same[name], ms_per_token=1e3 * statistics.median(times[name]) / args.new_tokens / batch
+        )
         if name in gens:
             st = gens[name].stats
-            rows[name].update(alpha=st.acceptance_rate, tokens_per_call=st.tokens_per_large_call,
-                              draftless=st.draftless_rounds / max(1, st.rounds))
+            rows[name].update(
+                alpha=st.acceptance_rate,
+                tokens_per_call=st.tokens_per_large_call,
+                draftless=st.draftless_rounds / max(1, st.rounds),
+            )
             if "auto" in name:
-                rows[name]["policy"] = {k: v for k, v in st.policy.items() if k in
-                                        ("drafting", "draft_length", "alpha", "rate", "costs")}
+                rows[name]["policy"] = {
+                    k: v for k, v in st.policy.items() if k in ("drafting", "draft_length", "alpha", "rate", "costs")
+                }
     log(f"{'method':18s} {'speedup':>8s} {'same':>5s} {'ms/tok':>7s} {'alpha':>6s} {'tok/call':>8s} {'no-draft':>8s}")
     for name, r in rows.items():
-        extra = (f" {r['alpha']:6.2f} {r['tokens_per_call']:8.2f} {r['draftless']:8.2f}" if "alpha" in r else "")
+        extra = f" {r['alpha']:6.2f} {r['tokens_per_call']:8.2f} {r['draftless']:8.2f}" if "alpha" in r else ""
         log(f"{name:18s} {r['speedup']:7.2f}x {r['same']:2d}/{len(prompts):<2d} {r['ms_per_token']:7.2f}{extra}")
     best_exact = max((rows[f"exact k={k}"]["speedup"], k) for k in FIXED)
     best_bild = max((rows[n]["speedup"], n) for n in rows if n.startswith("BiLD ") and n != "BiLD auto")
     summary = dict(
-        exact_auto=rows["exact auto"]["speedup"], exact_best_fixed=best_exact[0], exact_best_k=best_exact[1],
+        exact_auto=rows["exact auto"]["speedup"],
+        exact_best_fixed=best_exact[0],
+        exact_best_k=best_exact[1],
         exact_auto_vs_best=rows["exact auto"]["speedup"] / best_exact[0],
-        exact_auto_vs_assisted=(rows["exact auto"]["speedup"] / rows["assisted default"]["speedup"]
-                                if "assisted default" in rows else None),
-        bild_auto=rows["BiLD auto"]["speedup"], bild_best_fixed=best_bild[0], bild_best=best_bild[1],
-        bild_auto_vs_best=rows["BiLD auto"]["speedup"] / best_bild[0])
+        exact_auto_vs_assisted=(
+            rows["exact auto"]["speedup"] / rows["assisted default"]["speedup"] if "assisted default" in rows else None
+        ),
+        bild_auto=rows["BiLD auto"]["speedup"],
+        bild_best_fixed=best_bild[0],
+        bild_best=best_bild[1],
+        bild_auto_vs_best=rows["BiLD auto"]["speedup"] / best_bild[0],
+    )
     log("summary: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     log(f"policy (exact auto): {rows['exact auto'].get('policy')}")
     log(f"policy (BiLD auto):  {rows['BiLD auto'].get('policy')}")
-    return dict(pair=pair_name, batch=batch, agreement=info.agreement, confidence=info.small_confidence,
-                rows=rows, summary=summary)
+    return dict(
+        pair=pair_name,
+        batch=batch,
+        agreement=info.agreement,
+        confidence=info.small_confidence,
+        rows=rows,
+        summary=summary,
+    )
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", nargs="+", default=["under_high", "under_low", "over_low"], choices=sorted(PAIRS))
     ap.add_argument("--batch_size", type=int, nargs="+", default=[1])
-    ap.add_argument("--batch8_pair", default="calibrated", choices=sorted(PAIRS),
-                    help="also run this pair at batch 8 (use 'none' to skip)")
+    ap.add_argument(
+        "--batch8_pair",
+        default="calibrated",
+        choices=sorted(PAIRS),
+        help="also run this pair at batch 8 (use 'none' to skip)",
+    )
     ap.add_argument("--no_batch8", action="store_true")
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--new_tokens", type=int, default=64)
@@ -156,8 +198,11 @@ def main(argv=None):
 
     def log(s):
         print(s, flush=True)
-    log(f"adaptive policy benchmark, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), cpu")
+
+    log(
+        f"adaptive policy benchmark, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), cpu"
+    )
     runs = [(p, b) for p in args.pairs for b in args.batch_size]
     if not args.no_batch8:
         runs.append((args.batch8_pair, 8))

@@ -72,6 +72,7 @@ def metric_fns(task: str):
 
         def score(hyps, refs):
             return sacrebleu.corpus_bleu(hyps, [refs]).score
+
         return "BLEU", score
     from rouge_score import rouge_scorer
 
@@ -79,6 +80,7 @@ def metric_fns(task: str):
 
     def score(hyps, refs):
         return 100 * sum(sc.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)) / max(len(hyps), 1)
+
     return "ROUGE-L", score
 
 
@@ -90,9 +92,14 @@ def main(argv=None) -> int:
     p.add_argument("--max_new_tokens", type=int, default=48)
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--max_source_chars", type=int, default=1200, help="truncate long sources (XSum docs)")
-    p.add_argument("--bild", action="append", default=None, metavar="FB,RB",
-                   help="BiLD fallback,rollback thresholds, or 'auto' for the library's defaults (adaptive "
-                        "policy, rollback 5) (repeatable; default: auto and 0.6,3)")
+    p.add_argument(
+        "--bild",
+        action="append",
+        default=None,
+        metavar="FB,RB",
+        help="BiLD fallback,rollback thresholds, or 'auto' for the library's defaults (adaptive "
+        "policy, rollback 5) (repeatable; default: auto and 0.6,3)",
+    )
     p.add_argument("--max_small_steps", default="auto", help="'auto' or an integer (the fixed-threshold rows)")
     p.add_argument("--exact_fallback", default="auto", help="fallback threshold of the exact (SD) run, or 'auto'")
     p.add_argument("--methods", default="large,assisted,bild,exact,small")
@@ -130,11 +137,17 @@ def main(argv=None) -> int:
             gens["bild(auto)"] = BiLDGenerator(small, large, verification="rollback")  # BiLD's rule, thresholds auto
             continue
         fb, rb = (float(x) for x in setting.split(","))
-        gens[f"bild(fb={fb:g},rb={rb:g})"] = BiLDGenerator(small, large, fallback_threshold=fb, rollback_threshold=rb,
-                                                           max_small_steps=steps)
+        gens[f"bild(fb={fb:g},rb={rb:g})"] = BiLDGenerator(
+            small, large, fallback_threshold=fb, rollback_threshold=rb, max_small_steps=steps
+        )
     exact_fb = a.exact_fallback if a.exact_fallback == "auto" else float(a.exact_fallback)
-    exact = BiLDGenerator(small, large, fallback_threshold=exact_fb, verification="exact",
-                          max_small_steps=steps if exact_fb != "auto" else "auto")
+    exact = BiLDGenerator(
+        small,
+        large,
+        fallback_threshold=exact_fb,
+        verification="exact",
+        max_small_steps=steps if exact_fb != "auto" else "auto",
+    )
     kw = dict(do_sample=False, max_new_tokens=a.max_new_tokens, pad_token_id=pad)
 
     methods = {}
@@ -161,8 +174,10 @@ def main(argv=None) -> int:
             instr = format_instruction(row["source"], task, a.max_source_chars)
             examples.append((Path(f).parent.name or Path(f).stem, task, chat_prompt(tok, instr), row["target"]))
     batches = [examples[i : i + a.batch_size] for i in range(0, len(examples), a.batch_size)]
-    print(f"{len(examples)} examples from {len(files)} file(s), batch {a.batch_size}, methods: {', '.join(names)}",
-          flush=True)
+    print(
+        f"{len(examples)} examples from {len(files)} file(s), batch {a.batch_size}, methods: {', '.join(names)}",
+        flush=True,
+    )
 
     # ---- run --------------------------------------------------------------------------------
     rec = defaultdict(lambda: defaultdict(float))
@@ -173,11 +188,12 @@ def main(argv=None) -> int:
         enc0 = tok([e[2] for e in batches[0]], return_tensors="pt", padding=True, add_special_tokens=False)
         for name in names:
             methods[name](dict(**enc0)) if name != "assisted" else large.generate(
-                **enc0, assistant_model=small, do_sample=False, max_new_tokens=4, pad_token_id=pad)
+                **enc0, assistant_model=small, do_sample=False, max_new_tokens=4, pad_token_id=pad
+            )
         for bi, batch in enumerate(batches):
             enc = tok([e[2] for e in batch], return_tensors="pt", padding=True, add_special_tokens=False)
             width = enc.input_ids.shape[1]
-            order = names[bi % len(names):] + names[: bi % len(names)]
+            order = names[bi % len(names) :] + names[: bi % len(names)]
             for name in order:
                 cl.reset()
                 cs.reset()
@@ -198,7 +214,7 @@ def main(argv=None) -> int:
                     r["drafted"] += st.drafted
                     r["accepted"] += st.accepted
                     r["stats_tokens"] += st.new_tokens
-                for j, e in enumerate(batch):
+                for j in range(len(batch)):
                     k = bi * a.batch_size + j
                     outputs[name][k] = tok.decode(seqs[j, width : width + n_new[j]], skip_special_tokens=True).strip()
             line = " ".join(f"{n}={rec[n]['time'] / rec[n]['batches']:.2f}s" for n in names)
@@ -213,19 +229,26 @@ def main(argv=None) -> int:
     asst_t = rec["assisted"]["time"] if "assisted" in rec else None
     for name in names:
         r = rec[name]
-        row = {"method": name, "batch_size": a.batch_size, "examples": len(examples),
-               "latency_s": r["time"] / r["batches"],
-               "ms_per_token": 1000 * r["time"] / max(r["tokens"], 1),
-               "speedup_vs_large": (base_t / r["time"]) if base_t else float("nan"),
-               "speedup_vs_assisted": (asst_t / r["time"]) if asst_t else float("nan"),
-               "tokens_per_large_call": r["tokens"] / r["large_calls"] if r["large_calls"] else float("nan"),
-               "large_fwd_per_token": r["large_calls"] / max(r["tokens"], 1),
-               "small_fwd_per_token": r["small_calls"] / max(r["tokens"], 1),
-               "fallback_rate": r["fallbacks"] / r["stats_tokens"] if r["stats_tokens"] else float("nan"),
-               "rollback_rate": r["rollbacks"] / r["stats_tokens"] if r["stats_tokens"] else float("nan"),
-               "acceptance": r["accepted"] / r["drafted"] if r["drafted"] else float("nan"),
-               "same_as_large": (sum(outputs[name][i] == outputs["large"][i] for i in range(len(examples)))
-                                 / len(examples)) if "large" in outputs else float("nan")}
+        row = {
+            "method": name,
+            "batch_size": a.batch_size,
+            "examples": len(examples),
+            "latency_s": r["time"] / r["batches"],
+            "ms_per_token": 1000 * r["time"] / max(r["tokens"], 1),
+            "speedup_vs_large": (base_t / r["time"]) if base_t else float("nan"),
+            "speedup_vs_assisted": (asst_t / r["time"]) if asst_t else float("nan"),
+            "tokens_per_large_call": r["tokens"] / r["large_calls"] if r["large_calls"] else float("nan"),
+            "large_fwd_per_token": r["large_calls"] / max(r["tokens"], 1),
+            "small_fwd_per_token": r["small_calls"] / max(r["tokens"], 1),
+            "fallback_rate": r["fallbacks"] / r["stats_tokens"] if r["stats_tokens"] else float("nan"),
+            "rollback_rate": r["rollbacks"] / r["stats_tokens"] if r["stats_tokens"] else float("nan"),
+            "acceptance": r["accepted"] / r["drafted"] if r["drafted"] else float("nan"),
+            "same_as_large": (
+                sum(outputs[name][i] == outputs["large"][i] for i in range(len(examples))) / len(examples)
+            )
+            if "large" in outputs
+            else float("nan"),
+        }
         for (ds, task), idx in by_ds.items():
             mname, fn = metric_fns(task)
             hyps = [outputs[name][i] for i in idx]
@@ -249,9 +272,11 @@ def main(argv=None) -> int:
     md = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     md += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
     cmd = "python " + " ".join([os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv))
-    header = (f"# bench_pair ({tag}, {len(examples)} examples, max_new_tokens {a.max_new_tokens}, "
-              f"{torch.get_num_threads()} threads, small layers {getattr(small.config, 'bild_source_layers', '?')})\n\n"
-              f"`{cmd}`\n\n")
+    header = (
+        f"# bench_pair ({tag}, {len(examples)} examples, max_new_tokens {a.max_new_tokens}, "
+        f"{torch.get_num_threads()} threads, small layers {getattr(small.config, 'bild_source_layers', '?')})\n\n"
+        f"`{cmd}`\n\n"
+    )
     (out / f"results_{tag}.md").write_text(header + "\n".join(md) + "\n")
     with open(out / f"outputs_{tag}.jsonl", "w") as fh:
         for i, e in enumerate(examples):

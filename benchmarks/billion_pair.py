@@ -41,6 +41,7 @@ large step) at the same draft length is printed beside it.
 Every measurement is appended to a JSONL file (``--out``) as it is taken, so an interrupted run loses nothing; the
 tables are computed from that file (``--from`` re-prints them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,9 @@ PRESETS = {
 # model size -> build_controlled_pair arguments (and the dtype used unless --dtype says otherwise)
 SIZES = {
     "tiny": dict(hidden=64, layers=4, vocab=512, calib_prompts=4, calib_new_tokens=24, tolerance=0.05, dtype="float32"),
-    "1b": dict(hidden=2048, layers=16, vocab=32000, calib_prompts=4, calib_new_tokens=24, tolerance=0.04,
-               dtype="bfloat16"),
+    "1b": dict(
+        hidden=2048, layers=16, vocab=32000, calib_prompts=4, calib_new_tokens=24, tolerance=0.04, dtype="bfloat16"
+    ),
 }
 LARGE, ASSISTED, DEFAULTS = "large greedy", "transformers assisted", "bild defaults"
 NO_TREE = "n/a (this bild has no tree drafts)"
@@ -106,15 +108,18 @@ def make_methods(small, large, batch: int, chains, trees):
     methods = {LARGE: lambda x, **kw: large.generate(x, **kw)}
     missing = {}
     if batch == 1:
+
         def assisted(x, **kw):
             with assistant_config(small, None):  # defaults, restored after each call (its schedule mutates them)
                 return large.generate(x, assistant_model=small, **kw)
+
         methods[ASSISTED] = assisted
     else:
         missing[ASSISTED] = "n/a (transformers: batch 1 only)"
     gens = {DEFAULTS: BiLDGenerator(small, large)}
-    gens.update({f"bild chain k={k}": BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=k)
-                 for k in chains})
+    gens.update(
+        {f"bild chain k={k}": BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=k) for k in chains}
+    )
     for k in trees:
         name = f"bild tree k={k}"
         if not has_tree_drafts():
@@ -143,15 +148,27 @@ def run_block(small, large, info, target, batch, args, device, emit, log):
     key = dict(target=target, batch=batch)
     lens = sorted({1, 2, 3, 4, 5} | {k + 1 for k in args.chains})
     t0 = time.perf_counter()
-    costs = measure_costs(small, large, prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=batch,
-                          repeats=args.cost_repeats, warmup=1, forward_lens=lens, prefill_lens=[args.prompt_len])
+    costs = measure_costs(
+        small,
+        large,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        batch_size=batch,
+        repeats=args.cost_repeats,
+        warmup=1,
+        forward_lens=lens,
+        prefill_lens=[args.prompt_len],
+    )
     emit(dict(type="costs", **key, costs=costs.as_dict(), seconds=time.perf_counter() - t0))
-    log(f"  batch {batch}: cost table in {time.perf_counter() - t0:.0f}s: small step {costs.small(1) * 1e3:.1f} ms, "
-        f"large step {costs.large(1) * 1e3:.1f} ms, verify of {lens[-1]} tokens {costs.large(lens[-1]) * 1e3:.1f} ms")
+    log(
+        f"  batch {batch}: cost table in {time.perf_counter() - t0:.0f}s: small step {costs.small(1) * 1e3:.1f} ms, "
+        f"large step {costs.large(1) * 1e3:.1f} ms, verify of {lens[-1]} tokens {costs.large(lens[-1]) * 1e3:.1f} ms"
+    )
 
     methods, gens, missing = make_methods(small, large, batch, args.chains, args.trees)
-    prompts = make_prompts(info.vocab, args.prompts + 1, args.prompt_len, batch_size=batch, seed=args.seed + 1,
-                           device=device)
+    prompts = make_prompts(
+        info.vocab, args.prompts + 1, args.prompt_len, batch_size=batch, seed=args.seed + 1, device=device
+    )
     warm, prompts = prompts[0], prompts[1:]
     for name in list(methods):  # warm-up, untimed; a method this bild refuses here is reported, not run
         try:
@@ -166,19 +183,29 @@ def run_block(small, large, info, target, batch, args, device, emit, log):
     names = list(methods)
     continuations = []
     for i, x in enumerate(prompts):
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         outs, times = {}, {}
         for name in order:
             times[name], outs[name] = timed(lambda: methods[name](x, attention_mask=torch.ones_like(x), **kw), device)
         ref = outs[LARGE]
-        continuations.append((x, ref[:, x.shape[1]:]))
+        continuations.append((x, ref[:, x.shape[1] :]))
         for name in names:
-            rec = dict(type="run", **key, prompt=i, method=name, seconds=times[name],
-                       identical=bool(torch.equal(outs[name], ref)), tokens=args.new_tokens * batch)
+            rec = dict(
+                type="run",
+                **key,
+                prompt=i,
+                method=name,
+                seconds=times[name],
+                identical=bool(torch.equal(outs[name], ref)),
+                tokens=args.new_tokens * batch,
+            )
             if name in gens:
                 st = gens[name].stats
-                rec.update(tokens_per_large_call=st.tokens_per_large_call, acceptance=st.acceptance_rate,
-                           draft_length=(st.policy or {}).get("draft_length"))
+                rec.update(
+                    tokens_per_large_call=st.tokens_per_large_call,
+                    acceptance=st.acceptance_rate,
+                    draft_length=(st.policy or {}).get("draft_length"),
+                )
             emit(rec)
         log(f"    prompt {i}: " + ", ".join(f"{n} {times[LARGE] / times[n]:.2f}x" for n in names if n != LARGE))
     agree = statistics.mean(agreement_on(small, x, c) for x, c in continuations)
@@ -193,16 +220,27 @@ def run(args, emit, log):
     t_all = time.perf_counter()
     for target in args.agreements:
         t0 = time.perf_counter()
-        small, large, info = build_controlled_pair("llama", target, device=device, dtype=dtype, seed=args.seed,
-                                                   max_iters=args.calib_iters, **build)
+        small, large, info = build_controlled_pair(
+            "llama", target, device=device, dtype=dtype, seed=args.seed, max_iters=args.calib_iters, **build
+        )
         build_s = time.perf_counter() - t0
         params = sum(p.numel() for p in large.parameters())
         small_params = sum(p.numel() for p in small.parameters())
-        emit(dict(type="pair", target=target, info=info.as_dict(), build_seconds=build_s, large_params=params,
-                  small_params=small_params))
-        log(f"agreement {target}: pair built and calibrated in {build_s:.0f}s ({len(info.history)} calibration "
+        emit(
+            dict(
+                type="pair",
+                target=target,
+                info=info.as_dict(),
+                build_seconds=build_s,
+                large_params=params,
+                small_params=small_params,
+            )
+        )
+        log(
+            f"agreement {target}: pair built and calibrated in {build_s:.0f}s ({len(info.history)} calibration "
             f"rounds; alpha {info.alpha:.4g}, calibration agreement {info.agreement:.3f}, "
-            f"{'converged' if info.converged else 'NOT converged'})")
+            f"{'converged' if info.converged else 'NOT converged'})"
+        )
         for batch in args.batch_sizes:
             run_block(small, large, info, target, batch, args, device, emit, log)
             log(f"  elapsed {time.perf_counter() - t_all:.0f}s")
@@ -244,11 +282,16 @@ def summarise(records):
             runs = [by_prompt[p] for p in done]
             rows[name] = dict(
                 speedup=statistics.median(base[p]["seconds"] / by_prompt[p]["seconds"] for p in done),
-                identical=sum(r["identical"] for r in runs), n=len(runs),
+                identical=sum(r["identical"] for r in runs),
+                n=len(runs),
                 ms_per_token=1e3 * statistics.median(r["seconds"] / r["tokens"] for r in runs),
-                tokens_per_large_call=(statistics.mean(r["tokens_per_large_call"] for r in runs)
-                                       if "tokens_per_large_call" in runs[0] else None),
-                draft_length=runs[-1].get("draft_length"))
+                tokens_per_large_call=(
+                    statistics.mean(r["tokens_per_large_call"] for r in runs)
+                    if "tokens_per_large_call" in runs[0]
+                    else None
+                ),
+                draft_length=runs[-1].get("draft_length"),
+            )
         opt = None
         if b["costs"] is not None and b["agreement"] is not None:
             a = min(b["agreement"], 0.999)
@@ -284,26 +327,37 @@ def tables(records) -> str:
     lines = []
     if meta:
         p = next(iter(pairs.values()), None)
-        size = (f"Llama hidden {p['info']['hidden']} x {p['info']['layers']} layers, vocab {p['info']['vocab']}: "
-                f"large {_count(p['large_params'])} parameters, small (layer 1 + the shared embeddings, norm and "
-                f"head) {_count(p['small_params'])}" if p else "")
-        lines += [f"Device: **{meta['device_name']}** ({meta['device']}); {meta['dtype']}; torch {meta['torch']}, "
-                  f"transformers {meta['transformers']}, bild {meta['bild']}; {meta['date']}",
-                  f"Command: `{meta['command']}`",
-                  f"Pair: {size}; {a.get('prompts')} prompt(s) of {a.get('prompt_len')} tokens x "
-                  f"{a.get('new_tokens')} new tokens per row, greedy; ms/token = wall time per generated token, all "
-                  f"rows; methods interleaved per prompt after one warm-up each; speedup = median over prompts of "
-                  f"t(large greedy) / t(method); (k/n) = outputs identical to large greedy's.", ""]
+        size = (
+            f"Llama hidden {p['info']['hidden']} x {p['info']['layers']} layers, vocab {p['info']['vocab']}: "
+            f"large {_count(p['large_params'])} parameters, small (layer 1 + the shared embeddings, norm and "
+            f"head) {_count(p['small_params'])}"
+            if p
+            else ""
+        )
+        lines += [
+            f"Device: **{meta['device_name']}** ({meta['device']}); {meta['dtype']}; torch {meta['torch']}, "
+            f"transformers {meta['transformers']}, bild {meta['bild']}; {meta['date']}",
+            f"Command: `{meta['command']}`",
+            f"Pair: {size}; {a.get('prompts')} prompt(s) of {a.get('prompt_len')} tokens x "
+            f"{a.get('new_tokens')} new tokens per row, greedy; ms/token = wall time per generated token, all "
+            f"rows; methods interleaved per prompt after one warm-up each; speedup = median over prompts of "
+            f"t(large greedy) / t(method); (k/n) = outputs identical to large greedy's.",
+            "",
+        ]
         if pairs:
-            lines.append("Build (init + calibration) per pair: " + ", ".join(
-                f"{t}: {r['build_seconds']:.0f}s" for t, r in pairs.items()))
+            lines.append(
+                "Build (init + calibration) per pair: "
+                + ", ".join(f"{t}: {r['build_seconds']:.0f}s" for t, r in pairs.items())
+            )
             lines.append("")
     summary = summarise(records)
     trees = meta.get("tree_available", has_tree_drafts())
-    lines += ["| agreement (target / measured) | batch | large greedy ms/token | bild defaults | best fixed chain "
-              "| bild tree | transformers assisted | optimum (measured costs) | defaults / best chain "
-              "| defaults / assisted |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| agreement (target / measured) | batch | large greedy ms/token | bild defaults | best fixed chain "
+        "| bild tree | transformers assisted | optimum (measured costs) | defaults / best chain "
+        "| defaults / assisted |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     checks = []
     for (target, batch), s in summary.items():
         rows, missing = s["rows"], s["missing"]
@@ -314,17 +368,19 @@ def tables(records) -> str:
         if tree:
             tree_cell = _cell(rows, missing, tree[1], with_name=True)
         else:
-            tree_cell = next((v for n, v in missing.items() if n.startswith("bild tree")),
-                             NO_TREE if not trees else "not run")
+            tree_cell = next(
+                (v for n, v in missing.items() if n.startswith("bild tree")), NO_TREE if not trees else "not run"
+            )
         opt = s["optimum"]
-        opt_cell = (f"{opt['speedup']:.2f}x at k={opt['gamma']} (flat verify {opt['flat_verify']:.2f}x)"
-                    if opt else "?")
+        opt_cell = f"{opt['speedup']:.2f}x at k={opt['gamma']} (flat verify {opt['flat_verify']:.2f}x)" if opt else "?"
         d = rows.get(DEFAULTS, {}).get("speedup")
         vs_chain = f"{d / chain[0]:.2f}" if d and chain else "n/a"
         vs_assisted = f"{d / rows[ASSISTED]['speedup']:.2f}" if d and ASSISTED in rows else "n/a"
-        lines.append(f"| {target:.2f} / {measured} | {batch} | {large} | {_cell(rows, missing, DEFAULTS)} | "
-                     f"{chain_cell} | {tree_cell} | {_cell(rows, missing, ASSISTED)} | {opt_cell} | {vs_chain} | "
-                     f"{vs_assisted} |")
+        lines.append(
+            f"| {target:.2f} / {measured} | {batch} | {large} | {_cell(rows, missing, DEFAULTS)} | "
+            f"{chain_cell} | {tree_cell} | {_cell(rows, missing, ASSISTED)} | {opt_cell} | {vs_chain} | "
+            f"{vs_assisted} |"
+        )
         if d:
             c = []
             if chain:
@@ -335,14 +391,20 @@ def tables(records) -> str:
             weak_ok = "yes" if d >= 0.95 else "no"
             c.append(f"defaults / large greedy {d:.2f} (>= 0.95 where the draft is weak: {weak_ok})")
             checks.append(f"- agreement {target:.2f}, batch {batch}: " + "; ".join(c))
-    lines += ["", "| agreement | batch | method | speedup | identical | ms/token | tokens per large call "
-              "| draft length (last call) |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| agreement | batch | method | speedup | identical | ms/token | tokens per large call "
+        "| draft length (last call) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (target, batch), s in summary.items():
         for name, r in s["rows"].items():
             tpc = f"{r['tokens_per_large_call']:.2f}" if r["tokens_per_large_call"] is not None else ""
             dl = "" if r["draft_length"] is None else str(r["draft_length"])
-            lines.append(f"| {target:.2f} | {batch} | {name} | {r['speedup']:.2f}x | {r['identical']}/{r['n']} | "
-                         f"{r['ms_per_token']:.2f} | {tpc} | {dl} |")
+            lines.append(
+                f"| {target:.2f} | {batch} | {name} | {r['speedup']:.2f}x | {r['identical']}/{r['n']} | "
+                f"{r['ms_per_token']:.2f} | {tpc} | {dl} |"
+            )
         for name, reason in s["missing"].items():
             lines.append(f"| {target:.2f} | {batch} | {name} | {reason} | | | | |")
     if checks:
@@ -381,16 +443,28 @@ def parse(argv):
     ap.add_argument("--new-tokens", "--new_tokens", dest="new_tokens", type=int)
     ap.add_argument("--prompt-len", "--prompt_len", dest="prompt_len", type=int, default=16)
     ap.add_argument("--chains", type=int, nargs="+", help="fixed draft lengths swept (the best is reported)")
-    ap.add_argument("--trees", type=int, nargs="+", default=[2],
-                    help="tree branchings k (draft_tree=k) run where this bild has tree drafts")
+    ap.add_argument(
+        "--trees",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="tree branchings k (draft_tree=k) run where this bild has tree drafts",
+    )
     ap.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 at 1b, float32 at tiny")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--calib-iters", "--calib_iters", dest="calib_iters", type=int, default=8,
-                    help="bisection steps of the agreement calibration at most")
+    ap.add_argument(
+        "--calib-iters",
+        "--calib_iters",
+        dest="calib_iters",
+        type=int,
+        default=8,
+        help="bisection steps of the agreement calibration at most",
+    )
     ap.add_argument("--cost-repeats", "--cost_repeats", dest="cost_repeats", type=int, default=5)
-    ap.add_argument("--out", help="JSONL file the records are appended to "
-                    "(default: billion_pair_<device>_<time>.jsonl)")
+    ap.add_argument(
+        "--out", help="JSONL file the records are appended to (default: billion_pair_<device>_<time>.jsonl)"
+    )
     ap.add_argument("--from", dest="from_file", help="print the tables of this JSONL file and exit")
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset or ("gpu" if torch.device(args.device).type == "cuda" else "cpu")]
@@ -432,11 +506,21 @@ def main(argv=None) -> str:
         print(s, flush=True)
 
     argv_used = sys.argv[1:] if argv is None else list(argv)
-    emit(dict(type="meta", device=str(device), device_name=device_name(device),
-              dtype=args.dtype or SIZES[args.size]["dtype"], torch=torch.__version__,
-              transformers=transformers.__version__, bild=bild.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
-              command=shlex.join(["python", "benchmarks/billion_pair.py", *argv_used]), args=vars(args),
-              tree_available=has_tree_drafts()))
+    emit(
+        dict(
+            type="meta",
+            device=str(device),
+            device_name=device_name(device),
+            dtype=args.dtype or SIZES[args.size]["dtype"],
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            bild=bild.__version__,
+            date=time.strftime("%Y-%m-%d %H:%M"),
+            command=shlex.join(["python", "benchmarks/billion_pair.py", *argv_used]),
+            args=vars(args),
+            tree_available=has_tree_drafts(),
+        )
+    )
     log(f"writing records to {out}")
     run(args, emit, log)
     text = tables(records)

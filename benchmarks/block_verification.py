@@ -21,6 +21,7 @@ Columns, per K and rule, over the drafting rounds of all prompts:
   tok/round    committed tokens per round; ms/tok wall time per token (CPU, noisy; the recorder above adds the
                same small cost to both rules).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,9 @@ def expected_accepts(drafts, n_draft, p, q) -> tuple[torch.Tensor, torch.Tensor]
     in_draft = torch.arange(K, device=p.device)[None] < n_draft[:, None]
     ratio = p[:, :K].gather(-1, drafts[..., None]).squeeze(-1) / q.gather(-1, drafts[..., None]).squeeze(-1)
     token = torch.where(in_draft, ratio.clamp(max=1.0), 0.0).cumprod(-1).sum(-1)
-    h, _, _ = _block_terms(drafts, n_draft, p, q)                          # [B, K+1], 0 outside 1..gamma
+    h, _, _ = _block_terms(drafts, n_draft, p, q)  # [B, K+1], 0 outside 1..gamma
     after = torch.cat([(1 - h).flip(-1).cumprod(-1).flip(-1)[:, 1:], h.new_ones(h.shape[0], 1)], dim=1)
-    block = (torch.arange(K + 1, device=h.device) * h * after).sum(-1)     # sum_i i h_i prod_{j>i} (1 - h_j)
+    block = (torch.arange(K + 1, device=h.device) * h * after).sum(-1)  # sum_i i h_i prod_{j>i} (1 - h_j)
     return token, block
 
 
@@ -73,6 +74,7 @@ class Recorder:
             live = n_draft > 0
             self.rows.append(torch.stack([n_acc[live].double(), token[live].double(), block[live].double()], 1))
             return n_acc, nxt
+
         return recorded
 
     def __enter__(self):
@@ -103,8 +105,10 @@ def run(args) -> str:
     prompts = make_prompts(info.vocab, args.prompts, length=16, seed=args.seed + 1)
     rows = {}
     for K in args.draft_lengths:
-        gens = {rule: bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=K, verification=rule)
-                for rule in RULES}
+        gens = {
+            rule: bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=K, verification=rule)
+            for rule in RULES
+        }
         rec = Recorder()
         acc = {rule: [] for rule in RULES}
         secs = {rule: 0.0 for rule in RULES}
@@ -114,8 +118,9 @@ def run(args) -> str:
                 torch.manual_seed(args.seed * 1000 + n)
                 with rec:
                     t = time.perf_counter()
-                    gens[rule].generate(prompt, max_new_tokens=args.new_tokens, do_sample=True, temperature=1.0,
-                                        top_k=0, top_p=1.0)
+                    gens[rule].generate(
+                        prompt, max_new_tokens=args.new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0
+                    )
                     secs[rule] += time.perf_counter() - t
                 acc[rule].append(rec.take())
                 st = gens[rule].stats
@@ -125,34 +130,46 @@ def run(args) -> str:
         gain = mean_se(both[:, 2] - both[:, 1])
         for rule in RULES:
             a = torch.cat(acc[rule])
-            rows[K, rule] = dict(rounds=a.shape[0], measured=mean_se(a[:, 0]), exp=mean_se(a[:, 1 if rule == "exact"
-                                                                                                 else 2]),
-                                 tok_round=toks[rule][0] / max(1, toks[rule][1]),
-                                 ms_tok=1000 * secs[rule] / (args.prompts * args.new_tokens), gain=gain,
-                                 same_drafts=mean_se(both[:, 1 if rule == "exact" else 2]))
+            rows[K, rule] = dict(
+                rounds=a.shape[0],
+                measured=mean_se(a[:, 0]),
+                exp=mean_se(a[:, 1 if rule == "exact" else 2]),
+                tok_round=toks[rule][0] / max(1, toks[rule][1]),
+                ms_tok=1000 * secs[rule] / (args.prompts * args.new_tokens),
+                gain=gain,
+                same_drafts=mean_se(both[:, 1 if rule == "exact" else 2]),
+            )
     return report(args, info, built, rows)
 
 
 def report(args, info, built, rows) -> str:
     cmd = "python benchmarks/block_verification.py " + " ".join(sys.argv[1:])
-    lines = [f"`{cmd.strip()}`", "",
-             f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {args.threads} torch thread(s), "
-             f"torch {torch.__version__}; pair: llama hidden {info.hidden} x {info.layers} layers, vocab {info.vocab}, "
-             f"greedy agreement {info.agreement:.3f} (target {args.agreement}), built in {built:.0f}s; "
-             f"{args.prompts} prompts x {args.new_tokens} tokens, sampling at temperature 1", "",
-             "| K | rule | drafting rounds | kept drafts / round, measured | E[kept / round given the drafts] "
-             "| same, both rules on all rounds | tok / round | ms / tok |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`{cmd.strip()}`",
+        "",
+        f"{datetime.date.today()}, {platform.processor() or platform.machine()}, {args.threads} torch thread(s), "
+        f"torch {torch.__version__}; pair: llama hidden {info.hidden} x {info.layers} layers, vocab {info.vocab}, "
+        f"greedy agreement {info.agreement:.3f} (target {args.agreement}), built in {built:.0f}s; "
+        f"{args.prompts} prompts x {args.new_tokens} tokens, sampling at temperature 1",
+        "",
+        "| K | rule | drafting rounds | kept drafts / round, measured | E[kept / round given the drafts] "
+        "| same, both rules on all rounds | tok / round | ms / tok |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (K, rule), r in rows.items():
-        lines.append(f"| {K} | {rule} | {r['rounds']} | {r['measured'][0]:.3f} +- {r['measured'][1]:.3f} "
-                     f"| {r['exp'][0]:.3f} +- {r['exp'][1]:.3f} | {r['same_drafts'][0]:.3f} "
-                     f"| {r['tok_round']:.2f} | {r['ms_tok']:.1f} |")
+        lines.append(
+            f"| {K} | {rule} | {r['rounds']} | {r['measured'][0]:.3f} +- {r['measured'][1]:.3f} "
+            f"| {r['exp'][0]:.3f} +- {r['exp'][1]:.3f} | {r['same_drafts'][0]:.3f} "
+            f"| {r['tok_round']:.2f} | {r['ms_tok']:.1f} |"
+        )
     lines.append("")
     for K in args.draft_lengths:
         g = rows[K, "block"]["gain"]
         base = rows[K, "exact"]["same_drafts"][0]
-        lines.append(f"- K = {K}: block - token-wise on the same drafts: {g[0]:+.3f} +- {g[1]:.3f} kept drafts "
-                     f"per round ({100 * g[0] / base:+.1f} %)")
+        lines.append(
+            f"- K = {K}: block - token-wise on the same drafts: {g[0]:+.3f} +- {g[1]:.3f} kept drafts "
+            f"per round ({100 * g[0] / base:+.1f} %)"
+        )
     return "\n".join(lines)
 
 

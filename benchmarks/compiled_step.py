@@ -14,6 +14,7 @@ For the small and the large model of a controlled Llama pair, times one single-t
 
 The engine keeps the eager dynamic path (see docs/performance.md for the numbers and why).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,10 @@ from transformers import DynamicCache, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from controlled_pair import DTYPES, sync  # noqa: E402  (this folder is on sys.path when run as a script)
+
 from bild.adapters import capabilities  # noqa: E402
 from bild.pairs.controlled import build_controlled_pair  # noqa: E402
-from controlled_pair import DTYPES, sync  # noqa: E402  (this folder is on sys.path when run as a script)
 
 
 @torch.no_grad()
@@ -72,10 +74,14 @@ def main():
     small, large, info = build_controlled_pair("llama", None, alpha=0.01, device=dev, dtype=DTYPES[args.dtype])
     prompt = torch.randint(3, info.vocab, (1, 16), device=dev)
     mode = "reduce-overhead" if dev.type == "cuda" else "default"
-    print(f"controlled Llama pair on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), "
-          f"{args.dtype}; torch.compile mode {mode!r}")
-    print(f"{'model':6s} {'eager dynamic':>14s} {'eager static':>13s} {'compiled static':>16s} {'compile s':>10s} "
-          f"{'compiled / eager dynamic':>25s}")
+    print(
+        f"controlled Llama pair on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), "
+        f"{args.dtype}; torch.compile mode {mode!r}"
+    )
+    print(
+        f"{'model':6s} {'eager dynamic':>14s} {'eager static':>13s} {'compiled static':>16s} {'compile s':>10s} "
+        f"{'compiled / eager dynamic':>25s}"
+    )
     for name, model in (("small", small), ("large", large)):
         eager = step_times(model, prompt, args.steps, static=False)
         static = step_times(model, prompt, args.steps, static=True)
@@ -86,8 +92,11 @@ def main():
         compiled = step_times(model, prompt, args.steps, static=True, fn=compiled_fn)
         eager2 = step_times(model, prompt, args.steps, static=False)  # again, against drift
         eager = min(eager, eager2)
-        print(f"{name:6s} {eager * 1e3:11.2f} ms {static * 1e3:10.2f} ms {compiled * 1e3:13.2f} ms "
-              f"{compile_s:10.1f} {compiled / eager:25.2f}", flush=True)
+        print(
+            f"{name:6s} {eager * 1e3:11.2f} ms {static * 1e3:10.2f} ms {compiled * 1e3:13.2f} ms "
+            f"{compile_s:10.1f} {compiled / eager:25.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ order of the two alternates between repetitions. Throughput = new tokens / wall 
 threaded runs must equal the one-thread run's (exit status 1 otherwise). torch's intra-op threads are set by
 `--torch_threads` (default 1: the two Python threads then have a core each on a 2-core machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,13 +65,17 @@ def main():
     small, large, info = build_controlled_pair("llama", args.agreement, seed=0, **size)
     prompts = [p for p in make_prompts(size["vocab"], args.calls, length=16, seed=7)]
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-    gens = {"bild": bild.BiLDGenerator(small, large), "bild_rollback": bild.BiLDGenerator(small, large,
-                                                                                          rollback_threshold=5.0)}
+    gens = {
+        "bild": bild.BiLDGenerator(small, large),
+        "bild_rollback": bild.BiLDGenerator(small, large, rollback_threshold=5.0),
+    }
     calls = {name: (lambda g: lambda x: g.generate(x, **kw))(g) for name, g in gens.items()}
     calls["large"] = lambda x: large.generate(x, **kw)
     methods = args.methods.split(",")
-    print(f"pair: controlled llama {size}, agreement {info.agreement:.2f}; torch threads {args.torch_threads}; "
-          f"{args.calls} calls x {args.new_tokens} tokens per run, {args.reps} reps")
+    print(
+        f"pair: controlled llama {size}, agreement {info.agreement:.2f}; torch threads {args.torch_threads}; "
+        f"{args.calls} calls x {args.new_tokens} tokens per run, {args.reps} reps"
+    )
     ok = True
     with torch.no_grad():
         for name in methods:
@@ -79,7 +84,7 @@ def main():
             tps = {1: [], 2: []}
             for rep in range(args.reps):
                 ref = None
-                for threads in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                for threads in (1, 2) if rep % 2 == 0 else (2, 1):
                     dt, outs = run_calls(call, prompts, threads)
                     tps[threads].append(args.calls * args.new_tokens / dt)
                     if ref is None:
@@ -89,8 +94,10 @@ def main():
                         print(f"  {name}: outputs differ between 1 and 2 threads (rep {rep})")
             one, two = statistics.median(tps[1]), statistics.median(tps[2])
             ratios = [b / a for a, b in zip(tps[1], tps[2])]
-            print(f"{name:14s} 1 thread {one:7.1f} tok/s   2 threads {two:7.1f} tok/s   2/1 = {two / one:.2f}x "
-                  f"(per rep {min(ratios):.2f}-{max(ratios):.2f})")
+            print(
+                f"{name:14s} 1 thread {one:7.1f} tok/s   2 threads {two:7.1f} tok/s   2/1 = {two / one:.2f}x "
+                f"(per rep {min(ratios):.2f}-{max(ratios):.2f})"
+            )
     print("outputs identical across thread counts:", ok)
     return 0 if ok else 1
 

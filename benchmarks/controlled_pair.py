@@ -65,15 +65,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from bild.adapters import batch_layout  # noqa: E402
-from bild.pairs.controlled import build_controlled_pair, make_prompts, measure_agreement  # noqa: E402
 from bild.analysis.cost_model import CallRecord, ForwardCounter, best_fixed_draft, measure_costs, predict_time  # noqa: E402
+from bild.pairs.controlled import build_controlled_pair, make_prompts, measure_agreement  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 # (num_assistant_tokens, num_assistant_tokens_schedule, assistant_confidence_threshold)
 TUNING_GRID = [(k, "constant", thr) for k in (3, 5, 8, 12) for thr in (0.0, 0.2, 0.4)] + [
-    (5, "heuristic", 0.0), (5, "heuristic", 0.4)]
+    (5, "heuristic", 0.0),
+    (5, "heuristic", 0.4),
+]
 BILD_GRID = (2, 3, 4, 6, 10, 16)  # max_small_steps
 
 
@@ -207,37 +215,61 @@ def tune_bild(runner, prompts, base, log):
     for name, verification in (("bild exact", "exact"), ("bild BiLD", "rollback")):
         results = []
         for k in BILD_GRID:
-            runner.gens["grid"] = BiLDGenerator(runner.small, runner.large, verification=verification,
-                                                max_small_steps=k)
+            runner.gens["grid"] = BiLDGenerator(
+                runner.small, runner.large, verification=verification, max_small_steps=k
+            )
             ratios = [b / runner.run("grid", x)[0] for b, x in zip(base, prompts)]
             results.append((k, statistics.median(ratios)))
         k = max(results, key=lambda kv: kv[1])[0]
-        runner.gens[f"{name} tuned"] = BiLDGenerator(runner.small, runner.large, verification=verification,
-                                                     max_small_steps=k)
+        runner.gens[f"{name} tuned"] = BiLDGenerator(
+            runner.small, runner.large, verification=verification, max_small_steps=k
+        )
         picked[f"{name} tuned"] = f"max_small_steps={k}; "
-        log(f"{name} tuning on {len(prompts)} prompt(s): "
-            + ", ".join(f"max_small_steps={k}: {sp:.2f}x" for k, sp in results) + f" -> {k}")
+        log(
+            f"{name} tuning on {len(prompts)} prompt(s): "
+            + ", ".join(f"max_small_steps={k}: {sp:.2f}x" for k, sp in results)
+            + f" -> {k}"
+        )
     runner.gens.pop("grid", None)
     return picked
 
 
 def run_batch(small, large, info, args, batch, device, log):
     is_ed = bool(large.config.is_encoder_decoder)
-    prompts = make_prompts(info.vocab, args.prompts, args.prompt_len, batch_size=batch, seed=args.seed + 1,
-                           device=device)
-    bench_agree = measure_agreement(small, large, prompts if batch == 1 else [p[:1] for p in prompts],
-                                    args.new_tokens)
+    prompts = make_prompts(
+        info.vocab, args.prompts, args.prompt_len, batch_size=batch, seed=args.seed + 1, device=device
+    )
+    bench_agree = measure_agreement(small, large, prompts if batch == 1 else [p[:1] for p in prompts], args.new_tokens)
     t0 = time.perf_counter()
-    costs = measure_costs(small, large, prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=batch,
-                          max_verify=12, repeats=args.cost_repeats)
+    costs = measure_costs(
+        small,
+        large,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        batch_size=batch,
+        max_verify=12,
+        repeats=args.cost_repeats,
+    )
     row_by_row = is_ed and batch > 1 and batch_layout(large) == "rows"
-    costs_row = costs if not row_by_row else measure_costs(
-        small, large, prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch_size=1, max_verify=12,
-        repeats=args.cost_repeats)
-    log(f"\n== batch {batch}: {args.prompts} prompts x {args.new_tokens} new tokens; greedy agreement on these "
+    costs_row = (
+        costs
+        if not row_by_row
+        else measure_costs(
+            small,
+            large,
+            prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens,
+            batch_size=1,
+            max_verify=12,
+            repeats=args.cost_repeats,
+        )
+    )
+    log(
+        f"\n== batch {batch}: {args.prompts} prompts x {args.new_tokens} new tokens; greedy agreement on these "
         f"prompts {bench_agree:.3f}; cost table in {time.perf_counter() - t0:.1f}s: small step "
         f"{costs.small(1) * 1e3:.2f} ms, large step {costs.large(1) * 1e3:.2f} ms, large verify(11) "
-        f"{costs.large(11) * 1e3:.2f} ms, c = {costs.cost_ratio:.3f}")
+        f"{costs.large(11) * 1e3:.2f} ms, c = {costs.cost_ratio:.3f}"
+    )
 
     costs_ref = costs
     runner = Runner(small, large, args, device)
@@ -245,8 +277,9 @@ def run_batch(small, large, info, args, batch, device, log):
     tune_assisted_here = batch == 1 and not args.no_assisted
     picked = {}
     if tune_assisted_here or not args.no_tune_bild:
-        tune_prompts = make_prompts(info.vocab, args.tune_prompts, args.prompt_len, batch_size=batch,
-                                    seed=args.seed + 2, device=device)
+        tune_prompts = make_prompts(
+            info.vocab, args.tune_prompts, args.prompt_len, batch_size=batch, seed=args.seed + 2, device=device
+        )
         base = [runner.run("large greedy", x)[0] for x in tune_prompts]
         if tune_assisted_here:
             methods[1:1] = ["assisted default", "assisted tuned"]
@@ -258,13 +291,22 @@ def run_batch(small, large, info, args, batch, device, log):
     for m in methods:
         runner.run(m, warm)
 
-    rows = {m: dict(time=[], pred=[], eff=[], out=[], calls=[], small=[], stats=[], check=[], fwd=[], row_calls=[],
-                    row_small=[])
-            for m in methods}
-    quick = dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, max_verify=12,
-                 forward_lens=[1, 2, 3, 5, 8, 12], repeats=args.cost_repeats_per_prompt, warmup=1)
+    rows = {
+        m: dict(
+            time=[], pred=[], eff=[], out=[], calls=[], small=[], stats=[], check=[], fwd=[], row_calls=[], row_small=[]
+        )
+        for m in methods
+    }
+    quick = dict(
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        max_verify=12,
+        forward_lens=[1, 2, 3, 5, 8, 12],
+        repeats=args.cost_repeats_per_prompt,
+        warmup=1,
+    )
     for i, x in enumerate(prompts):
-        order = methods[i % len(methods):] + methods[: i % len(methods)]
+        order = methods[i % len(methods) :] + methods[: i % len(methods)]
         if args.cost_mode == "interleaved":
             # a quick cost table measured next to this prompt's runs, so that machine load drifting
             # between the table and the runs does not show up as (in)efficiency
@@ -277,8 +319,12 @@ def run_batch(small, large, info, args, batch, device, log):
             dt, out, rec, stats = runner.run(m, x)
             rows[m]["fwd"].append(runner.fwd_time() / dt)
             # row-calls: a batched forward over B rows counts B (bild runs encoder-decoder batches row by row)
-            rows[m]["row_calls"].append(sum(c.batch for c in runner.counter.calls if c.model == "large" and c.kind != "encoder"))
-            rows[m]["row_small"].append(sum(c.batch for c in runner.counter.calls if c.model == "small" and c.kind != "encoder"))
+            rows[m]["row_calls"].append(
+                sum(c.batch for c in runner.counter.calls if c.model == "large" and c.kind != "encoder")
+            )
+            rows[m]["row_small"].append(
+                sum(c.batch for c in runner.counter.calls if c.model == "small" and c.kind != "encoder")
+            )
             r = rows[m]
             r["time"].append(dt)
             r["out"].append(out)
@@ -290,9 +336,11 @@ def run_batch(small, large, info, args, batch, device, log):
             if stats is not None:
                 r["stats"].append(stats.as_dict())
                 # the engine's own counters against what the hooks saw
-                r["check"].append(stats.small_forwards == rec.small_forwards
-                                  and stats.large_forwards == rec.large_forwards
-                                  and list(stats.verify_widths) == list(rec.verify_lengths))
+                r["check"].append(
+                    stats.small_forwards == rec.small_forwards
+                    and stats.large_forwards == rec.large_forwards
+                    and list(stats.verify_widths) == list(rec.verify_lengths)
+                )
     runner.remove()
 
     ref = rows["large greedy"]
@@ -302,55 +350,68 @@ def run_batch(small, large, info, args, batch, device, log):
         r = rows[m]
         speed = statistics.median(t0 / t1 for t0, t1 in zip(ref["time"], r["time"]))
         same = sum(torch.equal(a, b) for a, b in zip(ref["out"], r["out"]))
-        table.append(dict(
-            method=m,
-            setting=label(runner.tuned) if m == "assisted tuned" else picked.get(m, ""),
-            speedup=speed,
-            efficiency=statistics.median(r["eff"]),
-            forward_share=statistics.median(r["fwd"]),
-            tokens_per_large_call=new_tok * batch * len(prompts) / sum(r["row_calls"]),
-            small_per_large_call=sum(r["row_small"]) / sum(r["row_calls"]),
-            large_forwards=sum(r["calls"]) / len(prompts),
-            identical=f"{same}/{len(prompts)}",
-            ms_per_token=statistics.median(r["time"]) / new_tok * 1e3,
-            predicted_ms=statistics.median(r["pred"]) * 1e3,
-            measured_ms=statistics.median(r["time"]) * 1e3,
-            stats_match_hooks=(all(r["check"]) if r["check"] else None),
-            acceptance=(sum(s["accepted"] for s in r["stats"]) / max(1, sum(s["drafted"] for s in r["stats"]))
-                        if r["stats"] else None),
-        ))
+        table.append(
+            dict(
+                method=m,
+                setting=label(runner.tuned) if m == "assisted tuned" else picked.get(m, ""),
+                speedup=speed,
+                efficiency=statistics.median(r["eff"]),
+                forward_share=statistics.median(r["fwd"]),
+                tokens_per_large_call=new_tok * batch * len(prompts) / sum(r["row_calls"]),
+                small_per_large_call=sum(r["row_small"]) / sum(r["row_calls"]),
+                large_forwards=sum(r["calls"]) / len(prompts),
+                identical=f"{same}/{len(prompts)}",
+                ms_per_token=statistics.median(r["time"]) / new_tok * 1e3,
+                predicted_ms=statistics.median(r["pred"]) * 1e3,
+                measured_ms=statistics.median(r["time"]) * 1e3,
+                stats_match_hooks=(all(r["check"]) if r["check"] else None),
+                acceptance=(
+                    sum(s["accepted"] for s in r["stats"]) / max(1, sum(s["drafted"] for s in r["stats"]))
+                    if r["stats"]
+                    else None
+                ),
+            )
+        )
     if batch > 1 and not args.no_assisted:
         table.insert(1, dict(method="assisted (any)", setting="n/a: transformers supports batch 1 only"))
     print_table(table, log)
     from bild import expected_speedup
 
     bound = best_fixed_draft(costs_ref, bench_agree)
-    log(f"cost-model ceiling for greedy speculative decoding with a fixed draft length at agreement "
+    log(
+        f"cost-model ceiling for greedy speculative decoding with a fixed draft length at agreement "
         f"{bench_agree:.3f}: gamma={bound['gamma']}, {bound['tokens_per_round']:.2f} tokens/round, "
         f"{bound['speedup']:.2f}x over large steps (bild.expected_speedup, which takes a verify pass to cost one "
-        f"large step: {expected_speedup(min(bench_agree, 0.999), bound['gamma'], costs_ref.cost_ratio):.2f}x)")
+        f"large step: {expected_speedup(min(bench_agree, 0.999), bound['gamma'], costs_ref.cost_ratio):.2f}x)"
+    )
     return dict(batch=batch, benchmark_agreement=bench_agree, costs=costs_ref.as_dict(), table=table, ceiling=bound)
 
 
 def print_table(table, log):
-    head = (f"{'method':<17} {'speedup':>7} {'eff':>5} {'fwd%':>5} {'tok/call':>8} {'small/call':>10} {'identical':>9} "
-            f"{'ms/tok':>7} {'pred ms':>8} {'meas ms':>8}  notes")
+    head = (
+        f"{'method':<17} {'speedup':>7} {'eff':>5} {'fwd%':>5} {'tok/call':>8} {'small/call':>10} {'identical':>9} "
+        f"{'ms/tok':>7} {'pred ms':>8} {'meas ms':>8}  notes"
+    )
     log(head)
     log("-" * len(head))
     for t in table:
         if "speedup" not in t:
-            log(f"{t['method']:<17} {'n/a':>7} {'n/a':>5} {'n/a':>5} {'n/a':>8} {'n/a':>10} {'n/a':>9} {'':>7} {'':>8} {'':>8}  "
-                f"{t['setting']}")
+            log(
+                f"{t['method']:<17} {'n/a':>7} {'n/a':>5} {'n/a':>5} {'n/a':>8} {'n/a':>10} {'n/a':>9} {'':>7} {'':>8} {'':>8}  "
+                f"{t['setting']}"
+            )
             continue
         notes = t["setting"]
         if t["acceptance"] is not None:
             notes += f"acceptance {t['acceptance']:.2f}"
         if t["stats_match_hooks"] is False:
             notes += " STATS != HOOKS"
-        log(f"{t['method']:<17} {t['speedup']:>6.2f}x {t['efficiency']:>5.2f} {t['forward_share']:>5.0%} "
+        log(
+            f"{t['method']:<17} {t['speedup']:>6.2f}x {t['efficiency']:>5.2f} {t['forward_share']:>5.0%} "
             f"{t['tokens_per_large_call']:>8.2f} "
             f"{t['small_per_large_call']:>10.2f} {t['identical']:>9} {t['ms_per_token']:>7.2f} "
-            f"{t['predicted_ms']:>8.1f} {t['measured_ms']:>8.1f}  {notes}")
+            f"{t['predicted_ms']:>8.1f} {t['measured_ms']:>8.1f}  {notes}"
+        )
 
 
 class ForwardTimer:
@@ -426,31 +487,35 @@ class _Exclusive:
 def profile(small, large, info, args, device, log):
     """Where the engine's own time goes: exclusive wall time of the engine's functions (wrapped at run
     time, nothing edited), model forwards timed by hooks and excluded."""
-    import bild
-    import bild.adapters as adapters
-    import bild.acceptance as acceptance
-    import bild.batch as batch_state
-    import bild.decoding as decoding
-    import bild.proposers as proposers
-    import bild.scoring as scoring
-    import bild.generator as generator
     from transformers.generation.utils import GenerationMixin
 
+    import bild
+    import bild.acceptance as acceptance
+    import bild.adapters as adapters
+    import bild.batch as batch_state
+    import bild.decoding as decoding
+    import bild.generator as generator
+    import bild.proposers as proposers
+    import bild.scoring as scoring
+
     batch = args.batch_size[0]
-    prompts = make_prompts(info.vocab, args.prompts, args.prompt_len, batch_size=batch, seed=args.seed + 1,
-                           device=device)
+    prompts = make_prompts(
+        info.vocab, args.prompts, args.prompt_len, batch_size=batch, seed=args.seed + 1, device=device
+    )
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
     for method in args.profile:
         ex = _Exclusive()
         ex.wrap(GenerationMixin, "generate", "transformers generate (set-up)")
         ex.wrap(generator, "generate", "bild.generator.generate")
         ex.wrap(generator.BiLDGenerator, "generate", "BiLDGenerator.generate")
-        for owner, names in ((decoding.DraftVerifyLoop, ("run", "_round", "_accept", "_commit", "_choose")),
-                             (proposers.ModelProposer, ("propose", "_draft", "settle")),
-                             (proposers.PromptLookupProposer, ("propose", "settle")),
-                             (scoring.Scorer, ("prefill", "score")),
-                             (batch_state.CacheReader, ("catch_up", "keep", "even_out")),
-                             (batch_state.RowProcessors, ("__call__",))):
+        for owner, names in (
+            (decoding.DraftVerifyLoop, ("run", "_round", "_accept", "_commit", "_choose")),
+            (proposers.ModelProposer, ("propose", "_draft", "settle")),
+            (proposers.PromptLookupProposer, ("propose", "settle")),
+            (scoring.Scorer, ("prefill", "score")),
+            (batch_state.CacheReader, ("catch_up", "keep", "even_out")),
+            (batch_state.RowProcessors, ("__call__",)),
+        ):
             for m in names:
                 ex.wrap(owner, m, f"{owner.__name__}.{m}")
         for m in ("feed", "keep_first", "start", "encode"):
@@ -492,9 +557,11 @@ def profile(small, large, info, args, device, log):
         fwd = ex.excl.get("MODEL FORWARDS", 0.0)
         over = wall - fwd
         steps = len(prompts) * args.new_tokens
-        log(f"\n== profile {method} (batch {batch}, {len(prompts)} prompts x {args.new_tokens} tokens): wall "
+        log(
+            f"\n== profile {method} (batch {batch}, {len(prompts)} prompts x {args.new_tokens} tokens): wall "
             f"{wall:.3f}s; inside model forwards {fwd:.3f}s ({fwd / wall:.1%}); around them {over:.3f}s "
-            f"({over / wall:.1%}, {over / steps * 1e3:.2f} ms per generated token of a row)")
+            f"({over / wall:.1%}, {over / steps * 1e3:.2f} ms per generated token of a row)"
+        )
         log(f"{'excl. s':>8} {'% wall':>7} {'% around':>8} {'calls':>6} {'us/call':>8}  function")
         for name, t in sorted(ex.excl.items(), key=lambda kv: -kv[1]):
             share = "" if name == "MODEL FORWARDS" else f"{t / over:.1%}"
@@ -520,14 +587,22 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--cost_repeats", type=int, default=15, help="repeats of the up-front cost table")
-    ap.add_argument("--cost_mode", choices=["interleaved", "once"], default="interleaved",
-                    help="interleaved: a quick cost table next to each prompt's runs (robust to load drift); "
-                         "once: only the up-front table")
+    ap.add_argument(
+        "--cost_mode",
+        choices=["interleaved", "once"],
+        default="interleaved",
+        help="interleaved: a quick cost table next to each prompt's runs (robust to load drift); "
+        "once: only the up-front table",
+    )
     ap.add_argument("--cost_repeats_per_prompt", type=int, default=5)
     ap.add_argument("--json", help="write all results to this file")
-    ap.add_argument("--profile", nargs="+", choices=["exact", "bild", "greedy"],
-                    help="instead of the benchmark: split the wall time of these methods into model forwards "
-                         "and the exclusive time of each engine function (uses the first --batch_size)")
+    ap.add_argument(
+        "--profile",
+        nargs="+",
+        choices=["exact", "bild", "greedy"],
+        help="instead of the benchmark: split the wall time of these methods into model forwards "
+        "and the exclusive time of each engine function (uses the first --batch_size)",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -537,14 +612,23 @@ def main(argv=None):
     device = torch.device(args.device)
     log = lambda s="": print(s, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    small, large, info = build_controlled_pair(args.family, args.agreement, hidden=args.hidden, layers=args.layers,
-                                               vocab=args.vocab, device=device, dtype=DTYPES[args.dtype],
-                                               seed=args.seed)
-    log(f"pair: {args.family} hidden {args.hidden}, {args.layers} layers (small: 1), vocab {args.vocab}, "
+    small, large, info = build_controlled_pair(
+        args.family,
+        args.agreement,
+        hidden=args.hidden,
+        layers=args.layers,
+        vocab=args.vocab,
+        device=device,
+        dtype=DTYPES[args.dtype],
+        seed=args.seed,
+    )
+    log(
+        f"pair: {args.family} hidden {args.hidden}, {args.layers} layers (small: 1), vocab {args.vocab}, "
         f"{args.dtype} on {device}, {args.threads} thread(s); alpha {info.alpha:.4g} -> greedy agreement "
         f"{info.agreement:.3f} on {info.positions} calibration positions (target {args.agreement}, "
         f"{'converged' if info.converged else 'NOT converged'}), distinct-token fraction {info.distinct_fraction:.2f}, "
-        f"small mean confidence {info.small_confidence:.2f}; built in {time.perf_counter() - t0:.1f}s")
+        f"small mean confidence {info.small_confidence:.2f}; built in {time.perf_counter() - t0:.1f}s"
+    )
     if args.profile:
         profile(small, large, info, args, device, log)
         return

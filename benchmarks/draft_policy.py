@@ -12,15 +12,16 @@ same way: one prefill and one single-token step per further token.
           fallback threshold: how the best draft length moves once a verify pass is compute-bound; plus
           exact verification without the batch fill (DraftVerifyLoop.fill_batch_drafts = False)
 """
+
 import argparse
 import statistics
 
 import torch
 
 import bild
-from bild.pairs.controlled import build_controlled_pair, make_prompts
 from bild.analysis.cost_model import measure_costs, predict_time
 from bild.decoding import DraftVerifyLoop
+from bild.pairs.controlled import build_controlled_pair, make_prompts
 
 NEW, PROMPT = 64, 16
 POLICIES = {
@@ -37,8 +38,9 @@ BATCHES, STEPS = (1, 2, 4, 8), (2, 3, 4, 6, 10)
 
 
 def greedy_time(costs):
-    return predict_time({"verify_lengths": [1] * (NEW - 1), "small_forwards": 0}, costs,
-                        small_prefills=[], large_prefills=[PROMPT])
+    return predict_time(
+        {"verify_lengths": [1] * (NEW - 1), "small_forwards": 0}, costs, small_prefills=[], large_prefills=[PROMPT]
+    )
 
 
 def mean_predicted(gen, prompts, costs):
@@ -57,8 +59,10 @@ def policy_table(small, large):
     print(f"  large greedy predicted {greedy * 1000:.0f} ms, c = {costs.cost_ratio:.3f}")
     for name, kw in POLICIES.items():
         t, tpc = mean_predicted(bild.BiLDGenerator(small, large, verification="exact", **kw), prompts, costs)
-        print(f"  {name:18s} predicted {t * 1000:7.0f} ms  speedup {greedy / t:5.2f}x  tokens/large call {tpc:.2f}",
-              flush=True)
+        print(
+            f"  {name:18s} predicted {t * 1000:7.0f} ms  speedup {greedy / t:5.2f}x  tokens/large call {tpc:.2f}",
+            flush=True,
+        )
 
 
 def batch_table(small, large):
@@ -66,16 +70,20 @@ def batch_table(small, large):
         costs = measure_costs(small, large, forward_lens=[1, 2, 3, 4, 6, 8, 11], repeats=5, batch_size=B)
         prompts = make_prompts(8000, 3, batch_size=B)
         greedy = greedy_time(costs)
-        print(f"  batch {B}: small step {costs.small(1) * 1e3:.1f} ms, large step {costs.large(1) * 1e3:.1f} ms, "
-              f"verify(5) {costs.large(5) * 1e3:.1f} ms, verify(11) {costs.large(11) * 1e3:.1f} ms", flush=True)
+        print(
+            f"  batch {B}: small step {costs.small(1) * 1e3:.1f} ms, large step {costs.large(1) * 1e3:.1f} ms, "
+            f"verify(5) {costs.large(5) * 1e3:.1f} ms, verify(11) {costs.large(11) * 1e3:.1f} ms",
+            flush=True,
+        )
         for mode, fill in (("exact", True), ("exact", False), ("rollback", True)):
             if B == 1 and not fill:
                 continue  # the fill only acts in batches
             DraftVerifyLoop.fill_batch_drafts = fill
             cells = []
             for k in STEPS:
-                t, _ = mean_predicted(bild.BiLDGenerator(small, large, verification=mode, max_small_steps=k),
-                                      prompts, costs)
+                t, _ = mean_predicted(
+                    bild.BiLDGenerator(small, large, verification=mode, max_small_steps=k), prompts, costs
+                )
                 cells.append(f"k={k} {greedy / t:.2f}x")
             name = mode if fill else "exact, no batch fill"
             print(f"    {name:21s} " + "  ".join(cells), flush=True)

@@ -8,6 +8,7 @@ with `make_small_from_large` (timing does not depend on the weights' values), he
 frequent tokens of the dev splits' train half (`prune_draft_vocabulary`; the step includes the scatter back
 to the full width). All models interleaved, one step of each per repetition; medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pruned_vocabulary import context_ids, step_times  # noqa: E402
+
 import bild  # noqa: E402
 from bild.pairs.alignment import frequent_token_ids, token_frequencies  # noqa: E402
 from bild.pairs.recipe import frequency_texts  # noqa: E402
 from bild.pairs.smollm2 import load_pair, make_small_from_large, shared_data_dir  # noqa: E402
-from pruned_vocabulary import context_ids, step_times  # noqa: E402
 
 
 def main() -> None:
@@ -51,8 +53,10 @@ def main() -> None:
             ids = frequent_token_ids(counts, size, tokenizer=tok, model=cut)
             drafts[f"{n}L {size // 1024}k"] = bild.prune_draft_vocabulary(copy.deepcopy(cut), ids)
     ms = step_times({"large": large, **drafts}, context_ids(tok, data, a.context), a.reps)
-    print(f"\n`python benchmarks/draft_shape.py --layers {a.layers} --sizes {a.sizes} --threads {a.threads}`: "
-          f"context {a.context}, {a.reps} interleaved reps; large step {ms['large']:.2f} ms ({time.time() - t0:.0f} s)\n")
+    print(
+        f"\n`python benchmarks/draft_shape.py --layers {a.layers} --sizes {a.sizes} --threads {a.threads}`: "
+        f"context {a.context}, {a.reps} interleaved reps; large step {ms['large']:.2f} ms ({time.time() - t0:.0f} s)\n"
+    )
     print("| draft | step ms | / large step |")
     print("|---|---|---|")
     for name in drafts:

@@ -8,6 +8,7 @@ The old package is imported as `bild_old` (its imports are relative). Both run e
 with a fixed draft (fallback 0, `--k` drafts: the same decisions in both versions), greedy; outputs must be
 identical. Prints per batch size the median over prompts and repeats of t(new) / t(old).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,16 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     sys.path.insert(0, args.old)
     import bild_old  # noqa: E402
-    small, large, info = build_controlled_pair(args.family, args.agreement, hidden=args.hidden, layers=args.layers,
-                                               seed=0)
+
+    small, large, info = build_controlled_pair(
+        args.family, args.agreement, hidden=args.hidden, layers=args.layers, seed=0
+    )
     kw = dict(verification="exact", fallback_threshold=0.0, max_small_steps=args.k)
     engines = {"old": bild_old.BiLDGenerator(small, large, **kw), "new": bild.BiLDGenerator(small, large, **kw)}
-    print(f"{args.family} pair hidden {args.hidden} x {args.layers} layers, agreement {args.agreement}, exact k={args.k}, "
-          f"{args.threads} thread(s), torch {torch.__version__}")
+    print(
+        f"{args.family} pair hidden {args.hidden} x {args.layers} layers, agreement {args.agreement}, exact k={args.k}, "
+        f"{args.threads} thread(s), torch {torch.__version__}"
+    )
     for B in args.batch_size:
         prompts = make_prompts(info.vocab, args.prompts, 16, batch_size=B, seed=1)
         gkw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
@@ -64,9 +69,11 @@ def main(argv=None):
                     times[name].append(t[name])
                 assert torch.equal(out["old"], out["new"]), "outputs differ"
                 ratios.append(t["new"] / t["old"])
-        print(f"batch {B}: t(new)/t(old) median {statistics.median(ratios):.3f} over {len(ratios)} runs "
-              f"(min {min(ratios):.3f}, max {max(ratios):.3f}); median s/run old {statistics.median(times['old']):.3f}, "
-              f"new {statistics.median(times['new']):.3f}; outputs identical")
+        print(
+            f"batch {B}: t(new)/t(old) median {statistics.median(ratios):.3f} over {len(ratios)} runs "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f}); median s/run old {statistics.median(times['old']):.3f}, "
+            f"new {statistics.median(times['new']):.3f}; outputs identical"
+        )
 
 
 if __name__ == "__main__":

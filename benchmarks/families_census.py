@@ -7,6 +7,7 @@ Builds every tests/zoo.py pair (tiny, random) and asks the engine what it would 
 the JSON files to list the families that behave differently (docs/versions.md). Correctness is checked by
 tests/test_families.py; this only reports the routing.
 """
+
 from __future__ import annotations
 
 import argparse

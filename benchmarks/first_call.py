@@ -18,6 +18,7 @@ Reported: first / warm per repetition (median, min, max over repetitions) and bo
 The target is first / warm <= 1.15. Timings are wall clock on whatever else runs on the machine: say so.
 The forward counts (small + large, first call and median warm call) show what the policy did, free of noise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,16 @@ def one_generator(small, large, x, kw, warm: int, how: str):
         g = bild.BiLDGenerator(small, large)
         call = lambda: g.generate(x, bild_stats=stats, **kw)  # noqa: E731
     else:
-        call = lambda: large.generate(x, custom_generate=bild.generate, small_model=small, bild_stats=stats,  # noqa: E731
-                                      **kw)
+
+        def call():
+            return large.generate(
+                x,
+                custom_generate=bild.generate,
+                small_model=small,
+                bild_stats=stats,  # noqa: E731
+                **kw,
+            )
+
     t_first, out = _timed(call)
     calls_first = stats.large_forwards + stats.small_forwards
     ref = large.generate(x, **kw)
@@ -81,8 +90,14 @@ def one_generator(small, large, x, kw, warm: int, how: str):
         large_t.append(_timed(lambda: large.generate(x, **kw))[0])
         warm_t.append(_timed(call)[0])
         calls.append(stats.large_forwards + stats.small_forwards)
-    return dict(first=t_first, warm=statistics.median(warm_t), large=statistics.median(large_t),
-                same=bool(torch.equal(out, ref)), forwards_first=calls_first, forwards_warm=statistics.median(calls))
+    return dict(
+        first=t_first,
+        warm=statistics.median(warm_t),
+        large=statistics.median(large_t),
+        same=bool(torch.equal(out, ref)),
+        forwards_first=calls_first,
+        forwards_warm=statistics.median(calls),
+    )
 
 
 def child(args):
@@ -102,11 +117,13 @@ def summary(name, runs):
     r = [x["first"] / x["warm"] for x in runs]
     fl = [x["large"] / x["first"] for x in runs]
     wl = [x["large"] / x["warm"] for x in runs]
-    line = (f"{name:34s} first/warm median {statistics.median(r):.3f} (min {min(r):.3f}, max {max(r):.3f}), "
-            f"speedup vs large.generate: first {statistics.median(fl):.2f}x, warm {statistics.median(wl):.2f}x, "
-            f"identical {sum(x['same'] for x in runs)}/{len(runs)}, n={len(runs)}; forwards (small + large) "
-            f"first {statistics.median(x['forwards_first'] for x in runs)}, warm "
-            f"{statistics.median(x['forwards_warm'] for x in runs)}")
+    line = (
+        f"{name:34s} first/warm median {statistics.median(r):.3f} (min {min(r):.3f}, max {max(r):.3f}), "
+        f"speedup vs large.generate: first {statistics.median(fl):.2f}x, warm {statistics.median(wl):.2f}x, "
+        f"identical {sum(x['same'] for x in runs)}/{len(runs)}, n={len(runs)}; forwards (small + large) "
+        f"first {statistics.median(x['forwards_first'] for x in runs)}, warm "
+        f"{statistics.median(x['forwards_warm'] for x in runs)}"
+    )
     print(line, flush=True)
     return dict(name=name, ratio=r, first_vs_large=fl, warm_vs_large=wl)
 
@@ -142,16 +159,25 @@ def main(argv=None):
     import bild
 
     torch.set_num_threads(args.threads)
-    print(f"first-call benchmark, {time.strftime('%Y-%m-%d %H:%M')}, bild {bild.__version__} from {args.src}, "
-          f"torch {torch.__version__}, {args.threads} thread(s), pair {args.pair}, {args.new_tokens} tokens, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"first-call benchmark, {time.strftime('%Y-%m-%d %H:%M')}, bild {bild.__version__} from {args.src}, "
+        f"torch {torch.__version__}, {args.threads} thread(s), pair {args.pair}, {args.new_tokens} tokens, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     tmp = tempfile.TemporaryDirectory()
     if args.pair == "controlled":
         from bild.pairs.controlled import build_controlled_pair
 
-        small, large, info = build_controlled_pair("llama", args.agreement, confidence=args.confidence,
-                                                   hidden=args.hidden, layers=args.layers, vocab=args.vocab,
-                                                   seed=args.seed)
+        small, large, info = build_controlled_pair(
+            "llama",
+            args.agreement,
+            confidence=args.confidence,
+            hidden=args.hidden,
+            layers=args.layers,
+            vocab=args.vocab,
+            seed=args.seed,
+        )
         print(f"controlled pair: agreement {info.agreement:.3f}, confidence {info.small_confidence:.3f}", flush=True)
         small.save_pretrained(Path(tmp.name) / "small")
         large.save_pretrained(Path(tmp.name) / "large")
@@ -169,9 +195,25 @@ def main(argv=None):
         for how in ("gen", "custom_generate"):
             runs = []
             for _ in range(args.reps):
-                cmd = [sys.executable, __file__, "--child", "--how", how, "--pair", args.pair, "--src", args.src,
-                       "--new_tokens", str(args.new_tokens), "--warm", str(args.warm), "--threads", str(args.threads),
-                       "--seed", str(args.seed)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--how",
+                    how,
+                    "--pair",
+                    args.pair,
+                    "--src",
+                    args.src,
+                    "--new_tokens",
+                    str(args.new_tokens),
+                    "--warm",
+                    str(args.warm),
+                    "--threads",
+                    str(args.threads),
+                    "--seed",
+                    str(args.seed),
+                ]
                 cmd += ["--saved", args.saved] if args.saved else []
                 cmd += ["--cache", args.cache] if args.cache else []
                 out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": args.src})
@@ -180,8 +222,7 @@ def main(argv=None):
                     print(out.stdout[-2000:], out.stderr[-2000:])
                     raise SystemExit(f"fresh process failed ({how})")
                 runs.append(json.loads(line[7:]))
-            results.append(summary(f"fresh process, {'new BiLDGenerator' if how == 'gen' else 'bild.generate'}",
-                                   runs))
+            results.append(summary(f"fresh process, {'new BiLDGenerator' if how == 'gen' else 'bild.generate'}", runs))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

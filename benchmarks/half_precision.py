@@ -20,6 +20,7 @@ for bild). Printed per output:
              (the rounding the two shapes produce), and the same in ulps of each position's top logit
 A summary line counts equal outputs and lists the gaps. No timing is taken.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,7 @@ def compare(large, gen, ids, mask, new_tokens, dtype, **kw):
     z, y = ref.sequences[0, P:].tolist(), got.sequences[0, P:].tolist()
     n = min(len(z), len(y))
     t = next((j for j in range(n) if z[j] != y[j]), None)
-    last = (t if t is not None else n - 1)
+    last = t if t is not None else n - 1
     drift, drift_ulp = 0.0, 0.0
     for j in range(last + 1):
         a, b = ref.logits[j][0].float(), got.logits[j][0].float()
@@ -66,6 +67,10 @@ def compare(large, gen, ids, mask, new_tokens, dtype, **kw):
         return False, n, float("nan"), None, drift, drift_ulp
     a = ref.logits[t][0].float()
     return False, t, (a[z[t]] - a[y[t]]).item(), ulp(a.max().item(), dtype), drift, drift_ulp
+
+
+def _cell(x, w: int, d: int) -> str:
+    return f"{x:>{w}.{d}f}" if x is not None else f"{'-':>{w}}"
 
 
 def smollm2_setup(dtype, n_prompts):
@@ -84,15 +89,30 @@ def smollm2_setup(dtype, n_prompts):
 def controlled_setup(dtype, n_prompts, agreement, hidden, layers, alpha=None):
     from bild.pairs.controlled import build_controlled_pair, make_prompts
 
-    small, large, info = build_controlled_pair("llama", None if alpha is not None else agreement, hidden=hidden,
-                                               layers=layers, vocab=32000, dtype=dtype, calib_prompts=4,
-                                               max_iters=8, alpha=alpha)
+    small, large, info = build_controlled_pair(
+        "llama",
+        None if alpha is not None else agreement,
+        hidden=hidden,
+        layers=layers,
+        vocab=32000,
+        dtype=dtype,
+        calib_prompts=4,
+        max_iters=8,
+        alpha=alpha,
+    )
     n = sum(p.numel() for p in large.parameters())
     prompts = [(p, torch.ones_like(p)) for p in make_prompts(large.config.vocab_size, n_prompts, length=16, seed=7)]
     for m in (small, large):  # random token ids: no eos
         m.generation_config.eos_token_id = None
-    return small, large, prompts, (f"controlled llama, {n / 1e9:.2f}B parameters, hidden {hidden}, {layers} layers, "
-                                   f"small = 1 layer, agreement {info.agreement:.2f}")
+    return (
+        small,
+        large,
+        prompts,
+        (
+            f"controlled llama, {n / 1e9:.2f}B parameters, hidden {hidden}, {layers} layers, "
+            f"small = 1 layer, agreement {info.agreement:.2f}"
+        ),
+    )
 
 
 def main(argv=None) -> int:
@@ -103,9 +123,13 @@ def main(argv=None) -> int:
     p.add_argument("--first", type=int, default=0, help="skip the first prompts (to resume a run)")
     p.add_argument("--new_tokens", type=int, default=48)
     p.add_argument("--agreement", type=float, default=0.7)
-    p.add_argument("--alpha", type=float, default=None,
-                   help="the controlled pair's scale, as a calibration printed it (benchmarks/billion_pair.py): skips "
-                        "the calibration")
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="the controlled pair's scale, as a calibration printed it (benchmarks/billion_pair.py): skips "
+        "the calibration",
+    )
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
@@ -116,29 +140,40 @@ def main(argv=None) -> int:
     if a.pair == "smollm2":
         small, large, prompts, name = smollm2_setup(dtype, a.first + (a.prompts or 8))
     else:
-        small, large, prompts, name = controlled_setup(dtype, a.first + (a.prompts or 3), a.agreement, a.hidden,
-                                                       a.layers, a.alpha)
-    print(f"# {name}; {a.dtype}; exact verification, greedy, {a.new_tokens} new tokens; "
-          f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
-    drafters = {"small": (bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0,
-                                             max_small_steps=4), {}),
-                "lookup": (bild.BiLDGenerator(None, large, verification="exact"),
-                           dict(prompt_lookup_num_tokens=4))}
+        small, large, prompts, name = controlled_setup(
+            dtype, a.first + (a.prompts or 3), a.agreement, a.hidden, a.layers, a.alpha
+        )
+    print(
+        f"# {name}; {a.dtype}; exact verification, greedy, {a.new_tokens} new tokens; "
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
+    drafters = {
+        "small": (
+            bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0, max_small_steps=4),
+            {},
+        ),
+        "lookup": (bild.BiLDGenerator(None, large, verification="exact"), dict(prompt_lookup_num_tokens=4)),
+    }
     print(f"{'prompt':>6} {'drafter':>7} {'equal':>5} {'t':>3} {'gap':>7} {'ulp':>6} {'drift':>7} {'drift/ulp':>9}")
     equal, gaps = 0, []
-    for i, (ids, mask) in list(enumerate(prompts))[a.first:]:
+    for i, (ids, mask) in list(enumerate(prompts))[a.first :]:
         for label, (gen, kw) in drafters.items():
             eq, t, gap, u, drift, du = compare(large, gen, ids, mask, a.new_tokens, dtype, **kw)
             equal += eq
             if not eq:
                 gaps.append(gap)
-            f = (lambda x, w, d: f"{x:>{w}.{d}f}" if x is not None else f"{'-':>{w}}")
-            print(f"{i:>6} {label:>7} {str(eq):>5} {('-' if t is None else t):>3} {f(gap, 7, 3)} {f(u, 6, 4)} "
-                  f"{drift:>7.3f} {du:>9.1f}", flush=True)
+            print(
+                f"{i:>6} {label:>7} {str(eq):>5} {('-' if t is None else t):>3} {_cell(gap, 7, 3)} {_cell(u, 6, 4)} "
+                f"{drift:>7.3f} {du:>9.1f}",
+                flush=True,
+            )
     total = (len(prompts) - a.first) * len(drafters)
-    print(f"# equal to large.generate: {equal} of {total}; gaps at first differences: "
-          f"{', '.join(f'{g:.3f}' for g in sorted(gaps)) or '-'}")
+    print(
+        f"# equal to large.generate: {equal} of {total}; gaps at first differences: "
+        f"{', '.join(f'{g:.3f}' for g in sorted(gaps)) or '-'}"
+    )
     return 0
 
 

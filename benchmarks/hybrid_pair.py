@@ -14,6 +14,7 @@ outputs equal large greedy's. It also reports what recording the recurrent state
 cache records per token of a verify pass (large model) and per draft step (small model), from a `ModelAdapter`
 fed as the engine feeds it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,21 +64,36 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if not hasattr(transformers.DynamicCache, "get_recurrent_states_to_keep"):
-        raise SystemExit(f"transformers {transformers.__version__} cannot roll recurrent states back: needs 5.25 or later")
+        raise SystemExit(
+            f"transformers {transformers.__version__} cannot roll recurrent states back: needs 5.25 or later"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    print(f"# hybrid pair: Qwen3-Next-shaped, hidden {args.hidden}, {args.layers} layers (small: 2), vocab "
-          f"{args.vocab}, fp32, CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
-          f"transformers {transformers.__version__}, torch {torch.__version__}")
-    print(f"# {args.prompts} prompts x {args.new_tokens} new tokens, batch 1, greedy; speedup = median over prompts of "
-          "t(large greedy) / t(method)")
-    print("| agreement (calibrated / target) | method | speedup vs large greedy | vs assisted | identical to large "
-          "greedy | bild policy |")
+    print(
+        f"# hybrid pair: Qwen3-Next-shaped, hidden {args.hidden}, {args.layers} layers (small: 2), vocab "
+        f"{args.vocab}, fp32, CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}, torch {torch.__version__}"
+    )
+    print(
+        f"# {args.prompts} prompts x {args.new_tokens} new tokens, batch 1, greedy; speedup = median over prompts of "
+        "t(large greedy) / t(method)"
+    )
+    print(
+        "| agreement (calibrated / target) | method | speedup vs large greedy | vs assisted | identical to large "
+        "greedy | bild policy |"
+    )
     print("|---|---|---|---|---|---|")
     for agreement in args.agreements:
-        small, large, info = build_controlled_pair("qwen3_next", agreement, hidden=args.hidden, layers=args.layers,
-                                                   small_layers=2, vocab=args.vocab, calib_new_tokens=32)
+        small, large, info = build_controlled_pair(
+            "qwen3_next",
+            agreement,
+            hidden=args.hidden,
+            layers=args.layers,
+            small_layers=2,
+            vocab=args.vocab,
+            calib_new_tokens=32,
+        )
         prompts = make_prompts(args.vocab, args.prompts, args.prompt_len, seed=77)
         gen = bild.BiLDGenerator(small, large)
         kw = dict(max_new_tokens=args.new_tokens, do_sample=False)
@@ -92,7 +108,7 @@ def main(argv=None) -> None:
         same = {m: 0 for m in methods}
         for i, p in enumerate(prompts):
             names = list(methods)
-            names = names[i % len(names):] + names[: i % len(names)]
+            names = names[i % len(names) :] + names[: i % len(names)]
             outs = {}
             for m in names:
                 dt, outs[m] = timed(lambda: methods[m](p))
@@ -104,13 +120,18 @@ def main(argv=None) -> None:
         policy = gen.stats.policy or {}
         for m in methods:
             vs = speed[m] / speed["transformers assisted (defaults)"]
-            note = (f"drafting {policy.get('drafting', '?')}, draft length {policy.get('draft_length', '?')}"
-                    if m.startswith("bild") else "")
+            note = (
+                f"drafting {policy.get('drafting', '?')}, draft length {policy.get('draft_length', '?')}"
+                if m.startswith("bild")
+                else ""
+            )
             print(f"| {label} | {m} | {speed[m]:.2f}x | {vs:.2f}x | {same[m]}/{len(prompts)} | {note} |")
     p = prompts[0]
-    print(f"\nrecording (fp32): large model {recorded_bytes_per_token(large, p, 8) / 1024:.1f} KiB per token of a verify "
-          f"pass; small model {recorded_bytes_per_token(small, p, 1) / 1024:.1f} KiB per draft step (held until the "
-          "round's rollback)")
+    print(
+        f"\nrecording (fp32): large model {recorded_bytes_per_token(large, p, 8) / 1024:.1f} KiB per token of a verify "
+        f"pass; small model {recorded_bytes_per_token(small, p, 1) / 1024:.1f} KiB per draft step (held until the "
+        "round's rollback)"
+    )
 
 
 if __name__ == "__main__":

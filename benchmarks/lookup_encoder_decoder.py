@@ -33,6 +33,7 @@ at batch 1 and batch 4 (encoder inputs of different lengths, right-padded with a
 starts from its start token, so there is no decoder-side padding). Every output must equal large.generate's
 (asserted). Speedup = median over prompts (batches) of t(large) / t(method).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,6 +59,7 @@ HEADING = "## Prompt lookup on an encoder-decoder (`python benchmarks/lookup_enc
 
 
 # ---------------------------------------------------------------------------------------------- the task
+
 
 def edit(src: list[int]) -> list[int]:
     """The target for a source: a copy with every t % MOD == 1 replaced by t + 1, then eos."""
@@ -85,27 +87,64 @@ def pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------- the models
 
+
 def model_class(family: str):
     import transformers
+
     return {"bart": transformers.BartForConditionalGeneration, "t5": transformers.T5ForConditionalGeneration}[family]
 
 
 def make_config(family: str, d_model: int, d_ff: int, layers: int):
     if family == "bart":
         from transformers import BartConfig
-        return BartConfig(vocab_size=VOCAB, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-                          encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=d_ff,
-                          decoder_ffn_dim=d_ff, max_position_embeddings=128, dropout=0.0, attention_dropout=0.0,
-                          activation_dropout=0.0, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2,
-                          decoder_start_token_id=PAD, forced_bos_token_id=None, forced_eos_token_id=None)
+
+        return BartConfig(
+            vocab_size=VOCAB,
+            d_model=d_model,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=d_ff,
+            decoder_ffn_dim=d_ff,
+            max_position_embeddings=128,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+            bos_token_id=2,
+            decoder_start_token_id=PAD,
+            forced_bos_token_id=None,
+            forced_eos_token_id=None,
+        )
     from transformers import T5Config
-    return T5Config(vocab_size=VOCAB, d_model=d_model, d_kv=d_model // 4, d_ff=d_ff, num_heads=4, num_layers=layers,
-                    num_decoder_layers=layers, dropout_rate=0.0, pad_token_id=PAD, eos_token_id=EOS,
-                    decoder_start_token_id=PAD)
+
+    return T5Config(
+        vocab_size=VOCAB,
+        d_model=d_model,
+        d_kv=d_model // 4,
+        d_ff=d_ff,
+        num_heads=4,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        dropout_rate=0.0,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        decoder_start_token_id=PAD,
+    )
 
 
-def train(family: str, size: dict, steps: int, batch: int, lr: float, seed: int, guide: bool,
-          lengths: tuple[int, int] = (8, 48)):
+def train(
+    family: str,
+    size: dict,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    guide: bool,
+    lengths: tuple[int, int] = (8, 48),
+):
     """A model trained from scratch on the edited-copy task (AdamW, linear warm-up then cosine decay), on sources
     of `lengths` tokens. Guided alignment (Garg et al., 2019): a second loss term, the NLL of the first head
     of the last decoder layer's cross-attention at the source position each target token copies, on with
@@ -120,7 +159,8 @@ def train(family: str, size: dict, steps: int, batch: int, lr: float, seed: int,
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item()))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / steps)).item())
+    )
     gen = torch.Generator().manual_seed(seed + 1)
     model.train()
     for step in range(steps):
@@ -147,16 +187,24 @@ def train(family: str, size: dict, steps: int, batch: int, lr: float, seed: int,
     return model.eval(), out.loss.item()
 
 
-def load_or_train(folder: Path, family: str, size: dict, steps: int, batch: int, lr: float, seed: int,
-                  guide: bool, retrain: bool):
+def load_or_train(
+    folder: Path, family: str, size: dict, steps: int, batch: int, lr: float, seed: int, guide: bool, retrain: bool
+):
     """The model cached in `folder`, or a freshly trained one saved there; and its training time (s)."""
     stamp = folder / "training.json"
     if not retrain and stamp.exists():
         return model_class(family).from_pretrained(folder).eval(), json.loads(stamp.read_text())
     t0 = time.perf_counter()
     model, loss = train(family, size, steps, batch, lr, seed, guide)
-    info = dict(seconds=round(time.perf_counter() - t0, 1), steps=steps, batch=batch, lr=lr, seed=seed,
-                guide=guide, final_loss=round(loss, 4))
+    info = dict(
+        seconds=round(time.perf_counter() - t0, 1),
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        guide=guide,
+        final_loss=round(loss, 4),
+    )
     model.save_pretrained(folder)
     stamp.write_text(json.dumps(info))
     return model, info
@@ -178,6 +226,7 @@ def copy_accuracy(model, srcs: list[list[int]], batch: int = 16) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- the methods
+
 
 def make_methods(small, large, k: int, fixed_k: list[int]) -> dict:
     """name -> f(ids, mask) -> (sequences, GenerationStats or None)."""
@@ -216,7 +265,7 @@ def measure(methods: dict, batches: list[list[list[int]]], warmup: list[list[lis
     names, rows = list(methods), []
     for i, b in enumerate(batches):
         ids, mask = pad(b, PAD)
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         res, seqs = {}, {}
         for name in order:
             t0 = time.perf_counter()
@@ -234,6 +283,7 @@ def measure(methods: dict, batches: list[list[list[int]]], warmup: list[list[lis
 
 # ---------------------------------------------------------------------------------------------- the report
 
+
 def summarize(rows: list[dict], names: list[str], B: int, layout: str) -> list[dict]:
     """Per method. `layout`: bild's batch layout for the large model; under "rows" each of its forwards runs one
     row (a batch is decoded row by row), so tokens per large call are counted per call, not per B rows."""
@@ -248,25 +298,39 @@ def summarize(rows: list[dict], names: list[str], B: int, layout: str) -> list[d
         tokens, forwards = sum(r[n]["tokens"] for r in rows), sum(r[n]["forwards"] for r in rows)
         seconds = sum(r[n]["s"] for r in rows)
         per_call = 1 if (n != "large" and layout == "rows") else B  # rows each large forward runs
-        out.append(dict(
-            method=n, batch=B, calls=forwards / len(rows), rows_per_call=per_call, speedup=statistics.median(r["large"]["s"] / r[n]["s"] for r in rows),
-            ms_per_batch=1000 * seconds / len(rows), ms_per_call=1000 * seconds / forwards,
-            tok_per_call=tokens / per_call / forwards, same=sum(r[n]["same"] for r in rows), n=len(rows),
-            by_drafter={s: (accepted.get(s, 0), drafted[s]) for s in sorted(drafted)},
-            lookup_share=accepted.get("lookup", 0) / tokens))
+        out.append(
+            dict(
+                method=n,
+                batch=B,
+                calls=forwards / len(rows),
+                rows_per_call=per_call,
+                speedup=statistics.median(r["large"]["s"] / r[n]["s"] for r in rows),
+                ms_per_batch=1000 * seconds / len(rows),
+                ms_per_call=1000 * seconds / forwards,
+                tok_per_call=tokens / per_call / forwards,
+                same=sum(r[n]["same"] for r in rows),
+                n=len(rows),
+                by_drafter={s: (accepted.get(s, 0), drafted[s]) for s in sorted(drafted)},
+                lookup_share=accepted.get("lookup", 0) / tokens,
+            )
+        )
     return out
 
 
 def table(summary: list[dict]) -> str:
-    lines = ["| batch | method | speedup vs large (median of per-prompt ratios) | ms / prompt (batch) | "
-             "large calls / prompt (batch) | rows / large call | new tokens / row / large call | ms / large call | "
-             "accepted / drafted, by drafter | tokens from lookup | same output as large |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| batch | method | speedup vs large (median of per-prompt ratios) | ms / prompt (batch) | "
+        "large calls / prompt (batch) | rows / large call | new tokens / row / large call | ms / large call | "
+        "accepted / drafted, by drafter | tokens from lookup | same output as large |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
         acc = ", ".join(f"{k}: {a}/{d} ({a / d:.0%})" for k, (a, d) in s["by_drafter"].items()) or "-"
-        lines.append(f"| {s['batch']} | {s['method']} | {s['speedup']:.2f}x | {s['ms_per_batch']:.0f} | "
-                     f"{s['calls']:.1f} | {s['rows_per_call']} | {s['tok_per_call']:.2f} | {s['ms_per_call']:.1f} | {acc} | {s['lookup_share']:.0%} | "
-                     f"{s['same']}/{s['n']} |")
+        lines.append(
+            f"| {s['batch']} | {s['method']} | {s['speedup']:.2f}x | {s['ms_per_batch']:.0f} | "
+            f"{s['calls']:.1f} | {s['rows_per_call']} | {s['tok_per_call']:.2f} | {s['ms_per_call']:.1f} | {acc} | {s['lookup_share']:.0%} | "
+            f"{s['same']}/{s['n']} |"
+        )
     return "\n".join(lines)
 
 
@@ -278,13 +342,18 @@ def verdict(summary: list[dict]) -> list[str]:
         for s in summary:
             if s["batch"] != B or "lookup" not in s["method"]:
                 continue
-            why = (f"{s['calls']:.1f} large calls per batch against {base['calls']:.1f}"
-                   + (f" (bild decodes the batch row by row: {s['rows_per_call']} row per call, against "
-                      f"{base['rows_per_call']} for large.generate)" if s["rows_per_call"] != base["rows_per_call"]
-                      else "")
-                   + f", {s['tok_per_call']:.2f} new tokens per row per call against {base['tok_per_call']:.2f}, "
-                   f"at {s['ms_per_call']:.1f} ms per call (verify pass + drafting) against "
-                   f"{base['ms_per_call']:.1f} ms per plain decoding step")
+            why = (
+                f"{s['calls']:.1f} large calls per batch against {base['calls']:.1f}"
+                + (
+                    f" (bild decodes the batch row by row: {s['rows_per_call']} row per call, against "
+                    f"{base['rows_per_call']} for large.generate)"
+                    if s["rows_per_call"] != base["rows_per_call"]
+                    else ""
+                )
+                + f", {s['tok_per_call']:.2f} new tokens per row per call against {base['tok_per_call']:.2f}, "
+                f"at {s['ms_per_call']:.1f} ms per call (verify pass + drafting) against "
+                f"{base['ms_per_call']:.1f} ms per plain decoding step"
+            )
             word = "faster" if s["speedup"] > 1.0 else "NOT faster"
             lines.append(f"- batch {B}, {s['method']}: {word} than large.generate ({s['speedup']:.2f}x): {why}.")
     return lines
@@ -292,34 +361,54 @@ def verdict(summary: list[dict]) -> list[str]:
 
 def append_doc(command: str, machine: str, date: str, train_lines: list[str], tbl: str, verdict_lines: list[str]):
     text = DOC.read_text()
-    block = "\n".join([
-        "", HEADING, "",
-        "```bash", command, "```", "",
-        f"Machine: {machine}. Date: {date}.", "",
-        *train_lines, "",
-        tbl, "",
-        *verdict_lines, "",
-        "- *ms / large call*: the method's whole time over its large-model forwards (prefill included): the "
-        "cost of one verify pass with its drafting and bookkeeping, against one plain decoding step for large.",
-        "- *new tokens / row / large call*: new tokens over (rows per call x large forwards); under 1 for large at "
-        "batch 4 since the batch decodes until its longest row ends. bild decodes a BART batch row by row (its "
-        "\"rows\" layout, over one batched encoder pass), so its large calls run 1 row each.",
-        ""])
+    block = "\n".join(
+        [
+            "",
+            HEADING,
+            "",
+            "```bash",
+            command,
+            "```",
+            "",
+            f"Machine: {machine}. Date: {date}.",
+            "",
+            *train_lines,
+            "",
+            tbl,
+            "",
+            *verdict_lines,
+            "",
+            "- *ms / large call*: the method's whole time over its large-model forwards (prefill included): the "
+            "cost of one verify pass with its drafting and bookkeeping, against one plain decoding step for large.",
+            "- *new tokens / row / large call*: new tokens over (rows per call x large forwards); under 1 for large at "
+            "batch 4 since the batch decodes until its longest row ends. bild decodes a BART batch row by row (its "
+            '"rows" layout, over one batched encoder pass), so its large calls run 1 row each.',
+            "",
+        ]
+    )
     DOC.write_text(text.rstrip("\n") + "\n" + block)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", choices=["bart", "t5"], default="bart",
-                   help="model family (t5 does not learn the copy within the default budget)")
+    p.add_argument(
+        "--family",
+        choices=["bart", "t5"],
+        default="bart",
+        help="model family (t5 does not learn the copy within the default budget)",
+    )
     p.add_argument("--cache", default=None, help="folder of the trained models (default bench_out/<family>_copy/)")
     p.add_argument("--retrain", action="store_true", help="train even if the cache holds the models")
     p.add_argument("--steps", type=int, default=600, help="training steps of the large model")
     p.add_argument("--small_steps", type=int, default=0, help="training steps of the small draft model (0: none)")
     p.add_argument("--train_batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--guide", action=argparse.BooleanOptionalAction, default=True,
-                   help="the guided-alignment loss term in training (--no-guide: plain cross-entropy)")
+    p.add_argument(
+        "--guide",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the guided-alignment loss term in training (--no-guide: plain cross-entropy)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts", type=int, default=16, help="prompts at batch 1; batches of that many at batch > 1")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4])
@@ -333,6 +422,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
 
     cache = Path(a.cache or f"bench_out/{a.family}_copy/")
@@ -343,23 +433,30 @@ def main(argv=None) -> int:
             models[role] = None
             continue
         size = SIZES[role]
-        print(f"{role}: {a.family} d_model {size['d_model']}, {size['layers']}+{size['layers']} layers, "
-              f"vocab {VOCAB}", flush=True)
-        model, info = load_or_train(cache / role, a.family, size, steps, a.train_batch, a.lr, a.seed, a.guide,
-                                    a.retrain)
+        print(
+            f"{role}: {a.family} d_model {size['d_model']}, {size['layers']}+{size['layers']} layers, vocab {VOCAB}",
+            flush=True,
+        )
+        model, info = load_or_train(
+            cache / role, a.family, size, steps, a.train_batch, a.lr, a.seed, a.guide, a.retrain
+        )
         acc = copy_accuracy(model, sources(64, torch.Generator().manual_seed(a.seed + 1000)))
         params = sum(x.numel() for x in model.parameters()) / 1e6
         c = model.config  # the cached model's own sizes and training record
         if a.family == "bart":
-            sizes = (f"d_model {c.d_model}, ffn {c.encoder_ffn_dim}, {c.encoder_layers}+{c.decoder_layers} layers, "
-                     f"{c.encoder_attention_heads} heads, learned absolute positions")
+            sizes = (
+                f"d_model {c.d_model}, ffn {c.encoder_ffn_dim}, {c.encoder_layers}+{c.decoder_layers} layers, "
+                f"{c.encoder_attention_heads} heads, learned absolute positions"
+            )
         else:
             sizes = f"d_model {c.d_model}, d_ff {c.d_ff}, {c.num_layers}+{c.num_decoder_layers} layers"
-        line = (f"- {role}: {c.model_type.upper()} {sizes}, vocab {c.vocab_size} ({params:.1f} M parameters), "
-                f"random init (seed {info['seed']}); {info['steps']} steps of {info['batch']} examples (sources of "
-                f"8-48 tokens; AdamW, lr {info['lr']}, warm-up then cosine"
-                f"{', guided alignment' if info['guide'] else ''}) in {info['seconds']:.0f} s at 1 thread, final loss {info['final_loss']:.4f}; exact output "
-                f"(greedy = target) on 64 held-out sources: {acc:.0%}")
+        line = (
+            f"- {role}: {c.model_type.upper()} {sizes}, vocab {c.vocab_size} ({params:.1f} M parameters), "
+            f"random init (seed {info['seed']}); {info['steps']} steps of {info['batch']} examples (sources of "
+            f"8-48 tokens; AdamW, lr {info['lr']}, warm-up then cosine"
+            f"{', guided alignment' if info['guide'] else ''}) in {info['seconds']:.0f} s at 1 thread, final loss {info['final_loss']:.4f}; exact output "
+            f"(greedy = target) on 64 held-out sources: {acc:.0%}"
+        )
         print(line, flush=True)
         train_lines.append(line)
         models[role] = model

@@ -11,6 +11,7 @@ in 1-token steps: `--verify` or, by default, timed here on the large model at th
 length). Printed: tokens per unit cost (what a speedup would be with no other overhead) and tokens per large
 call, per policy, and for fixed draft lengths per kind of match (n-gram size 1 or 2) as a reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,11 @@ from bild.batch import BatchState  # noqa: E402
 from bild.policies import AdaptivePolicy, DraftCosts, LookupPolicy, RoundRecord  # noqa: E402
 from bild.proposers import PromptLookupProposer  # noqa: E402
 
-TASKS = {"xsum": ("xsum", "summarization"), "iwslt": ("iwslt2017_de_en", "translation"),
-         "wmt": ("wmt14_de_en", "translation")}
+TASKS = {
+    "xsum": ("xsum", "summarization"),
+    "iwslt": ("iwslt2017_de_en", "translation"),
+    "wmt": ("wmt14_de_en", "translation"),
+}
 
 
 class Rule07(LookupPolicy):
@@ -106,9 +110,18 @@ def replay(data: list[dict], cands: list, policy, costs: DraftCosts) -> tuple[fl
                 a += 1
             step = min(a + 1, len(g) - t)
             if k:
-                policy.learn(RoundRecord(conf=[conf[0, :k].tolist()], first_conf=[float(conf[0, 0])], drafted=[k],
-                                         judged=[min(k, a + 1)], accepted=[a], committed=[step], small_steps=0,
-                                         width=k))
+                policy.learn(
+                    RoundRecord(
+                        conf=[conf[0, :k].tolist()],
+                        first_conf=[float(conf[0, 0])],
+                        drafted=[k],
+                        judged=[min(k, a + 1)],
+                        accepted=[a],
+                        committed=[step],
+                        small_steps=0,
+                        width=k,
+                    )
+                )
             else:
                 policy.no_draft([step], 0)
             tokens += step
@@ -132,11 +145,15 @@ def timed_table(large, context: int, widths: int = 12, reps: int = 10) -> tuple[
         cache = DynamicCache()
         large(input_ids=ids[:, :context], use_cache=True, **{arg: cache})
         for rep in range(reps):
-            for w in (range(1, widths + 1) if rep % 2 == 0 else range(widths, 0, -1)):  # interleaved, both orders
+            for w in range(1, widths + 1) if rep % 2 == 0 else range(widths, 0, -1):  # interleaved, both orders
                 t0 = time.perf_counter()
-                large(input_ids=ids[:, context:context + w], use_cache=True, **{arg: cache},
-                      attention_mask=torch.ones(1, context + w, dtype=torch.long),
-                      position_ids=torch.arange(context, context + w)[None])
+                large(
+                    input_ids=ids[:, context : context + w],
+                    use_cache=True,
+                    **{arg: cache},
+                    attention_mask=torch.ones(1, context + w, dtype=torch.long),
+                    position_ids=torch.arange(context, context + w)[None],
+                )
                 times[w].append(time.perf_counter() - t0)
                 cache.crop(-w)
     step = statistics.median(times[1])
@@ -149,8 +166,11 @@ def main(argv=None) -> int:
     p.add_argument("--part", default="tune", help="dev part the outputs come from (never test)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--max_new_tokens", type=int, default=48)
-    p.add_argument("--outputs", default=None, help="JSON of {prompt, gen} token lists: read if it exists, else "
-                   "written after generating")
+    p.add_argument(
+        "--outputs",
+        default=None,
+        help="JSON of {prompt, gen} token lists: read if it exists, else written after generating",
+    )
     p.add_argument("--verify", default=None, help="comma-separated verify[1..] in 1-token steps (default: timed)")
     p.add_argument("--ngram", type=int, default=2, help="max_matching_ngram_size")
     p.add_argument("--threads", type=int, default=2)
@@ -177,11 +197,17 @@ def main(argv=None) -> int:
                 return 0
             data = []
             for r in dev_rows(d / folder / "dev.jsonl", a.part, a.limit):
-                ids = tok(chat_prompt(tok, format_instruction(r["source"], task, 1500)), return_tensors="pt",
-                          add_special_tokens=False)
-                out = large.generate(**ids, do_sample=False, max_new_tokens=a.max_new_tokens,
-                                     pad_token_id=tok.eos_token_id)
-                data.append({"prompt": ids["input_ids"][0].tolist(), "gen": out[0, ids["input_ids"].shape[1]:].tolist()})
+                ids = tok(
+                    chat_prompt(tok, format_instruction(r["source"], task, 1500)),
+                    return_tensors="pt",
+                    add_special_tokens=False,
+                )
+                out = large.generate(
+                    **ids, do_sample=False, max_new_tokens=a.max_new_tokens, pad_token_id=tok.eos_token_id
+                )
+                data.append(
+                    {"prompt": ids["input_ids"][0].tolist(), "gen": out[0, ids["input_ids"].shape[1] :].tolist()}
+                )
             if a.outputs:
                 Path(a.outputs).write_text(json.dumps(data))
     if a.verify:
@@ -192,13 +218,19 @@ def main(argv=None) -> int:
         table = timed_table(large, context)
         source = f"timed at a {context}-token context, {a.threads} threads"
     costs = DraftCosts(0.0, table, DraftCosts.LOOKUP_OVERHEAD)
-    print(f"{len(data)} outputs, {sum(len(x['gen']) for x in data)} tokens; verify[k] ({source}): "
-          + " ".join(f"{v:.2f}" for v in table))
+    print(
+        f"{len(data)} outputs, {sum(len(x['gen']) for x in data)} tokens; verify[k] ({source}): "
+        + " ".join(f"{v:.2f}" for v in table)
+    )
     print("\n| policy | tokens / unit cost | tokens / large call |\n|---|---|---|")
-    rows = [("0.7 rule (token by token, R over drafting rounds)", Rule07(None, 10, prior=0.4)),
-            ("LookupPolicy (cut, R over all rounds, re-probes)", LookupPolicy(None, 10, prior=0.4))]
-    rows += [(f"fixed: {k1} after a 1-gram match, {k2} after a 2-gram", Fixed((k1, k2)))
-             for k1, k2 in ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (0, 5))]
+    rows = [
+        ("0.7 rule (token by token, R over drafting rounds)", Rule07(None, 10, prior=0.4)),
+        ("LookupPolicy (cut, R over all rounds, re-probes)", LookupPolicy(None, 10, prior=0.4)),
+    ]
+    rows += [
+        (f"fixed: {k1} after a 1-gram match, {k2} after a 2-gram", Fixed((k1, k2)))
+        for k1, k2 in ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (0, 5))
+    ]
     cands = candidates(data, a.ngram, eos)
     for name, pol in rows:
         r, c = replay(data, cands, pol, costs)
@@ -223,8 +255,9 @@ def position_odds(data: list[dict], cands: list, K: int = 10) -> str:
             for j in range(min(a, K)):
                 hits[j] += 1
     p = [h / max(n_pos, 1) for h in hits]
-    return (f"over all {n_pos} positions with a 2+-gram match, P(first j copied tokens right), j = 1..{K}: "
-            + " ".join(f"{x:.3f}" for x in p))
+    return f"over all {n_pos} positions with a 2+-gram match, P(first j copied tokens right), j = 1..{K}: " + " ".join(
+        f"{x:.3f}" for x in p
+    )
 
 
 if __name__ == "__main__":

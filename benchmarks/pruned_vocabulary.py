@@ -12,6 +12,7 @@
    last --heldout dev rows of each data set: neither the shipped draft's training rows nor the counted ones;
    never test.jsonl), and the share of those output tokens inside each head ("coverage").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,12 +112,22 @@ def main() -> None:
     ms = step_times({"large": large, **drafts}, ctx, a.reps)
     sm = softmax_ms(int(large.config.vocab_size), 200)
 
-    recs = generate_teacher_outputs(large, tok, heldout_prompts(tok, data, a.heldout), max_new_tokens=a.max_new_tokens,
-                                    batch_size=4, topk=0, add_special_tokens=False, progress=False)
+    recs = generate_teacher_outputs(
+        large,
+        tok,
+        heldout_prompts(tok, data, a.heldout),
+        max_new_tokens=a.max_new_tokens,
+        batch_size=4,
+        topk=0,
+        add_special_tokens=False,
+        progress=False,
+    )
     outputs = [t for r in recs for t in r.output_ids]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    print(f"\ncontext {ctx.shape[1]} tokens, {a.reps} interleaved reps, 1 thread; large step {ms['large']:.2f} ms; "
-          f"softmax + argmax over {large.config.vocab_size} logits {sm:.3f} ms (paid by every draft step)")
+    print(
+        f"\ncontext {ctx.shape[1]} tokens, {a.reps} interleaved reps, 1 thread; large step {ms['large']:.2f} ms; "
+        f"softmax + argmax over {large.config.vocab_size} logits {sm:.3f} ms (paid by every draft step)"
+    )
     print(f"agreement on {len(recs)} held-out prompts, {len(outputs)} large-model greedy tokens\n")
     print("| draft head | tokens | step ms | / large step | vs full head | coverage | greedy agreement |")
     print("|---|---|---|---|---|---|---|")
@@ -126,8 +137,10 @@ def main() -> None:
         cover = 1.0 if inside is None else sum(t in inside for t in outputs) / len(outputs)
         agree = greedy_agreement(m, recs, pad_token_id=pad)
         n = len(inside) if inside else int(large.config.vocab_size)
-        print(f"| {name} | {n} | {ms[name]:.2f} | {ms[name] / ms['large']:.3f} | {ms[name] / ms['full']:.2f}x "
-              f"| {cover:.3f} | {agree:.3f} |")
+        print(
+            f"| {name} | {n} | {ms[name]:.2f} | {ms[name] / ms['large']:.3f} | {ms[name] / ms['full']:.2f}x "
+            f"| {cover:.3f} | {agree:.3f} |"
+        )
     print(f"\n({time.time() - t_start:.0f} s)")
 
 

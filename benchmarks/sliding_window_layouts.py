@@ -7,6 +7,7 @@ decoded by exact speculative decoding with the batch layout forced to "holes" an
 compared with `large.generate` on the row alone. Prints, per family and layout, which rows are right (or the
 error). The engine's own choice for these families is "rows", which tests/test_families.py checks exact.
 """
+
 import sys
 import warnings
 from pathlib import Path
@@ -35,11 +36,11 @@ def main() -> None:
             alone = []
             for r in range(3):
                 x, m = row(ids, mask, r, "decoder")
-                alone.append(large.generate(x, attention_mask=m, **kw)[0, x.shape[1]:].tolist())
+                alone.append(large.generate(x, attention_mask=m, **kw)[0, x.shape[1] :].tolist())
             gen = bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0, max_small_steps=4)
             try:
                 got = gen.generate(ids, attention_mask=mask, **kw)
-                right = [got[r, ids.shape[1]: ids.shape[1] + len(a)].tolist() == a for r, a in enumerate(alone)]
+                right = [got[r, ids.shape[1] : ids.shape[1] + len(a)].tolist() == a for r, a in enumerate(alone)]
                 result = f"{sum(right)} of 3 rows equal large.generate on the row alone"
             except Exception as e:  # noqa: BLE001 - the point is to show it
                 result = f"fails: {type(e).__name__}: {str(e)[:80]}"

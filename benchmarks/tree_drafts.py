@@ -8,6 +8,7 @@ large greedy, bild at defaults, chains of fixed depth D (`fallback_threshold=0, 
 round, and how many outputs equal large greedy's (in half precision a verify pass may round a near-tie the other
 way: see the README's half-precision section). No figure here is a claim until measured on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,16 +43,18 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)
-    small, large, info = build_controlled_pair("llama", a.agreement, hidden=a.hidden, layers=a.layers, vocab=a.vocab,
-                                               device=a.device, dtype=dtype)
+    small, large, info = build_controlled_pair(
+        "llama", a.agreement, hidden=a.hidden, layers=a.layers, vocab=a.vocab, device=a.device, dtype=dtype
+    )
     prompts = make_prompts(a.vocab, a.prompts, device=a.device)
     depths = [int(x) for x in a.depths.split(",")]
     methods = {"large greedy": None, "bild defaults": bild.BiLDGenerator(small, large)}
     for d in depths:
         methods[f"chain D={d}"] = bild.BiLDGenerator(small, large, fallback_threshold=0, max_small_steps=d)
         for k in (int(x) for x in a.trees.split(",")):
-            methods[f"tree k={k} D={d}"] = bild.BiLDGenerator(small, large, fallback_threshold=0, max_small_steps=d,
-                                                              draft_tree=k)
+            methods[f"tree k={k} D={d}"] = bild.BiLDGenerator(
+                small, large, fallback_threshold=0, max_small_steps=d, draft_tree=k
+            )
     methods["tree k=4 defaults"] = bild.BiLDGenerator(small, large, draft_tree=4)
     kw = dict(max_new_tokens=a.new_tokens, do_sample=False)
     times = {m: [] for m in methods}
@@ -75,9 +78,11 @@ def main() -> None:
                         per_round[name].append(gen.stats.new_tokens / (gen.stats.rounds + 1))
     base = statistics.median(times["large greedy"])
     n = a.reps * len(prompts)
-    print(f"\n`python benchmarks/tree_drafts.py --agreement {a.agreement} --depths {a.depths} --trees {a.trees} "
-          f"--dtype {a.dtype} --device {a.device}`: measured agreement {info.agreement:.2f}, {n} runs of "
-          f"{a.new_tokens} tokens per method, {torch.get_num_threads()} threads\n")
+    print(
+        f"\n`python benchmarks/tree_drafts.py --agreement {a.agreement} --depths {a.depths} --trees {a.trees} "
+        f"--dtype {a.dtype} --device {a.device}`: measured agreement {info.agreement:.2f}, {n} runs of "
+        f"{a.new_tokens} tokens per method, {torch.get_num_threads()} threads\n"
+    )
     print("| method | speedup (median) | tokens / round | = large greedy |")
     print("|---|---|---|---|")
     for name in methods:

@@ -58,7 +58,14 @@ sys.path.insert(0, str(Path(_SRC).resolve() if _SRC else Path(__file__).resolve(
 import bild as _bild  # noqa: E402
 from bild import BiLDGenerator  # noqa: E402
 from bild.pairs.smollm2 import (  # noqa: E402
-    GENERAL_INSTRUCTIONS, chat_prompt, format_instruction, load_pair, read_jsonl, shared_data_dir, task_for_file)
+    GENERAL_INSTRUCTIONS,
+    chat_prompt,
+    format_instruction,
+    load_pair,
+    read_jsonl,
+    shared_data_dir,
+    task_for_file,
+)
 
 DEFAULT_SETS = ("iwslt2017_de_en", "wmt14_de_en", "xsum")
 DEFAULT_EPS = (0.1, 0.2, 0.4, 0.8)
@@ -106,8 +113,15 @@ class WarperSpy:
 
         self.calls = defaultdict(int)
         self._orig = {}
-        for name in ("TopKLogitsWarper", "TopPLogitsWarper", "TemperatureLogitsWarper", "MinPLogitsWarper",
-                     "TypicalLogitsWarper", "EpsilonLogitsWarper", "EtaLogitsWarper"):
+        for name in (
+            "TopKLogitsWarper",
+            "TopPLogitsWarper",
+            "TemperatureLogitsWarper",
+            "MinPLogitsWarper",
+            "TypicalLogitsWarper",
+            "EpsilonLogitsWarper",
+            "EtaLogitsWarper",
+        ):
             cls = getattr(lp, name, None)
             if cls is None:
                 continue
@@ -117,6 +131,7 @@ class WarperSpy:
             def wrapped(obj, *args, _orig=orig, _name=name, **kw):
                 self.calls[_name] += 1
                 return _orig(obj, *args, **kw)
+
             cls.__call__ = wrapped
 
     def restore(self):
@@ -134,19 +149,23 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    return (f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs, "
-            f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} thread(s))")
+    return (
+        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs, "
+        f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} thread(s))"
+    )
 
 
 def git_state(root: Path) -> str:
     """HEAD and modified files under src/ of the checkout `root`."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if not head:
             return f"{root} is not a git checkout"
-        dirty = subprocess.run(["git", "status", "--short", "--", "src"], cwd=root, capture_output=True, text=True,
-                               timeout=10).stdout.split("\n")
+        dirty = subprocess.run(
+            ["git", "status", "--short", "--", "src"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.split("\n")
         dirty = [d.strip() for d in dirty if d.strip()]
         return head + (f" (src/ modified at start: {', '.join(dirty)})" if dirty else " (src/ clean at start)")
     except Exception:  # pragma: no cover
@@ -173,33 +192,51 @@ def summarize(records: list[dict], names: list[str]) -> dict:
             for k, v in (r.get("stats") or {}).items():
                 st[k] += v
         rows[n] = {
-            "method": rs[0]["family"] if rs else n, "eps": rs[0]["eps"] if rs else None, "units": len(rs),
-            "tokens": tok, "ll_token_mean": ll / tok if tok else float("nan"),
-            "ll_unit_mean": per, "ll_unit_se": se, "time_s": t, "ms_per_token": 1000 * t / tok if tok else float("nan"),
+            "method": rs[0]["family"] if rs else n,
+            "eps": rs[0]["eps"] if rs else None,
+            "units": len(rs),
+            "tokens": tok,
+            "ll_token_mean": ll / tok if tok else float("nan"),
+            "ll_unit_mean": per,
+            "ll_unit_se": se,
+            "time_s": t,
+            "ms_per_token": 1000 * t / tok if tok else float("nan"),
             "acceptance": st["accepted"] / st["judged"] if st.get("judged") else None,
             "tokens_per_round": ((st["new_tokens"] - len(rs)) / st["rounds"]) if st.get("rounds") else None,
             "tokens_per_large_call": (st["new_tokens"] / st["large_forwards"]) if st.get("large_forwards") else None,
             "stats": dict(st),
         }
     base = rows.get("large", {}).get("time_s")
-    for n, row in rows.items():
+    for row in rows.values():
         row["speedup"] = base / row["time_s"] if base and row["time_s"] else float("nan")
     # paired (same prompt, same seed) differences of per-unit mean log-likelihoods
-    unit_ll = {(r["method"], r["example"], r["seed"]): r["ll_sum"] / r["n_tokens"]
-               for r in records if r["n_tokens"] and (r["example"], r["seed"]) in complete}
+    unit_ll = {
+        (r["method"], r["example"], r["seed"]): r["ll_sum"] / r["n_tokens"]
+        for r in records
+        if r["n_tokens"] and (r["example"], r["seed"]) in complete
+    }
     paired = {}
     for n in names:
         if n.startswith("opt"):
             u = "uno" + n[3:]
             if u in rows:
-                ds = [unit_ll[(n, e, s)] - unit_ll[(u, e, s)] for (e, s) in sorted(complete)
-                      if (n, e, s) in unit_ll and (u, e, s) in unit_ll]
+                ds = [
+                    unit_ll[(n, e, s)] - unit_ll[(u, e, s)]
+                    for (e, s) in sorted(complete)
+                    if (n, e, s) in unit_ll and (u, e, s) in unit_ll
+                ]
                 m, se = mean_se(ds)
                 lar = rows.get("large", {}).get("ll_token_mean", float("nan"))
                 gap_opt = abs(rows[n]["ll_token_mean"] - lar)
                 gap_uno = abs(rows[u]["ll_token_mean"] - lar)
-                paired[n[4:]] = {"opt_minus_uno_mean": m, "opt_minus_uno_se": se, "n": len(ds),
-                                 "gap_opt": gap_opt, "gap_uno": gap_uno, "opt_closer": gap_opt < gap_uno}
+                paired[n[4:]] = {
+                    "opt_minus_uno_mean": m,
+                    "opt_minus_uno_se": se,
+                    "n": len(ds),
+                    "gap_opt": gap_opt,
+                    "gap_uno": gap_uno,
+                    "opt_closer": gap_opt < gap_uno,
+                }
     return {"units": len(complete), "rows": rows, "opt_vs_uno": paired}
 
 
@@ -216,20 +253,20 @@ def write_reports(out: Path, summary: dict, meta: dict, names: list[str]) -> Non
 
     rows = summary["rows"]
     lines = [
-        f"# Decoding-UNO vs Decoding-OPT on the SmolLM2 pair (Yin et al. 2024, Table 1 direction)",
+        "# Decoding-UNO vs Decoding-OPT on the SmolLM2 pair (Yin et al. 2024, Table 1 direction)",
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}; runtime {meta['runtime_s'] / 60:.1f} min{' (partial)' if meta.get('partial') else ''}",
         f"- machine: {meta['machine']}",
         f"- code: bild {meta['git']}",
-        f"- **the CPU was shared with other jobs** (other engineers' processes); methods are interleaved per "
-        f"prompt with a rotating order, so the speedup ratios are comparable, the absolute times are not",
+        "- **the CPU was shared with other jobs** (other engineers' processes); methods are interleaved per "
+        "prompt with a rotating order, so the speedup ratios are comparable, the absolute times are not",
         f"- prompts: {meta['prompts']}; {summary['units']} (prompt, seed) units complete; seeds {meta['seeds']}; "
         f"max_new_tokens {meta['max_new_tokens']}",
         f"- sampling: temperature 1.0, top_k 0, top_p 1.0 (pure sampling); warper calls seen: "
         f"{meta.get('warper_calls') or 'none'}",
         f"- draft: FIXED, `fallback_threshold=0, max_small_steps={meta['max_small_steps']}` "
-        f"(the adaptive default would turn drafting off on this pair), `verification=\"exact\"`",
+        f'(the adaptive default would turn drafting off on this pair), `verification="exact"`',
         "- log-likelihood: the large model's mean log p(token | prefix) per generated token (eos included, "
         "teacher-forced over prompt + continuation); 'per-token' pools all tokens, 'per-prompt' is the mean "
         "over units of each unit's mean, ± its standard error",
@@ -246,14 +283,22 @@ def write_reports(out: Path, summary: dict, meta: dict, names: list[str]) -> Non
         lines.append(
             f"| {r['method']} | {eps} | {f(r['ll_token_mean'])} | {f(r['ll_unit_mean'])} ± {f(r['ll_unit_se'])} | "
             f"{f(r['ll_token_mean'] - lar, 3) if n != 'large' else '0'} | {f(r['acceptance'])} | "
-            f"{f(r['tokens_per_round'], 2)} | {f(r['ms_per_token'], 1)} | {f(r['speedup'], 2)}x |")
+            f"{f(r['tokens_per_round'], 2)} | {f(r['ms_per_token'], 1)} | {f(r['speedup'], 2)}x |"
+        )
     if summary["opt_vs_uno"]:
-        lines += ["", "OPT vs UNO at each eps. gap = abs(LL per token - LL per token of large) (pooled); OPT is closer when its gap is smaller; the paired "
-                  "difference is OPT - UNO of the per-prompt means (same prompt and seed), mean ± s.e.", "",
-                  "| eps | gap UNO | gap OPT | OPT closer? | OPT - UNO (paired) ± s.e. |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "OPT vs UNO at each eps. gap = abs(LL per token - LL per token of large) (pooled); OPT is closer when its gap is smaller; the paired "
+            "difference is OPT - UNO of the per-prompt means (same prompt and seed), mean ± s.e.",
+            "",
+            "| eps | gap UNO | gap OPT | OPT closer? | OPT - UNO (paired) ± s.e. |",
+            "|---|---|---|---|---|",
+        ]
         for eps, p in summary["opt_vs_uno"].items():
-            lines.append(f"| {eps} | {f(p['gap_uno'])} | {f(p['gap_opt'])} | {closer(p)} | "
-                         f"{f(p['opt_minus_uno_mean'])} ± {f(p['opt_minus_uno_se'])} |")
+            lines.append(
+                f"| {eps} | {f(p['gap_uno'])} | {f(p['gap_opt'])} | {closer(p)} | "
+                f"{f(p['opt_minus_uno_mean'])} ± {f(p['opt_minus_uno_se'])} |"
+            )
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -304,8 +349,12 @@ def main(argv=None) -> int:
     for fpath in files:
         task = task_for_file(fpath)
         for row in read_jsonl(fpath, a.limit):
-            examples.append((Path(fpath).parent.name or Path(fpath).stem,
-                             chat_prompt(tok, format_instruction(row["source"], task, a.max_source_chars))))
+            examples.append(
+                (
+                    Path(fpath).parent.name or Path(fpath).stem,
+                    chat_prompt(tok, format_instruction(row["source"], task, a.max_source_chars)),
+                )
+            )
     if not examples:
         print("no test sets found (../shared/data absent): using the built-in general instructions", flush=True)
         n = 3 * a.limit
@@ -314,14 +363,14 @@ def main(argv=None) -> int:
     by_src = defaultdict(list)
     for e in examples:
         by_src[e[0]].append(e)
-    examples = [x for grp in zip(*by_src.values()) for x in grp] + \
-        [x for g in by_src.values() for x in g[min(map(len, by_src.values())):]]
+    examples = [x for grp in zip(*by_src.values()) for x in grp] + [
+        x for g in by_src.values() for x in g[min(map(len, by_src.values())) :]
+    ]
     srcs = sorted(by_src)
 
     # ---- methods ------------------------------------------------------------------------------
     wanted = set(a.methods.split(","))
-    skw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=a.max_new_tokens,
-               pad_token_id=pad)
+    skw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=a.max_new_tokens, pad_token_id=pad)
     fixed = dict(fallback_threshold=0.0, max_small_steps=a.max_small_steps, verification="exact")
     methods = {}  # name -> (family, eps, callable(enc, max_new) -> (seqs, stats))
 
@@ -355,17 +404,30 @@ def main(argv=None) -> int:
         jl.unlink()
     done = {(r["example"], r["seed"], r["method"]) for r in records}
     cmd = "python " + " ".join([os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv))
-    meta = {"command": cmd, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": machine_description(),
-            "git": (f"imported from {Path(_bild.__file__).parent}; " + (
-                git_state(Path(a.src).resolve().parent) if a.src else git_state(Path(__file__).resolve().parents[1]))
-                + (f"; {a.note}" if a.note else "")),
-            "prompts": f"{len(examples)} ({', '.join(f'{s}: {len(by_src[s])}' for s in srcs)})",
-            "seeds": a.seeds, "max_new_tokens": a.max_new_tokens, "max_small_steps": a.max_small_steps,
-            "eps": a.eps, "threads": a.threads, "max_source_chars": a.max_source_chars, "methods": names}
+    meta = {
+        "command": cmd,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "git": (
+            f"imported from {Path(_bild.__file__).parent}; "
+            + (git_state(Path(a.src).resolve().parent) if a.src else git_state(Path(__file__).resolve().parents[1]))
+            + (f"; {a.note}" if a.note else "")
+        ),
+        "prompts": f"{len(examples)} ({', '.join(f'{s}: {len(by_src[s])}' for s in srcs)})",
+        "seeds": a.seeds,
+        "max_new_tokens": a.max_new_tokens,
+        "max_small_steps": a.max_small_steps,
+        "eps": a.eps,
+        "threads": a.threads,
+        "max_source_chars": a.max_source_chars,
+        "methods": names,
+    }
     units = [(i, s) for s in a.seeds for i in range(len(examples))]
-    print(f"{len(examples)} prompts x {len(a.seeds)} seed(s) x {len(names)} methods ({', '.join(names)}), "
-          f"max_new_tokens {a.max_new_tokens}, {torch.get_num_threads()} thread(s)", flush=True)
+    print(
+        f"{len(examples)} prompts x {len(a.seeds)} seed(s) x {len(names)} methods ({', '.join(names)}), "
+        f"max_new_tokens {a.max_new_tokens}, {torch.get_num_threads()} thread(s)",
+        flush=True,
+    )
 
     spy = WarperSpy()
     with torch.no_grad():
@@ -383,7 +445,7 @@ def main(argv=None) -> int:
             src, text = examples[ex]
             enc = tok(text, return_tensors="pt", add_special_tokens=False)
             width = enc.input_ids.shape[1]
-            order = names[ui % len(names):] + names[: ui % len(names)]
+            order = names[ui % len(names) :] + names[: ui % len(names)]
             line = []
             for name in order:
                 if (ex, seed, name) in done:
@@ -395,13 +457,36 @@ def main(argv=None) -> int:
                 dt = time.perf_counter() - t
                 cont = continuation(seqs, width, eos)
                 lls = large_loglik(large, enc.input_ids, cont)
-                rec = {"example": ex, "seed": seed, "source": src, "method": name, "family": fam, "eps": eps,
-                       "time_s": dt, "n_tokens": len(cont), "ll_sum": sum(lls),
-                       "ll_mean": sum(lls) / len(lls) if lls else None, "eos": bool(cont) and cont[-1] in eos,
-                       "stats": None if st is None else {k: getattr(st, k) for k in (
-                           "new_tokens", "rounds", "drafted", "judged", "accepted", "rollbacks", "fallbacks",
-                           "large_forwards", "small_forwards")},
-                       "text": tok.decode(cont, skip_special_tokens=True)}
+                rec = {
+                    "example": ex,
+                    "seed": seed,
+                    "source": src,
+                    "method": name,
+                    "family": fam,
+                    "eps": eps,
+                    "time_s": dt,
+                    "n_tokens": len(cont),
+                    "ll_sum": sum(lls),
+                    "ll_mean": sum(lls) / len(lls) if lls else None,
+                    "eos": bool(cont) and cont[-1] in eos,
+                    "stats": None
+                    if st is None
+                    else {
+                        k: getattr(st, k)
+                        for k in (
+                            "new_tokens",
+                            "rounds",
+                            "drafted",
+                            "judged",
+                            "accepted",
+                            "rollbacks",
+                            "fallbacks",
+                            "large_forwards",
+                            "small_forwards",
+                        )
+                    },
+                    "text": tok.decode(cont, skip_special_tokens=True),
+                }
                 records.append(rec)
                 with open(jl, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")

@@ -57,6 +57,7 @@ Table 4 (wall time): batch 1, large-model sampling vs the engine with M = 1..4 d
 Verdicts: "agrees within error" when the comparisons' z-scores, pooled as sum z^2 ~ chi-square(n), give
 p >= 0.01 (Theorem 5 also needs the output-histogram chi-square tests to pass, Bonferroni over settings).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,8 @@ def generate(gen, x, T, seed):
 @torch.no_grad()
 def teacher_force(small, large, seq, P):
     """seq [1, P+T] -> p, q [T, V]: the distributions each new token was drawn from (one forward each)."""
-    p = large(seq, attention_mask=torch.ones_like(seq)).logits[0, P - 1:-1].float().softmax(-1)
-    q = small(seq, attention_mask=torch.ones_like(seq)).logits[0, P - 1:-1].float().softmax(-1)
+    p = large(seq, attention_mask=torch.ones_like(seq)).logits[0, P - 1 : -1].float().softmax(-1)
+    q = small(seq, attention_mask=torch.ones_like(seq)).logits[0, P - 1 : -1].float().softmax(-1)
     return p, q
 
 
@@ -173,6 +174,7 @@ def chi2_gof(counts, f, min_expected=5.0):
 
 def chi2_p(stat, df):
     from scipy.stats import chi2
+
     return float(chi2.sf(stat, df)) if df > 0 else float("nan")
 
 
@@ -201,7 +203,6 @@ def panel1(pair, k, args, log, keep=None):
     prompts = make_prompts(info.vocab, args.prompts, args.prompt_len, seed=args.seed + 1)
     R = J = N = 0
     pred_j = pred_all = var = 0.0
-    rej_first = judged_first = 0
     checks = True
     t0 = time.perf_counter()
     for i, x in enumerate(prompts):
@@ -223,16 +224,32 @@ def panel1(pair, k, args, log, keep=None):
         if keep is not None:
             keep.append((p, q))
     se = math.sqrt(var)
-    row = dict(agreement=pair["target"], measured_agreement=info.agreement, k="horizon" if k == 0 else k,
-               prompts=len(prompts), tokens=N, judged=J, rejections=R,
-               measured_per_token=R / N, predicted_per_token=pred_j / N, thm1_all_positions_per_token=pred_all / N,
-               measured_per_judged=R / J, predicted_per_judged=pred_j / J, se_per_token=se / N, se_per_judged=se / J,
-               gap_per_token=(R - pred_j) / N, z=z_of(R - pred_j, se), stats_consistent=bool(checks),
-               seconds=time.perf_counter() - t0)
-    log(f"  pair {pair['target']:.2f} k={row['k']!s:>7}: rej/token measured {row['measured_per_token']:.4f} "
+    row = dict(
+        agreement=pair["target"],
+        measured_agreement=info.agreement,
+        k="horizon" if k == 0 else k,
+        prompts=len(prompts),
+        tokens=N,
+        judged=J,
+        rejections=R,
+        measured_per_token=R / N,
+        predicted_per_token=pred_j / N,
+        thm1_all_positions_per_token=pred_all / N,
+        measured_per_judged=R / J,
+        predicted_per_judged=pred_j / J,
+        se_per_token=se / N,
+        se_per_judged=se / J,
+        gap_per_token=(R - pred_j) / N,
+        z=z_of(R - pred_j, se),
+        stats_consistent=bool(checks),
+        seconds=time.perf_counter() - t0,
+    )
+    log(
+        f"  pair {pair['target']:.2f} k={row['k']!s:>7}: rej/token measured {row['measured_per_token']:.4f} "
         f"predicted {row['predicted_per_token']:.4f} +- {row['se_per_token']:.4f} (z {row['z']:+.2f}); "
         f"Thm 1 all positions {row['thm1_all_positions_per_token']:.4f}; rej/judged {row['measured_per_judged']:.4f} vs "
-        f"mean TV {row['predicted_per_judged']:.4f}; stats consistent {checks}; {row['seconds']:.0f}s")
+        f"mean TV {row['predicted_per_judged']:.4f}; stats consistent {checks}; {row['seconds']:.0f}s"
+    )
     return row
 
 
@@ -273,16 +290,31 @@ def panel2_engine(pair, args, log):
             pred_total += float(pi.sum())
             var_total += float((pi * (1 - pi)).sum())
         se = math.sqrt(var_first) / n_rounds
-        row = dict(M=M, source="engine num_drafts", k=args.batch_k, prompts=len(prompts), rounds=n_rounds,
-                   measured=first_rej / n_rounds, predicted=pred_first / n_rounds, se=se,
-                   gap=(first_rej - pred_first) / n_rounds, z=z_of(first_rej - pred_first, math.sqrt(var_first)),
-                   batch_improvement=bi / n_rounds, tokens=len(prompts) * T,
-                   rejections=R, predicted_rejections=pred_total, rejections_z=z_of(R - pred_total, math.sqrt(var_total)),
-                   stats_consistent=bool(checks), seconds=time.perf_counter() - t0)
+        row = dict(
+            M=M,
+            source="engine num_drafts",
+            k=args.batch_k,
+            prompts=len(prompts),
+            rounds=n_rounds,
+            measured=first_rej / n_rounds,
+            predicted=pred_first / n_rounds,
+            se=se,
+            gap=(first_rej - pred_first) / n_rounds,
+            z=z_of(first_rej - pred_first, math.sqrt(var_first)),
+            batch_improvement=bi / n_rounds,
+            tokens=len(prompts) * T,
+            rejections=R,
+            predicted_rejections=pred_total,
+            rejections_z=z_of(R - pred_total, math.sqrt(var_total)),
+            stats_consistent=bool(checks),
+            seconds=time.perf_counter() - t0,
+        )
         rows.append(row)
-        log(f"  M={M}: first-position rejections/round measured {row['measured']:.4f} predicted {row['predicted']:.4f} "
+        log(
+            f"  M={M}: first-position rejections/round measured {row['measured']:.4f} predicted {row['predicted']:.4f} "
             f"+- {se:.4f} (z {row['z']:+.2f}) over {n_rounds} rounds; batch improvement {row['batch_improvement']:.4f}; "
-            f"all rejections {R} vs {pred_total:.1f} (z {row['rejections_z']:+.2f}); {row['seconds']:.0f}s")
+            f"all rejections {R} vs {pred_total:.1f} (z {row['rejections_z']:+.2f}); {row['seconds']:.0f}s"
+        )
     return rows
 
 
@@ -303,8 +335,12 @@ def panel2_rule(P, Q, args, log):
     # check after an accepted first token: it does not change the first position, which is what is measured)
     K = 1
     try:
-        V.verify_batch_drafts(torch.zeros(1, 2, 1, dtype=torch.long), torch.ones(1, 2, dtype=torch.long),
-                              P[:1, None, None].expand(1, 2, 2, -1), Q[:1, None, None].expand(1, 2, 1, -1))
+        V.verify_batch_drafts(
+            torch.zeros(1, 2, 1, dtype=torch.long),
+            torch.ones(1, 2, dtype=torch.long),
+            P[:1, None, None].expand(1, 2, 2, -1),
+            Q[:1, None, None].expand(1, 2, 1, -1),
+        )
     except (IndexError, RuntimeError) as e:
         K = 2
         log(f"  verify_batch_drafts fails with K = 1 draft position ({type(e).__name__}: {e}); using K = 2")
@@ -318,8 +354,9 @@ def panel2_rule(P, Q, args, log):
             for s in range(0, n, args.chunk):
                 b = min(args.chunk, n - s)
                 drafts = torch.multinomial(q, b * M * K, replacement=True).view(b, M, K)
-                chosen, n_acc, nxt = V.verify_batch_drafts(drafts, torch.full((b, M), K, dtype=torch.long),
-                                                           p.expand(b, M, K + 1, -1), q.expand(b, M, K, -1))
+                chosen, n_acc, nxt = V.verify_batch_drafts(
+                    drafts, torch.full((b, M), K, dtype=torch.long), p.expand(b, M, K + 1, -1), q.expand(b, M, K, -1)
+                )
                 c += int((n_acc == 0).sum())
                 tok = torch.where(n_acc > 0, drafts[torch.arange(b), chosen, 0], nxt)  # the token written first
                 counts += torch.bincount(tok, minlength=p.shape[-1])
@@ -328,12 +365,28 @@ def panel2_rule(P, Q, args, log):
             X, df = X + x, df + d
         m, se = statistics.fmean(rej), math.sqrt(sum(f * (1 - f) for f in fr.tolist()) / n) / len(rej)
         pred = float(fr.mean())
-        rows.append(dict(M=M, source="pure rule verify_batch_drafts", k=K, prefixes=P.shape[0], samples=n,
-                         rounds=n * P.shape[0], measured=m, predicted=pred, se=se, gap=m - pred, z=z_of(m - pred, se),
-                         batch_improvement=float(th.batch_improvement(P, Q, M).mean()),
-                         output_vs_p_chi2_p=chi2_p(X, df), seconds=time.perf_counter() - t0))
-        log(f"  M={M} (pure rule): first-position rejection measured {m:.4f} predicted {pred:.4f} +- {se:.4f} "
-            f"(z {rows[-1]['z']:+.2f}); first output token vs p: chi-square p-value {rows[-1]['output_vs_p_chi2_p']:.3f}")
+        rows.append(
+            dict(
+                M=M,
+                source="pure rule verify_batch_drafts",
+                k=K,
+                prefixes=P.shape[0],
+                samples=n,
+                rounds=n * P.shape[0],
+                measured=m,
+                predicted=pred,
+                se=se,
+                gap=m - pred,
+                z=z_of(m - pred, se),
+                batch_improvement=float(th.batch_improvement(P, Q, M).mean()),
+                output_vs_p_chi2_p=chi2_p(X, df),
+                seconds=time.perf_counter() - t0,
+            )
+        )
+        log(
+            f"  M={M} (pure rule): first-position rejection measured {m:.4f} predicted {pred:.4f} +- {se:.4f} "
+            f"(z {rows[-1]['z']:+.2f}); first output token vs p: chi-square p-value {rows[-1]['output_vs_p_chi2_p']:.3f}"
+        )
     return rows
 
 
@@ -356,8 +409,9 @@ def one_token_rule(p, q, n, eps, resample, chunk):
     for s in range(0, n, chunk):
         b = min(chunk, n - s)
         drafts = torch.multinomial(q, b, replacement=True)
-        n_acc, nxt = V.verify_exact_sampling(drafts[:, None], torch.ones(b, dtype=torch.long), p.expand(b, 2, -1),
-                                             q.expand(b, 1, -1), eps, resample)
+        n_acc, nxt = V.verify_exact_sampling(
+            drafts[:, None], torch.ones(b, dtype=torch.long), p.expand(b, 2, -1), q.expand(b, 1, -1), eps, resample
+        )
         tok = torch.where(n_acc == 1, drafts, nxt)
         acc += int(n_acc.sum())
         counts += torch.bincount(tok, minlength=p.shape[-1])
@@ -404,25 +458,38 @@ def panel3(P, Q, args, log):
                 x, d = chi2_gof(c, fp)
                 X, df = X + x, df + d
             k = P.shape[0]
-            row = dict(method=method, eps=eps, prefixes=k, samples=n,
-                       measured_reject=statistics.fmean(rej), se_reject=math.sqrt(rej_var) / k,
-                       predicted_reject=float(th.uno_rejection(P, Q, eps).mean()),
-                       measured_loss=statistics.fmean(wit), se_loss=math.sqrt(wit_var) / k,
-                       split_loss=statistics.fmean(split), plugin_loss=statistics.fmean(plug),
-                       predicted_loss=float(th.tv_loss(dist, P).mean()),
-                       optimal_loss=float(th.optimal_loss(P, Q, th.accept_prob(P, Q, eps)).mean()),
-                       chi2=X, chi2_df=df, chi2_p=chi2_p(X, df),
-                       tv=float(th.tv_distance(P, Q).mean()), seconds=time.perf_counter() - t0)
+            row = dict(
+                method=method,
+                eps=eps,
+                prefixes=k,
+                samples=n,
+                measured_reject=statistics.fmean(rej),
+                se_reject=math.sqrt(rej_var) / k,
+                predicted_reject=float(th.uno_rejection(P, Q, eps).mean()),
+                measured_loss=statistics.fmean(wit),
+                se_loss=math.sqrt(wit_var) / k,
+                split_loss=statistics.fmean(split),
+                plugin_loss=statistics.fmean(plug),
+                predicted_loss=float(th.tv_loss(dist, P).mean()),
+                optimal_loss=float(th.optimal_loss(P, Q, th.accept_prob(P, Q, eps)).mean()),
+                chi2=X,
+                chi2_df=df,
+                chi2_p=chi2_p(X, df),
+                tv=float(th.tv_distance(P, Q).mean()),
+                seconds=time.perf_counter() - t0,
+            )
             row["measured_sum"] = row["measured_reject"] + row["measured_loss"]
             row["z_reject"] = z_of(row["measured_reject"] - row["predicted_reject"], row["se_reject"])
             row["z_loss"] = z_of(row["measured_loss"] - row["predicted_loss"], row["se_loss"])
             row["z_line"] = z_of(row["measured_sum"] - row["tv"], math.hypot(row["se_reject"], row["se_loss"]))
             rows.append(row)
-            log(f"  {method} eps={eps:<5g}: P(reject) {row['measured_reject']:.4f} (pred {row['predicted_reject']:.4f}, "
+            log(
+                f"  {method} eps={eps:<5g}: P(reject) {row['measured_reject']:.4f} (pred {row['predicted_reject']:.4f}, "
                 f"z {row['z_reject']:+.2f}); TV loss {row['measured_loss']:.4f} +- {row['se_loss']:.4f} (pred "
                 f"{row['predicted_loss']:.4f}, z {row['z_loss']:+.2f}; model-free bracket [{row['split_loss']:.4f}, "
                 f"{row['plugin_loss']:.4f}]; Thm 4 optimum {row['optimal_loss']:.4f}); output vs predicted "
-                f"distribution: chi-square {X:.0f} on {df} df, p = {row['chi2_p']:.3f}; {row['seconds']:.0f}s")
+                f"distribution: chi-square {X:.0f} on {df} df, p = {row['chi2_p']:.3f}; {row['seconds']:.0f}s"
+            )
     return rows
 
 
@@ -447,11 +514,21 @@ def panel3_engine(pair, args, log):
                 J += st.judged
                 pred += float(a.sum())
                 var += float((a * (1 - a)).sum())
-            row = dict(method=method, eps=eps, k=args.eps_k, judged=J, measured_accept=A / J, predicted_accept=pred / J,
-                       se=math.sqrt(var) / J, z=z_of(A - pred, math.sqrt(var)))
+            row = dict(
+                method=method,
+                eps=eps,
+                k=args.eps_k,
+                judged=J,
+                measured_accept=A / J,
+                predicted_accept=pred / J,
+                se=math.sqrt(var) / J,
+                z=z_of(A - pred, math.sqrt(var)),
+            )
             rows.append(row)
-            log(f"  engine {method} eps={eps:g}: acceptance {row['measured_accept']:.4f} predicted "
-                f"{row['predicted_accept']:.4f} +- {row['se']:.4f} (z {row['z']:+.2f}) over {J} judged drafts")
+            log(
+                f"  engine {method} eps={eps:g}: acceptance {row['measured_accept']:.4f} predicted "
+                f"{row['predicted_accept']:.4f} +- {row['se']:.4f} (z {row['z']:+.2f}) over {J} judged drafts"
+            )
     return rows
 
 
@@ -462,19 +539,23 @@ def walltime(pair, args, log):
     small, large, info = pair["small"], pair["large"], pair["info"]
     T = args.new_tokens
     gens = {f"M={M}": make_gen(small, large, args.time_k, num_drafts=M) for M in args.time_drafts}
-    table = {"large sampling": lambda x, s: (torch.manual_seed(s), large.generate(
-        x, attention_mask=torch.ones_like(x), max_new_tokens=T, min_new_tokens=T, **SAMPLING))[1]}
+    table = {
+        "large sampling": lambda x, s: (
+            torch.manual_seed(s),
+            large.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=T, min_new_tokens=T, **SAMPLING),
+        )[1]
+    }
     for name, g in gens.items():
         table[name] = (lambda g: lambda x, s: generate(g, x, T, s))(g)
     prompts = make_prompts(info.vocab, args.time_prompts + 1, args.prompt_len, seed=args.seed + 4)
     warm, prompts = prompts[0], prompts[1:]
-    for name, fn in table.items():
+    for fn in table.values():
         fn(warm, 0)
     names = list(table)
     times = {n: [] for n in names}
     acc = {n: dict(rounds=0, tokens=0, rej=0, first=0, drafting=0) for n in gens}
     for i, x in enumerate(prompts):
-        order = names[i % len(names):] + names[: i % len(names)]
+        order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
             t = time.perf_counter()
             table[name](x, args.seed * 100_003 + i)
@@ -492,17 +573,30 @@ def walltime(pair, args, log):
     ref1 = times.get("M=1")
     rows = []
     for name in names:
-        r = dict(pair=pair["target"], method=name, ms_per_token=1e3 * statistics.median(times[name]) / T,
-                 speedup=statistics.median(b / t for b, t in zip(base, times[name])),
-                 vs_M1=statistics.median(a / t for a, t in zip(ref1, times[name])) if ref1 else float("nan"))
+        r = dict(
+            pair=pair["target"],
+            method=name,
+            ms_per_token=1e3 * statistics.median(times[name]) / T,
+            speedup=statistics.median(b / t for b, t in zip(base, times[name])),
+            vs_M1=statistics.median(a / t for a, t in zip(ref1, times[name])) if ref1 else float("nan"),
+        )
         if name in acc:
             a = acc[name]
-            r.update(tokens_per_round=a["tokens"] / a["rounds"], rejections_per_round=a["rej"] / a["rounds"],
-                     first_position_rejections_per_round=a["first"] / max(1, a["drafting"]))
+            r.update(
+                tokens_per_round=a["tokens"] / a["rounds"],
+                rejections_per_round=a["rej"] / a["rounds"],
+                first_position_rejections_per_round=a["first"] / max(1, a["drafting"]),
+            )
         rows.append(r)
-        log(f"  pair {pair['target']:g} {name:15s} {r['ms_per_token']:7.2f} ms/token  speedup {r['speedup']:.2f}x  vs M=1 {r['vs_M1']:.2f}x"
-            + (f"  tokens/round {r['tokens_per_round']:.2f}  rejections/round {r['rejections_per_round']:.3f}  "
-               f"first-position rejections/round {r['first_position_rejections_per_round']:.3f}" if name in acc else ""))
+        log(
+            f"  pair {pair['target']:g} {name:15s} {r['ms_per_token']:7.2f} ms/token  speedup {r['speedup']:.2f}x  vs M=1 {r['vs_M1']:.2f}x"
+            + (
+                f"  tokens/round {r['tokens_per_round']:.2f}  rejections/round {r['rejections_per_round']:.3f}  "
+                f"first-position rejections/round {r['first_position_rejections_per_round']:.3f}"
+                if name in acc
+                else ""
+            )
+        )
     return rows
 
 
@@ -512,6 +606,7 @@ def walltime(pair, args, log):
 def figure(res, path, P=None, Q=None, P2=None, Q2=None):
     """P, Q: the panel-3 prefixes (panel 3's curves); P2, Q2: prefixes for panel 2's a-priori curve."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -525,8 +620,15 @@ def figure(res, path, P=None, Q=None, P2=None, Q2=None):
     cmap = lambda x: plt.get_cmap("tab10")(round(x * (len(agrees) - 1)))  # noqa: E731
     for r in rows:
         c = cmap(agrees.index(r["agreement"]) / max(1, len(agrees) - 1))
-        a.errorbar(r["predicted_per_token"], r["measured_per_token"], yerr=r["se_per_token"], fmt=markers[str(r["k"])],
-                   color=c, capsize=3, ms=6)
+        a.errorbar(
+            r["predicted_per_token"],
+            r["measured_per_token"],
+            yerr=r["se_per_token"],
+            fmt=markers[str(r["k"])],
+            color=c,
+            capsize=3,
+            ms=6,
+        )
     lo = 0
     hi = 1.1 * max(max(r["predicted_per_token"], r["measured_per_token"]) for r in rows)
     a.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (Theorem 1)")
@@ -547,21 +649,44 @@ def figure(res, path, P=None, Q=None, P2=None, Q2=None):
         Ms = [r["M"] for r in rows]
         engine = rows[0]["source"].startswith("engine")
         if engine:
-            a.plot(Ms, [r["predicted"] for r in rows], "-", color="C0",
-                   label="predicted: prod_m TV(r^m, q), mean over the runs' round starts")
+            a.plot(
+                Ms,
+                [r["predicted"] for r in rows],
+                "-",
+                color="C0",
+                label="predicted: prod_m TV(r^m, q), mean over the runs' round starts",
+            )
         if P2 is not None:
             grid = list(range(1, max(Ms) + 3))
-            a.plot(grid, [float(th.first_position_rejection(P2, Q2, m).mean()) for m in grid], ":" if engine else "-",
-                   color="C2" if engine else "C0",
-                   label="predicted at random positions of target samples" if engine else
-                   "predicted: prod_m TV(r^m, q), mean over the prefixes")
-        a.errorbar(Ms, [r["measured"] for r in rows], yerr=[r["se"] for r in rows], fmt="o", color="C1", capsize=3,
-                   label=f"measured ({rows[0]['source']})")
+            a.plot(
+                grid,
+                [float(th.first_position_rejection(P2, Q2, m).mean()) for m in grid],
+                ":" if engine else "-",
+                color="C2" if engine else "C0",
+                label="predicted at random positions of target samples"
+                if engine
+                else "predicted: prod_m TV(r^m, q), mean over the prefixes",
+            )
+        a.errorbar(
+            Ms,
+            [r["measured"] for r in rows],
+            yerr=[r["se"] for r in rows],
+            fmt="o",
+            color="C1",
+            capsize=3,
+            label=f"measured ({rows[0]['source']})",
+        )
         a.set_xticks(list(range(1, max(Ms) + (3 if P2 is not None else 1))))
         a.legend(fontsize=8)
     else:
-        a.text(0.5, 0.5, "num_drafts / verify_batch_drafts\nnot available in the engine", ha="center", va="center",
-               transform=a.transAxes)
+        a.text(
+            0.5,
+            0.5,
+            "num_drafts / verify_batch_drafts\nnot available in the engine",
+            ha="center",
+            va="center",
+            transform=a.transAxes,
+        )
     a.set_xlabel("M (drafts per round)")
     a.set_ylabel("rejections at the round's first position / round")
     a.set_title("Theorem 3: batch speculative decoding")
@@ -571,23 +696,48 @@ def figure(res, path, P=None, Q=None, P2=None, Q2=None):
     if P is not None:
         grid = (torch.linspace(0, 1, 300) ** 3 * max(1.0, max(res["args"]["eps"]))).tolist()  # dense at small eps
         x = [float(th.uno_rejection(P, Q, e).mean()) for e in grid]
-        a.plot(x, [float(th.tv_loss(th.opt_distribution(P, Q, e), P).mean()) for e in grid], "-", color="C0",
-               label="OPT predicted: P(reject) + loss = TV(p, q) (Thm 5)")
-        a.plot(x, [float(th.tv_loss(th.uno_distribution(P, Q, e), P).mean()) for e in grid], "-", color="C3",
-               label="UNO predicted")
+        a.plot(
+            x,
+            [float(th.tv_loss(th.opt_distribution(P, Q, e), P).mean()) for e in grid],
+            "-",
+            color="C0",
+            label="OPT predicted: P(reject) + loss = TV(p, q) (Thm 5)",
+        )
+        a.plot(
+            x,
+            [float(th.tv_loss(th.uno_distribution(P, Q, e), P).mean()) for e in grid],
+            "-",
+            color="C3",
+            label="UNO predicted",
+        )
     for method, color in (("OPT", "C0"), ("UNO", "C3")):
         rr = [r for r in rows if r["method"] == method]
-        a.errorbar([r["measured_reject"] for r in rr], [r["measured_loss"] for r in rr],
-                   xerr=[r["se_reject"] for r in rr], yerr=[r["se_loss"] for r in rr], fmt="o", color=color,
-                   mfc="none", capsize=3, label=f"{method} measured (engine rule)")
+        a.errorbar(
+            [r["measured_reject"] for r in rr],
+            [r["measured_loss"] for r in rr],
+            xerr=[r["se_reject"] for r in rr],
+            yerr=[r["se_loss"] for r in rr],
+            fmt="o",
+            color=color,
+            mfc="none",
+            capsize=3,
+            label=f"{method} measured (engine rule)",
+        )
         for r in rr:
             if r["measured_reject"] > 0.02:  # the eps with P(reject) ~ 0 all sit at (0, TV): labelled together
-                a.annotate(f"{r['eps']:g}", (r["measured_reject"], r["measured_loss"]), fontsize=7,
-                           xytext=(4, 3 if method == "OPT" else -9), textcoords="offset points", color=color)
+                a.annotate(
+                    f"{r['eps']:g}",
+                    (r["measured_reject"], r["measured_loss"]),
+                    fontsize=7,
+                    xytext=(4, 3 if method == "OPT" else -9),
+                    textcoords="offset points",
+                    color=color,
+                )
     near = [f"{r['eps']:g}" for r in rows if r["method"] == "OPT" and r["measured_reject"] <= 0.02]
     if near:
-        a.annotate(f"eps = {', '.join(near)}", (0, rows[0]["tv"]), fontsize=7, xytext=(8, -14),
-                   textcoords="offset points")
+        a.annotate(
+            f"eps = {', '.join(near)}", (0, rows[0]["tv"]), fontsize=7, xytext=(8, -14), textcoords="offset points"
+        )
     a.set_xlabel("P(reject) = 1 - acceptance (mean over prefixes)")
     a.set_ylabel("TV(output, p) (mean over prefixes)")
     a.set_title("Theorems 4-5: Decoding-UNO vs -OPT (labels: eps)")
@@ -605,7 +755,9 @@ def md_table(rows, cols, fmt=None):
         for _, key in cols:
             v = r.get(key, "")
             f = fmt.get(key)
-            cells.append(f.format(v) if f and isinstance(v, (int, float)) else (f"{v:.4f}" if isinstance(v, float) else str(v)))
+            cells.append(
+                f.format(v) if f and isinstance(v, (int, float)) else (f"{v:.4f}" if isinstance(v, float) else str(v))
+            )
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -622,19 +774,23 @@ def verdicts(res):
     se = math.sqrt(sum((r["se_per_token"] * r["tokens"]) ** 2 for r in rows))
     x, n, pv = pooled([r["z"] for r in rows])
     worst = max(rows, key=lambda r: abs(r["z"]))
-    v["theorem1"] = (f"Theorem 1 {verdict_word(pv)} within error: pooled over {len(rows)} (pair, k) points, measured - "
-                     f"predicted = {(R - pred) / N:+.4f} rejections/token (s.e. {se / N:.4f}, z {z_of(R - pred, se):+.2f}); "
-                     f"sum z^2 = {x:.1f} on {n} (p = {pv:.2f}); largest |z| {abs(worst['z']):.2f} (agreement "
-                     f"{worst['agreement']:g}, k = {worst['k']}: gap {worst['gap_per_token']:+.4f}/token)")
+    v["theorem1"] = (
+        f"Theorem 1 {verdict_word(pv)} within error: pooled over {len(rows)} (pair, k) points, measured - "
+        f"predicted = {(R - pred) / N:+.4f} rejections/token (s.e. {se / N:.4f}, z {z_of(R - pred, se):+.2f}); "
+        f"sum z^2 = {x:.1f} on {n} (p = {pv:.2f}); largest |z| {abs(worst['z']):.2f} (agreement "
+        f"{worst['agreement']:g}, k = {worst['k']}: gap {worst['gap_per_token']:+.4f}/token)"
+    )
     rows = res.get("panel2") or []
     if rows:
         x, n, pv = pooled([r["z"] for r in rows])
         worst = max(rows, key=lambda r: abs(r["z"]))
-        v["theorem3"] = (f"Theorem 3 {verdict_word(pv)} within error ({rows[0]['source']}): sum z^2 = {x:.1f} on {n} "
-                         f"(p = {pv:.2f}); largest gap at M={worst['M']}: {worst['gap']:+.4f} first-position "
-                         f"rejections/round (z {worst['z']:+.2f}); batch improvement at M={rows[-1]['M']}: "
-                         f"{rows[-1]['batch_improvement']:.4f} (measured {rows[0]['measured'] - rows[-1]['measured']:.4f} "
-                         f"fewer first-position rejections/round than M={rows[0]['M']})")
+        v["theorem3"] = (
+            f"Theorem 3 {verdict_word(pv)} within error ({rows[0]['source']}): sum z^2 = {x:.1f} on {n} "
+            f"(p = {pv:.2f}); largest gap at M={worst['M']}: {worst['gap']:+.4f} first-position "
+            f"rejections/round (z {worst['z']:+.2f}); batch improvement at M={rows[-1]['M']}: "
+            f"{rows[-1]['batch_improvement']:.4f} (measured {rows[0]['measured'] - rows[-1]['measured']:.4f} "
+            f"fewer first-position rejections/round than M={rows[0]['M']})"
+        )
     else:
         v["theorem3"] = "Theorem 3 not measured: neither num_drafts nor verify_batch_drafts exists in the engine"
     rows = res["panel3"]
@@ -643,108 +799,223 @@ def verdicts(res):
     worst = max(opt, key=lambda r: abs(r["z_line"]))
     x, n, pv = pooled([r["z_line"] for r in opt] + [r["z_reject"] for r in rows] + [r["z_loss"] for r in uno])
     chi_min = min(r["chi2_p"] for r in rows)
-    v["theorem5"] = (f"Theorem 5 {verdict_word(min(pv, chi_min * len(rows)))} within error: OPT's measured P(reject) + "
-                     f"TV loss - TV(p, q) is at most {worst['measured_sum'] - worst['tv']:+.4f} (z {worst['z_line']:+.2f}, "
-                     f"eps {worst['eps']:g}); P(reject), UNO's loss and OPT on the line: sum z^2 = {x:.1f} on {n} "
-                     f"(p = {pv:.2f}); smallest chi-square p-value of an output histogram against the predicted "
-                     f"distribution {chi_min:.3f} (of {len(rows)}); UNO sits above the line by up to "
-                     f"{max(r['measured_sum'] - r['tv'] for r in uno):.4f}: at equal P(reject) OPT loses less")
+    v["theorem5"] = (
+        f"Theorem 5 {verdict_word(min(pv, chi_min * len(rows)))} within error: OPT's measured P(reject) + "
+        f"TV loss - TV(p, q) is at most {worst['measured_sum'] - worst['tv']:+.4f} (z {worst['z_line']:+.2f}, "
+        f"eps {worst['eps']:g}); P(reject), UNO's loss and OPT on the line: sum z^2 = {x:.1f} on {n} "
+        f"(p = {pv:.2f}); smallest chi-square p-value of an output histogram against the predicted "
+        f"distribution {chi_min:.3f} (of {len(rows)}); UNO sits above the line by up to "
+        f"{max(r['measured_sum'] - r['tv'] for r in uno):.4f}: at equal P(reject) OPT loses less"
+    )
     rows = res.get("panel3_engine") or []
     if rows:
         x, n, pv = pooled([r["z"] for r in rows])
         worst = max(rows, key=lambda r: abs(r["z"]))
-        v["engine_eps"] = (f"Engine eps-rule {verdict_word(pv)}: BiLDGenerator(uno_epsilon / opt_epsilon) acceptance vs "
-                           f"prediction on its own trajectories, sum z^2 = {x:.1f} on {n} (p = {pv:.2f}); largest gap "
-                           f"{worst['measured_accept'] - worst['predicted_accept']:+.4f} (z {worst['z']:+.2f}, "
-                           f"{worst['method']} eps={worst['eps']:g})")
+        v["engine_eps"] = (
+            f"Engine eps-rule {verdict_word(pv)}: BiLDGenerator(uno_epsilon / opt_epsilon) acceptance vs "
+            f"prediction on its own trajectories, sum z^2 = {x:.1f} on {n} (p = {pv:.2f}); largest gap "
+            f"{worst['measured_accept'] - worst['predicted_accept']:+.4f} (z {worst['z']:+.2f}, "
+            f"{worst['method']} eps={worst['eps']:g})"
+        )
     return v
 
 
 def report(res, path):
     a = res["args"]
-    L = [f"# Yin et al. (NeurIPS 2024): theory vs the engine's measurements", "",
-         f"- command: `{res['command']}`", f"- date: {res['date']}", f"- machine: {res['machine']}",
-         f"- runtime: {res['runtime_s']:.0f} s", ""]
+    L = [
+        "# Yin et al. (NeurIPS 2024): theory vs the engine's measurements",
+        "",
+        f"- command: `{res['command']}`",
+        f"- date: {res['date']}",
+        f"- machine: {res['machine']}",
+        f"- runtime: {res['runtime_s']:.0f} s",
+        "",
+    ]
     L += ["## Verdicts", ""] + [f"- {s}" for s in res["verdicts"].values()] + [""]
-    L += ["## Pairs", "", md_table(res["pairs"], [("target agreement", "target"), ("measured greedy agreement", "agreement"),
-                                                 ("small confidence", "small_confidence"), ("alpha", "alpha"),
-                                                 ("built (s)", "seconds")],
-                                 {"target": "{:g}", "seconds": "{:.0f}", "alpha": "{:.4g}"}), ""]
-    L += ["## Panel 1: Theorem 1 (exact speculative sampling, fixed drafts of k)", "",
-          f"{a['prompts']} prompts x {a['new_tokens']} new tokens per point. Predicted = sum of TV(p_t, q_t) over the "
-          "judged positions of the engine's own trajectories (unbiased for the measured count at any k; s.e. = "
-          "sqrt(sum TV(1-TV))). 'Thm 1 all pos.' = the theorem as printed (K = infinity: every position counts), "
-          "which over-counts the unjudged bonus positions at finite k. 'stats ok': the round structure read from "
-          "token_sources/draft_budgets reproduces stats.rollbacks and stats.judged.", "",
-          md_table(res["panel1"], [("agreement", "agreement"), ("k", "k"), ("judged", "judged"), ("rejections", "rejections"),
-                                   ("meas. rej/token", "measured_per_token"), ("pred. rej/token", "predicted_per_token"),
-                                   ("s.e.", "se_per_token"), ("z", "z"), ("Thm 1 all pos./token", "thm1_all_positions_per_token"),
-                                   ("meas. rej/judged", "measured_per_judged"), ("mean TV judged", "predicted_per_judged"),
-                                   ("stats ok", "stats_consistent")], {"z": "{:+.2f}", "agreement": "{:g}"}), ""]
+    L += [
+        "## Pairs",
+        "",
+        md_table(
+            res["pairs"],
+            [
+                ("target agreement", "target"),
+                ("measured greedy agreement", "agreement"),
+                ("small confidence", "small_confidence"),
+                ("alpha", "alpha"),
+                ("built (s)", "seconds"),
+            ],
+            {"target": "{:g}", "seconds": "{:.0f}", "alpha": "{:.4g}"},
+        ),
+        "",
+    ]
+    L += [
+        "## Panel 1: Theorem 1 (exact speculative sampling, fixed drafts of k)",
+        "",
+        f"{a['prompts']} prompts x {a['new_tokens']} new tokens per point. Predicted = sum of TV(p_t, q_t) over the "
+        "judged positions of the engine's own trajectories (unbiased for the measured count at any k; s.e. = "
+        "sqrt(sum TV(1-TV))). 'Thm 1 all pos.' = the theorem as printed (K = infinity: every position counts), "
+        "which over-counts the unjudged bonus positions at finite k. 'stats ok': the round structure read from "
+        "token_sources/draft_budgets reproduces stats.rollbacks and stats.judged.",
+        "",
+        md_table(
+            res["panel1"],
+            [
+                ("agreement", "agreement"),
+                ("k", "k"),
+                ("judged", "judged"),
+                ("rejections", "rejections"),
+                ("meas. rej/token", "measured_per_token"),
+                ("pred. rej/token", "predicted_per_token"),
+                ("s.e.", "se_per_token"),
+                ("z", "z"),
+                ("Thm 1 all pos./token", "thm1_all_positions_per_token"),
+                ("meas. rej/judged", "measured_per_judged"),
+                ("mean TV judged", "predicted_per_judged"),
+                ("stats ok", "stats_consistent"),
+            ],
+            {"z": "{:+.2f}", "agreement": "{:g}"},
+        ),
+        "",
+    ]
     rows = res.get("panel2") or []
     L += ["## Panel 2: Theorem 3 (batch speculative decoding, M drafts)", ""]
     if rows:
-        L += [f"Source: **{rows[0]['source']}**. " + (
-            f"Engine: BiLDGenerator(verification='exact', fallback_threshold=0, max_small_steps={a['batch_k']}, "
-            f"num_drafts=M), {a['batch_prompts']} prompts x {a['new_tokens']} tokens per M; a first-position rejection "
-            "is a drafting round that committed no small-model token. Predicted: first_position_rejection(p_t, q_t, M) "
-            "at the same rounds' start positions (s.e. = sqrt(sum f(1-f)) / rounds). 'all rej. z': every rejection of "
-            "the run against Thm 3 per position (round start: prod TV(r^m, q); inside: TV)."
-            if rows[0]["source"].startswith("engine") else
-            f"The engine had no num_drafts: the pure rule verify_batch_drafts at {rows[0]['prefixes']} target-distributed "
-            f"prefixes, {rows[0]['samples']} samples each (K = {rows[0]['k']} draft position(s), M i.i.d. drafts from q "
-            f"at the prefix; only the first position is measured), same "
-            f"truncation as panel 3. The token written at the root (the chosen draft's, or the resample) is "
-            f"tested against p (the rule must be lossless)."), "",
-              md_table(rows, [("M", "M"), ("rounds", "rounds"), ("measured", "measured"), ("predicted", "predicted"),
-                              ("s.e.", "se"), ("gap", "gap"), ("z", "z"), ("batch improvement", "batch_improvement")]
-                       + ([("all rej.", "rejections"), ("pred. all rej.", "predicted_rejections"), ("all rej. z", "rejections_z")]
-                          if rows[0]["source"].startswith("engine") else
-                          [("first token vs p: chi-square p", "output_vs_p_chi2_p")]),
-                       {"z": "{:+.2f}", "gap": "{:+.4f}", "rejections_z": "{:+.2f}", "predicted_rejections": "{:.1f}"}), ""]
+        L += [
+            f"Source: **{rows[0]['source']}**. "
+            + (
+                f"Engine: BiLDGenerator(verification='exact', fallback_threshold=0, max_small_steps={a['batch_k']}, "
+                f"num_drafts=M), {a['batch_prompts']} prompts x {a['new_tokens']} tokens per M; a first-position rejection "
+                "is a drafting round that committed no small-model token. Predicted: first_position_rejection(p_t, q_t, M) "
+                "at the same rounds' start positions (s.e. = sqrt(sum f(1-f)) / rounds). 'all rej. z': every rejection of "
+                "the run against Thm 3 per position (round start: prod TV(r^m, q); inside: TV)."
+                if rows[0]["source"].startswith("engine")
+                else f"The engine had no num_drafts: the pure rule verify_batch_drafts at {rows[0]['prefixes']} target-distributed "
+                f"prefixes, {rows[0]['samples']} samples each (K = {rows[0]['k']} draft position(s), M i.i.d. drafts from q "
+                f"at the prefix; only the first position is measured), same "
+                f"truncation as panel 3. The token written at the root (the chosen draft's, or the resample) is "
+                f"tested against p (the rule must be lossless)."
+            ),
+            "",
+            md_table(
+                rows,
+                [
+                    ("M", "M"),
+                    ("rounds", "rounds"),
+                    ("measured", "measured"),
+                    ("predicted", "predicted"),
+                    ("s.e.", "se"),
+                    ("gap", "gap"),
+                    ("z", "z"),
+                    ("batch improvement", "batch_improvement"),
+                ]
+                + (
+                    [
+                        ("all rej.", "rejections"),
+                        ("pred. all rej.", "predicted_rejections"),
+                        ("all rej. z", "rejections_z"),
+                    ]
+                    if rows[0]["source"].startswith("engine")
+                    else [("first token vs p: chi-square p", "output_vs_p_chi2_p")]
+                ),
+                {"z": "{:+.2f}", "gap": "{:+.4f}", "rejections_z": "{:+.2f}", "predicted_rejections": "{:.1f}"},
+            ),
+            "",
+        ]
     else:
         L += [res.get("panel2_note", "not measured"), ""]
-    L += ["## Panel 3: Decoding-UNO vs -OPT (Theorems 4-5)", "",
-          f"Engine rule verify_exact_sampling at {a['prefixes']} prefixes (sampled from the target-distributed panel-1 "
-          f"trajectories of the {a['eps_pair']} pair), {a['samples']} one-token verifications per prefix and setting; "
-          f"p, q restricted to the top {a['top_v']} tokens of max(p, q) (mass dropped at most "
-          f"{res['panel3_truncation_lost']:.2e}), renormalised, theory on the same. TV loss: "
-          "f(S*) - p(S*) with S* = {x: predicted output(x) > p(x)} (unbiased if the output is as predicted, a lower bound "
-          "in any case); bracket: model-free split-sample witness (low) and plug-in TV (high, biased up by sampling "
-          "noise). chi-square p: the output histograms against the predicted UNO/OPT distributions, pooled over the "
-          "prefixes (bins with expected count < 5 pooled). 'z vs line': P(reject) + loss - TV(p, q), Theorem 5's "
-          "line, which OPT must sit on and UNO above. UNO at eps = 0 is the paper's "
-          "UNO (resample from p), which the engine replaces by the lossless residual (project choice). Mean TV(p, q) "
-          f"over the prefixes: {res['panel3'][0]['tv']:.4f}.", "",
-          md_table(res["panel3"], [("method", "method"), ("eps", "eps"), ("P(reject)", "measured_reject"),
-                                   ("pred.", "predicted_reject"), ("z", "z_reject"), ("TV loss", "measured_loss"),
-                                   ("s.e.", "se_loss"), ("pred. loss", "predicted_loss"), ("z", "z_loss"),
-                                   ("bracket low", "split_loss"), ("bracket high", "plugin_loss"),
-                                   ("Thm 4 optimum", "optimal_loss"), ("P(rej)+loss", "measured_sum"),
-                                   ("mean TV(p,q)", "tv"), ("z vs line", "z_line"), ("chi-square p", "chi2_p")],
-                   {"eps": "{:g}", "z_reject": "{:+.2f}", "z_loss": "{:+.2f}", "z_line": "{:+.2f}",
-                    "chi2_p": "{:.3f}"}), ""]
+    L += [
+        "## Panel 3: Decoding-UNO vs -OPT (Theorems 4-5)",
+        "",
+        f"Engine rule verify_exact_sampling at {a['prefixes']} prefixes (sampled from the target-distributed panel-1 "
+        f"trajectories of the {a['eps_pair']} pair), {a['samples']} one-token verifications per prefix and setting; "
+        f"p, q restricted to the top {a['top_v']} tokens of max(p, q) (mass dropped at most "
+        f"{res['panel3_truncation_lost']:.2e}), renormalised, theory on the same. TV loss: "
+        "f(S*) - p(S*) with S* = {x: predicted output(x) > p(x)} (unbiased if the output is as predicted, a lower bound "
+        "in any case); bracket: model-free split-sample witness (low) and plug-in TV (high, biased up by sampling "
+        "noise). chi-square p: the output histograms against the predicted UNO/OPT distributions, pooled over the "
+        "prefixes (bins with expected count < 5 pooled). 'z vs line': P(reject) + loss - TV(p, q), Theorem 5's "
+        "line, which OPT must sit on and UNO above. UNO at eps = 0 is the paper's "
+        "UNO (resample from p), which the engine replaces by the lossless residual (project choice). Mean TV(p, q) "
+        f"over the prefixes: {res['panel3'][0]['tv']:.4f}.",
+        "",
+        md_table(
+            res["panel3"],
+            [
+                ("method", "method"),
+                ("eps", "eps"),
+                ("P(reject)", "measured_reject"),
+                ("pred.", "predicted_reject"),
+                ("z", "z_reject"),
+                ("TV loss", "measured_loss"),
+                ("s.e.", "se_loss"),
+                ("pred. loss", "predicted_loss"),
+                ("z", "z_loss"),
+                ("bracket low", "split_loss"),
+                ("bracket high", "plugin_loss"),
+                ("Thm 4 optimum", "optimal_loss"),
+                ("P(rej)+loss", "measured_sum"),
+                ("mean TV(p,q)", "tv"),
+                ("z vs line", "z_line"),
+                ("chi-square p", "chi2_p"),
+            ],
+            {"eps": "{:g}", "z_reject": "{:+.2f}", "z_loss": "{:+.2f}", "z_line": "{:+.2f}", "chi2_p": "{:.3f}"},
+        ),
+        "",
+    ]
     if res.get("panel3_engine"):
-        L += [f"Engine level (pair {a['eps_pair']}): BiLDGenerator(verification='exact', fallback_threshold=0, "
-              f"max_small_steps={a['eps_k']}, "
-              f"uno_epsilon= or opt_epsilon=eps), {a['eps_prompts']} prompts x {a['new_tokens']} tokens; predicted "
-              "acceptance = mean over the run's judged positions of 1 - uno_rejection(p_t, q_t, eps).", "",
-              md_table(res["panel3_engine"], [("method", "method"), ("eps", "eps"), ("judged", "judged"),
-                                               ("measured acceptance", "measured_accept"),
-                                               ("predicted", "predicted_accept"), ("s.e.", "se"), ("z", "z")],
-                       {"eps": "{:g}", "z": "{:+.2f}"}), ""]
+        L += [
+            f"Engine level (pair {a['eps_pair']}): BiLDGenerator(verification='exact', fallback_threshold=0, "
+            f"max_small_steps={a['eps_k']}, "
+            f"uno_epsilon= or opt_epsilon=eps), {a['eps_prompts']} prompts x {a['new_tokens']} tokens; predicted "
+            "acceptance = mean over the run's judged positions of 1 - uno_rejection(p_t, q_t, eps).",
+            "",
+            md_table(
+                res["panel3_engine"],
+                [
+                    ("method", "method"),
+                    ("eps", "eps"),
+                    ("judged", "judged"),
+                    ("measured acceptance", "measured_accept"),
+                    ("predicted", "predicted_accept"),
+                    ("s.e.", "se"),
+                    ("z", "z"),
+                ],
+                {"eps": "{:g}", "z": "{:+.2f}"},
+            ),
+            "",
+        ]
     L += ["## Table 4: wall time, batch 1, sampling", ""]
     if res.get("walltime"):
-        L += [f"{a['time_prompts']} prompts x {a['new_tokens']} tokens per pair, drafts of "
-              f"k = {a['time_k']}, interleaved per prompt (order rotating) after an untimed warm-up, one process, "
-              f"{a['threads']} torch thread(s). speedup = median over prompts of t(large sampling) / t(method); "
-              "'vs M=1' likewise against M = 1. tokens/round excludes the prefill token.", "",
-              md_table(res["walltime"], [("pair", "pair"), ("method", "method"), ("ms/token", "ms_per_token"), ("speedup", "speedup"),
-                                         ("vs M=1", "vs_M1"), ("tokens/round", "tokens_per_round"),
-                                         ("rejections/round", "rejections_per_round"),
-                                         ("first-pos. rej./round", "first_position_rejections_per_round")],
-                       {"pair": "{:g}", "ms_per_token": "{:.2f}", "speedup": "{:.2f}x", "vs_M1": "{:.2f}x", "tokens_per_round": "{:.2f}",
-                        "rejections_per_round": "{:.3f}", "first_position_rejections_per_round": "{:.3f}"}), ""]
+        L += [
+            f"{a['time_prompts']} prompts x {a['new_tokens']} tokens per pair, drafts of "
+            f"k = {a['time_k']}, interleaved per prompt (order rotating) after an untimed warm-up, one process, "
+            f"{a['threads']} torch thread(s). speedup = median over prompts of t(large sampling) / t(method); "
+            "'vs M=1' likewise against M = 1. tokens/round excludes the prefill token.",
+            "",
+            md_table(
+                res["walltime"],
+                [
+                    ("pair", "pair"),
+                    ("method", "method"),
+                    ("ms/token", "ms_per_token"),
+                    ("speedup", "speedup"),
+                    ("vs M=1", "vs_M1"),
+                    ("tokens/round", "tokens_per_round"),
+                    ("rejections/round", "rejections_per_round"),
+                    ("first-pos. rej./round", "first_position_rejections_per_round"),
+                ],
+                {
+                    "pair": "{:g}",
+                    "ms_per_token": "{:.2f}",
+                    "speedup": "{:.2f}x",
+                    "vs_M1": "{:.2f}x",
+                    "tokens_per_round": "{:.2f}",
+                    "rejections_per_round": "{:.3f}",
+                    "first_position_rejections_per_round": "{:.3f}",
+                },
+            ),
+            "",
+        ]
     else:
         L += [res.get("walltime_note", "not measured"), ""]
     L += ["![figure](figure.png)", ""]
@@ -757,8 +1028,13 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny models and few samples (~1 minute)")
     ap.add_argument("--agreements", type=float, nargs="+", default=[0.3, 0.6, 0.9])
     ap.add_argument("--draft_lengths", type=int, nargs="+", default=[2, 6], help="k per panel-1 point; 0 = horizon")
-    ap.add_argument("--horizon_pairs", type=float, nargs="*", default=[0.9],
-                    help="pairs also measured with k = horizon (the paper's K = infinity)")
+    ap.add_argument(
+        "--horizon_pairs",
+        type=float,
+        nargs="*",
+        default=[0.9],
+        help="pairs also measured with k = horizon (the paper's K = infinity)",
+    )
     ap.add_argument("--batch_pair", type=float, default=0.3, help="agreement of the pair for panel 2 and table 4")
     ap.add_argument("--eps_pair", type=float, default=0.6, help="agreement of the pair for panel 3")
     ap.add_argument("--prompts", type=int, default=10)
@@ -769,8 +1045,9 @@ def main(argv=None):
     ap.add_argument("--prompt_len", type=int, default=16)
     ap.add_argument("--drafts", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="M for panel 2")
     ap.add_argument("--time_drafts", type=int, nargs="+", default=[1, 2, 3, 4], help="M for the wall-time table")
-    ap.add_argument("--batch_k", type=int, default=1,
-                    help="draft length for panel 2 (1: every position judged is a round's first)")
+    ap.add_argument(
+        "--batch_k", type=int, default=1, help="draft length for panel 2 (1: every position judged is a round's first)"
+    )
     ap.add_argument("--time_k", type=int, default=4, help="draft length for the wall-time table")
     ap.add_argument("--time_pairs", type=float, nargs="+", default=[0.3, 0.9], help="pairs of the wall-time table")
     ap.add_argument("--eps_k", type=int, default=4, help="draft length for the engine-level eps check")
@@ -788,14 +1065,27 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/yin_theory")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.agreements, args.draft_lengths, args.horizon_pairs, args.batch_pair, args.eps_pair = [0.4, 0.8], [3], [0.8], 0.4, 0.8
+        args.agreements, args.draft_lengths, args.horizon_pairs, args.batch_pair, args.eps_pair = (
+            [0.4, 0.8],
+            [3],
+            [0.8],
+            0.4,
+            0.8,
+        )
         args.prompts, args.batch_prompts, args.eps_prompts, args.time_prompts = 3, 3, 1, 2
-        args.new_tokens, args.drafts, args.time_drafts, args.eps, args.engine_eps = 24, [1, 2, 3], [1, 2], [0, 0.1, 0.4], [0.2]
+        args.new_tokens, args.drafts, args.time_drafts, args.eps, args.engine_eps = (
+            24,
+            [1, 2, 3],
+            [1, 2],
+            [0, 0.1, 0.4],
+            [0.2],
+        )
         args.time_pairs = [0.4]
         args.prefixes, args.samples, args.top_v = 6, 4000, 128
         args.hidden, args.layers, args.vocab = 128, 4, 1000
     torch.set_num_threads(args.threads)
     import transformers
+
     transformers.logging.set_verbosity_error()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -807,11 +1097,18 @@ def main(argv=None):
         logf.flush()
 
     t_start = time.perf_counter()
-    machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-               f"python {platform.python_version()}, torch {torch.__version__} (cpu, {args.threads} thread(s)), "
-               f"transformers {transformers.__version__}, bild {bild.__version__}")
-    res = dict(command=" ".join(["python benchmarks/yin_theory.py"] + list(sys.argv[1:] if argv is None else argv)),
-               date=time.strftime("%Y-%m-%d %H:%M"), machine=machine, args=vars(args), pairs=[])
+    machine = (
+        f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"python {platform.python_version()}, torch {torch.__version__} (cpu, {args.threads} thread(s)), "
+        f"transformers {transformers.__version__}, bild {bild.__version__}"
+    )
+    res = dict(
+        command=" ".join(["python benchmarks/yin_theory.py"] + list(sys.argv[1:] if argv is None else argv)),
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        machine=machine,
+        args=vars(args),
+        pairs=[],
+    )
     log(f"Yin et al. theory benchmark, {res['date']}; {machine}")
 
     pairs = {}
@@ -831,10 +1128,20 @@ def main(argv=None):
             cache[key] = info.alpha
             cache_path.write_text(json.dumps(cache, indent=1))
         pairs[g] = dict(small=small, large=large, info=info, target=g)
-        res["pairs"].append(dict(target=g, agreement=info.agreement, small_confidence=info.small_confidence,
-                                 alpha=info.alpha, converged=info.converged, seconds=time.perf_counter() - t0))
-        log(f"pair {g}: greedy agreement {info.agreement:.3f} (converged {info.converged}), small confidence "
-            f"{info.small_confidence:.3f}, alpha {info.alpha:.4g}, built in {time.perf_counter() - t0:.0f}s")
+        res["pairs"].append(
+            dict(
+                target=g,
+                agreement=info.agreement,
+                small_confidence=info.small_confidence,
+                alpha=info.alpha,
+                converged=info.converged,
+                seconds=time.perf_counter() - t0,
+            )
+        )
+        log(
+            f"pair {g}: greedy agreement {info.agreement:.3f} (converged {info.converged}), small confidence "
+            f"{info.small_confidence:.3f}, alpha {info.alpha:.4g}, built in {time.perf_counter() - t0:.0f}s"
+        )
 
     def save():
         res["runtime_s"] = time.perf_counter() - t_start
@@ -856,8 +1163,10 @@ def main(argv=None):
     P, Q = prefixes(keep[args.eps_pair], args.prefixes, args.seed + 5)
     P, Q, lost = truncate(P, Q, args.top_v)
     res["panel3_truncation_lost"] = lost
-    log(f"  pair {args.eps_pair}: {P.shape[0]} prefixes, top {P.shape[-1]} tokens (mass dropped <= {lost:.2e}), "
-        f"mean TV(p, q) {float(th.tv_distance(P, Q).mean()):.4f}, {args.samples} samples per prefix and setting")
+    log(
+        f"  pair {args.eps_pair}: {P.shape[0]} prefixes, top {P.shape[-1]} tokens (mass dropped <= {lost:.2e}), "
+        f"mean TV(p, q) {float(th.tv_distance(P, Q).mean()):.4f}, {args.samples} samples per prefix and setting"
+    )
     res["panel3"] = panel3(P, Q, args, log)
     res["panel3_engine"] = panel3_engine(pairs[args.eps_pair], args, log)
     save()
@@ -871,7 +1180,9 @@ def main(argv=None):
         P2, Q2, _ = truncate(P2, Q2, args.top_v)
         res["panel2"] = panel2_rule(P2, Q2, args, log)
     else:
-        res["panel2_note"] = "Not measured: neither BiLDGenerator(num_drafts=) nor verification.verify_batch_drafts exists yet."
+        res["panel2_note"] = (
+            "Not measured: neither BiLDGenerator(num_drafts=) nor verification.verify_batch_drafts exists yet."
+        )
         log("  " + res["panel2_note"])
     save()
 

@@ -6,4 +6,5 @@
 transformers calls `generate(model=large, **all_generate_arguments)`; the engine lives in the
 `big-little-decoder` package (see requirements.txt).
 """
+
 from bild.integration import generate_from_hub as generate  # noqa: F401

@@ -27,7 +27,7 @@ import json
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from bild.pairs.alignment import (
     align_small_model,
@@ -87,36 +87,64 @@ def main(argv=None) -> int:
     if not large.config.is_encoder_decoder and tok.pad_token is None:
         tok.pad_token = tok.eos_token
 
-    texts = load_prompts(a.data, field=a.field, split=a.split, config=a.dataset_config, limit=a.limit,
-                         template=a.template, seed=a.seed)
+    texts = load_prompts(
+        a.data, field=a.field, split=a.split, config=a.dataset_config, limit=a.limit, template=a.template, seed=a.seed
+    )
     add_special = True
     if a.chat:
-        texts = [tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
-                 for t in texts]
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+            for t in texts
+        ]
         add_special = False
     t0 = time.time()
     if a.records and __import__("os").path.exists(a.records):
         records = load_teacher_records(a.records)
     else:
-        records = generate_teacher_outputs(large, tok, texts, max_new_tokens=a.max_new_tokens,
-                                           batch_size=a.gen_batch_size, topk=a.topk if a.kl_weight > 0 else 0,
-                                           max_prompt_tokens=a.max_prompt_tokens, add_special_tokens=add_special)
+        records = generate_teacher_outputs(
+            large,
+            tok,
+            texts,
+            max_new_tokens=a.max_new_tokens,
+            batch_size=a.gen_batch_size,
+            topk=a.topk if a.kl_weight > 0 else 0,
+            max_prompt_tokens=a.max_prompt_tokens,
+            add_special_tokens=add_special,
+        )
         if a.records:
             save_teacher_records(records, a.records)
     t_gen = time.time() - t0
-    held, train = records[: a.heldout], records[a.heldout:]
+    held, train = records[: a.heldout], records[a.heldout :]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     before = greedy_agreement(small, held, pad_token_id=pad) if held else float("nan")
     print(f"agreement with the large model's greedy tokens on {len(held)} held-out inputs: before {before:.3f}")
     t0 = time.time()
-    align_small_model(small, large, tok, records=train, output_dir=a.output_dir, kl_weight=a.kl_weight,
-                      learning_rate=a.lr, num_train_epochs=a.epochs, max_steps=a.max_steps,
-                      per_device_train_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum,
-                      freeze_embeddings=not a.train_embeddings, save_steps=a.save_steps, seed=a.seed)
+    align_small_model(
+        small,
+        large,
+        tok,
+        records=train,
+        output_dir=a.output_dir,
+        kl_weight=a.kl_weight,
+        learning_rate=a.lr,
+        num_train_epochs=a.epochs,
+        max_steps=a.max_steps,
+        per_device_train_batch_size=a.batch_size,
+        gradient_accumulation_steps=a.grad_accum,
+        freeze_embeddings=not a.train_embeddings,
+        save_steps=a.save_steps,
+        seed=a.seed,
+    )
     t_train = time.time() - t0
     after = greedy_agreement(small, held, pad_token_id=pad) if held else float("nan")
-    summary = {"agreement_before": before, "agreement_after": after, "train_records": len(train),
-               "heldout_records": len(held), "generation_s": round(t_gen, 1), "train_s": round(t_train, 1)}
+    summary = {
+        "agreement_before": before,
+        "agreement_after": after,
+        "train_records": len(train),
+        "heldout_records": len(held),
+        "generation_s": round(t_gen, 1),
+        "train_s": round(t_train, 1),
+    }
     print(json.dumps(summary, indent=2))
     with open(f"{a.output_dir}/alignment_summary.json", "w") as fh:
         json.dump({**summary, "args": vars(a)}, fh, indent=2)

@@ -3,6 +3,7 @@
 Every probability comes from a full forward pass over the whole sequence: no KV cache, no masks,
 no batching. It follows the algorithm as written in the issue, independently of src/bild.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,9 +25,19 @@ def _ce(p: float) -> float:
     return -math.log(p) if p > 0 else math.inf
 
 
-def reference_generate(small, large, prompt: list[int], max_new_tokens: int, fallback_threshold: float,
-                       rollback_threshold: float, max_small_steps: int, verification: str = "rollback",
-                       eos: int = 2, encoder_ids: list[int] | None = None, counts: dict | None = None) -> list[int]:
+def reference_generate(
+    small,
+    large,
+    prompt: list[int],
+    max_new_tokens: int,
+    fallback_threshold: float,
+    rollback_threshold: float,
+    max_small_steps: int,
+    verification: str = "rollback",
+    eos: int = 2,
+    encoder_ids: list[int] | None = None,
+    counts: dict | None = None,
+) -> list[int]:
     """Returns the new tokens of one row (greedy). `counts` (a dict) receives the statistics as docs/guide.md
     defines them: drafted, judged (up to and including the first rejection), accepted, rollbacks (rounds
     ending in a rejection), fallbacks; only what was committed counts."""

@@ -4,6 +4,7 @@ rate at the first position = Theorem 3's term, M = 1 = speculative sampling, edg
 Drafts are drawn from q exactly as the engine draws them: M i.i.d. drafts per row from the same prefix.
 Notation: p = LARGE/target, q = SMALL/draft (Leviathan), as in bild.
 """
+
 import pytest
 import torch
 from scipy import stats as sstats
@@ -149,7 +150,7 @@ def test_empty_drafts_are_skipped():
     q[:, 0] = float("nan")  # and its q (not written for an empty draft) is never read
     n[: B // 2, 2] = 0  # half the rows: no usable draft starts with 2
     chosen, n_acc, nxt = verify_batch_drafts(drafts, n, p, q)
-    assert bool((chosen[B // 2:] == 2).all() and (n_acc[B // 2:] == 1).all())
+    assert bool((chosen[B // 2 :] == 2).all() and (n_acc[B // 2 :] == 1).all())
     assert bool((n_acc[: B // 2] == 0).all() and (nxt[: B // 2] == 2).all())
     # no draft at all in any row: the token comes from p
     chosen, n_acc, nxt = verify_batch_drafts(drafts, torch.zeros(B, M, dtype=torch.long), p, q)
@@ -191,17 +192,27 @@ def test_q_equal_p_never_rejects():
 def _engine_token_after_prefill(family, monkeypatch=None, rule=None, n=3000, M=3, seed=0):
     """Sample n continuations of one prompt with num_drafts=M: the second new token is the first one a round
     writes (from M drafts). Returns its counts [V] and the large model's exact marginal for it."""
-    import bild
     from models import make_inputs, make_pair
+
+    import bild
+
     small, large = make_pair(family)
     ids, mask = make_inputs(family, 1, seed=5)
     if rule is not None:
         monkeypatch.setattr("bild.acceptance.verify_batch_drafts", rule)
-    gen = bild.BiLDGenerator(small, large, verification="exact", num_drafts=M, fallback_threshold=0.0,
-                             max_small_steps=2)
+    gen = bild.BiLDGenerator(
+        small, large, verification="exact", num_drafts=M, fallback_threshold=0.0, max_small_steps=2
+    )
     torch.manual_seed(seed)
-    out = gen.generate(ids.expand(n, -1), attention_mask=mask.expand(n, -1), max_new_tokens=3, do_sample=True,
-                       top_k=0, top_p=1.0, pad_token_id=0)
+    out = gen.generate(
+        ids.expand(n, -1),
+        attention_mask=mask.expand(n, -1),
+        max_new_tokens=3,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=0,
+    )
     P = 1 if large.config.is_encoder_decoder else ids.shape[1]
     assert gen.stats.rounds >= 1 and gen.stats.drafted > 0
     Vm = large.config.vocab_size
@@ -227,57 +238,70 @@ def test_engine_num_drafts_keeps_the_large_models_distribution(family):
 
 def test_engine_num_drafts_broken_rule_is_detected(monkeypatch):
     """Control: the same test rejects an engine whose rule resamples from p when all M first tokens fail."""
+
     def broken(drafts, n_draft, p, q):
         chosen, n_acc, nxt = verify_batch_drafts(drafts, n_draft, p, q)
         return chosen, n_acc, torch.where(n_acc == 0, torch.multinomial(p[:, 0, 0], 1).squeeze(-1), nxt)
+
     counts, marginal = _engine_token_after_prefill("llama", monkeypatch, broken)
     assert chi_square_pvalue(counts, marginal) < 1e-6
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_drafts=0), "`num_drafts` must be an integer >= 1"),
-    (dict(num_drafts="3"), "`num_drafts` must be an integer >= 1"),
-    (dict(num_drafts=True), "`num_drafts` must be an integer >= 1"),
-    (dict(num_drafts=2, verification="rollback"), "needs verification='exact'"),  # 0.4: exact is the default,
-    (dict(num_drafts=2, verification="exact", uno_epsilon=0.1), "takes no `uno_epsilon`"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_drafts=0), "`num_drafts` must be an integer >= 1"),
+        (dict(num_drafts="3"), "`num_drafts` must be an integer >= 1"),
+        (dict(num_drafts=True), "`num_drafts` must be an integer >= 1"),
+        (dict(num_drafts=2, verification="rollback"), "needs verification='exact'"),  # 0.4: exact is the default,
+        (dict(num_drafts=2, verification="exact", uno_epsilon=0.1), "takes no `uno_epsilon`"),
+    ],
+)
 def test_num_drafts_bad_arguments(kwargs, match):
-    import bild
     from models import make_pair
+
+    import bild
+
     small, large = make_pair("llama")
     with pytest.raises(ValueError, match=match):
         bild.BiLDGenerator(small, large, **kwargs)
 
 
 def test_num_drafts_refuses_greedy_and_row_by_row_families():
-    import bild
     from models import make_inputs, make_pair
+
+    import bild
+
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 1, seed=0)
     with pytest.raises(ValueError, match="needs do_sample=True"):
-        bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(ids, attention_mask=mask,
-                                                                                max_new_tokens=4)
+        bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(
+            ids, attention_mask=mask, max_new_tokens=4
+        )
     small, large = make_pair("bart")
     ids, mask = make_inputs("bart", 1, seed=0)
     with pytest.raises(ValueError, match="decode row by row"):
         bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(
-            ids, attention_mask=mask, do_sample=True, max_new_tokens=4)
-
+            ids, attention_mask=mask, do_sample=True, max_new_tokens=4
+        )
 
 
 def test_num_drafts_with_fallback_streams_each_token_once():
     """A numeric fallback threshold (steps where every row falls back) and a streamer: each new token is
     streamed once, and the statistics count prompts."""
-    import bild
     from models import make_inputs, make_pair
     from test_engine_features import Recorder
+
+    import bild
+
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 1, seed=0)
     for seed in range(4):
         torch.manual_seed(seed)
         rec = Recorder()
-        gen = bild.BiLDGenerator(small, large, verification="exact", num_drafts=2, fallback_threshold=0.6,
-                                 max_small_steps=4)
+        gen = bild.BiLDGenerator(
+            small, large, verification="exact", num_drafts=2, fallback_threshold=0.6, max_small_steps=4
+        )
         out = gen.generate(ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=16, streamer=rec)
         P = ids.shape[1]
         streamed = [t for chunk in rec.chunks[1:] for t in chunk]
@@ -287,15 +311,24 @@ def test_num_drafts_with_fallback_streams_each_token_once():
 
 def test_num_drafts_processors_see_each_prompt_at_its_batch_index():
     """prefix_allowed_tokens_fn is called with the prompt's batch id, whichever of its M drafts is scored."""
-    import bild
     from models import make_inputs, make_pair
+
+    import bild
+
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 2, seed=1)
     allowed = {0: [5, 6, 7, 8], 1: [40, 41, 42, 43]}
-    gen = bild.BiLDGenerator(small, large, verification="exact", num_drafts=3, fallback_threshold=0.0,
-                             max_small_steps=3)
-    out = gen.generate(ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=12,
-                       prefix_allowed_tokens_fn=lambda b, _: allowed[b])
+    gen = bild.BiLDGenerator(
+        small, large, verification="exact", num_drafts=3, fallback_threshold=0.0, max_small_steps=3
+    )
+    out = gen.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=True,
+        top_k=0,
+        max_new_tokens=12,
+        prefix_allowed_tokens_fn=lambda b, _: allowed[b],
+    )
     P = ids.shape[1]
     for b in range(2):
         assert set(out[b, P:].tolist()) <= set(allowed[b])

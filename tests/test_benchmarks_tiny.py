@@ -25,8 +25,25 @@ def tiny_run(tmp_path_factory):
     bench = load_benchmark("billion_pair")
     out = tmp_path_factory.mktemp("billion_pair") / "records.jsonl"
     # the GPU preset (agreements 0.6 / 0.9, batch 1 and 8), shortened
-    text = bench.main(["--size", "tiny", "--preset", "gpu", "--prompts", "1", "--new-tokens", "8", "--chains", "2", "4",
-                       "--cost-repeats", "1", "--out", str(out)])
+    text = bench.main(
+        [
+            "--size",
+            "tiny",
+            "--preset",
+            "gpu",
+            "--prompts",
+            "1",
+            "--new-tokens",
+            "8",
+            "--chains",
+            "2",
+            "4",
+            "--cost-repeats",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     records = [json.loads(line) for line in out.read_text().splitlines()]
     return bench, text, records, out
 
@@ -77,8 +94,11 @@ def test_records_and_exact_outputs(tiny_run):
             methods = {r["method"] for r in runs if r["target"] == target and r["batch"] == batch}
             want = {bench.LARGE, bench.DEFAULTS, "bild chain k=2", "bild chain k=4"}
             want |= {bench.ASSISTED} if batch == 1 else set()
-            missing = {r["method"]: r["reason"] for r in records
-                       if r["type"] == "missing" and r["target"] == target and r["batch"] == batch}
+            missing = {
+                r["method"]: r["reason"]
+                for r in records
+                if r["type"] == "missing" and r["target"] == target and r["batch"] == batch
+            }
             if bench.has_tree_drafts() and "bild tree k=2" not in missing:
                 want.add("bild tree k=2")
             assert methods == want
@@ -102,7 +122,7 @@ def test_interrupted_file_still_prints(tiny_run, tmp_path):
     cut = tmp_path / "cut.jsonl"
     # interrupted in the middle of the last block: what was measured is printed, the run is marked unfinished
     last_run = max(i for i, r in enumerate(records) if r["type"] == "run")
-    cut.write_text("".join(json.dumps(r) + "\n" for r in records[:last_run - 2]) + json.dumps(records[last_run])[:20])
+    cut.write_text("".join(json.dumps(r) + "\n" for r in records[: last_run - 2]) + json.dumps(records[last_run])[:20])
     text = bench.main(["--from", str(cut)])
     assert "run not finished" in text
     assert len(_table(text, "| agreement (target / measured)")) == 2 + 4
@@ -120,16 +140,41 @@ def test_tree_column_calls_draft_tree_where_bild_takes_it(tmp_path, monkeypatch)
             super().__init__(small, large, **kw)
 
     monkeypatch.setattr(bench, "BiLDGenerator", WithTrees)
-    text = bench.main(["--size", "tiny", "--agreements", "0.9", "--batch-sizes", "1", "--prompts", "1",
-                       "--new-tokens", "4", "--chains", "2", "--trees", "3", "--cost-repeats", "1",
-                       "--out", str(tmp_path / "r.jsonl")])
+    text = bench.main(
+        [
+            "--size",
+            "tiny",
+            "--agreements",
+            "0.9",
+            "--batch-sizes",
+            "1",
+            "--prompts",
+            "1",
+            "--new-tokens",
+            "4",
+            "--chains",
+            "2",
+            "--trees",
+            "3",
+            "--cost-repeats",
+            "1",
+            "--out",
+            str(tmp_path / "r.jsonl"),
+        ]
+    )
     assert 3 in seen
     row = _table(text, "| agreement (target / measured)")[2]
     assert re.fullmatch(r"\d+\.\d\dx k=3 \(1/1\)", row[5])
 
 
-@pytest.mark.parametrize("argv", [["--size", "tiny", "--prompts", "0"], ["--size", "tiny", "--agreements", "1.5"],
-                                  ["--size", "tiny", "--chains", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--size", "tiny", "--prompts", "0"],
+        ["--size", "tiny", "--agreements", "1.5"],
+        ["--size", "tiny", "--chains", "0"],
+    ],
+)
 def test_bad_arguments_are_refused(argv):
     bench = load_benchmark("billion_pair")
     with pytest.raises(SystemExit):

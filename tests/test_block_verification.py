@@ -11,18 +11,19 @@ Function level, a toy pair over V tokens whose distributions depend on the whole
 End to end: `BiLDGenerator(verification="block")` samples the large model's distribution, and equals
 `large.generate` under greedy decoding.
 """
+
 import itertools
 
 import pytest
 import torch
+from models import make_inputs, make_pair
+from test_host_reads import READS, count_reads
+from test_sampling import PROMPT, TEMP, chi_square_pvalue, tiny_llama
 
 import bild
 import bild.verification as verification
 from bild.generator import check_options, lossy
 from bild.verification import verify_block, verify_exact_sampling
-from models import make_inputs, make_pair
-from test_host_reads import READS, count_reads
-from test_sampling import PROMPT, TEMP, chi_square_pvalue, tiny_llama
 
 N = 100_000  # samples per function-level case
 
@@ -36,7 +37,7 @@ class Tree:
 
     def __init__(self, V: int, depth: int, seed: int, q_kind: str = "dense"):
         g = torch.Generator().manual_seed(seed)
-        self.V, self.offset = V, [sum(V ** j for j in range(l)) for l in range(depth + 2)]
+        self.V, self.offset = V, [sum(V**j for j in range(n)) for n in range(depth + 2)]
         n = self.offset[depth + 1]
         logits = torch.randn(n, V, generator=g, dtype=torch.float64) * 1.5
         self.P = logits.softmax(-1)
@@ -55,15 +56,17 @@ class Tree:
 
     def path(self, x: tuple) -> tuple[list, list]:
         """P and Q along the prefixes of x: P(.|x[:j]) for j = 0..len(x), Q(.|x[:j]) for j < len(x)."""
-        rows = [self.row(j, torch.tensor(sum(t * self.V ** (j - 1 - k) for k, t in enumerate(x[:j]))))
-                for j in range(len(x) + 1)]
+        rows = [
+            self.row(j, torch.tensor(sum(t * self.V ** (j - 1 - k) for k, t in enumerate(x[:j]))))
+            for j in range(len(x) + 1)
+        ]
         return [self.P[r] for r in rows], [self.Q[r] for r in rows[:-1]]
 
     def target(self, L: int) -> torch.Tensor:
         """P(s) for every string s of L tokens, indexed by its base-V code [V**L]."""
         prob = torch.ones(1, dtype=torch.float64)
-        for l in range(L):
-            prob = (prob[:, None] * self.P[self.offset[l] : self.offset[l] + self.V ** l]).reshape(-1)
+        for n in range(L):
+            prob = (prob[:, None] * self.P[self.offset[n] : self.offset[n] + self.V**n]).reshape(-1)
         return prob
 
 
@@ -85,8 +88,9 @@ def reference_round(P: list, Q: list, x: tuple):
         nxt.append(r / z if z > 0 else P[i])
         h.append(z / (z + 1 - w[i]) if z + 1 - w[i] > 0 else 1.0)
     h[0] = 1.0  # tau = 0 when no i >= 1 passes
-    p_tau = [h[i] * float(torch.tensor([1 - hj for hj in h[i + 1:]], dtype=torch.float64).prod()) for i in
-             range(gamma + 1)]
+    p_tau = [
+        h[i] * float(torch.tensor([1 - hj for hj in h[i + 1 :]], dtype=torch.float64).prod()) for i in range(gamma + 1)
+    ]
     return p_tau, nxt
 
 
@@ -188,8 +192,10 @@ CASES = [  # V, K, q_kind, ragged
 def test_reference_reproduces_the_papers_example():
     """Sun et al. Sec. 2: context-free M_b = (1/3, 2/3), M_s = (2/3, 1/3), gamma = 2: 11/9 kept drafts
     against 10/9 token by token."""
-    P, Q = [torch.tensor([1 / 3, 2 / 3], dtype=torch.float64)] * 3, [torch.tensor([2 / 3, 1 / 3],
-                                                                                 dtype=torch.float64)] * 2
+    P, Q = (
+        [torch.tensor([1 / 3, 2 / 3], dtype=torch.float64)] * 3,
+        [torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)] * 2,
+    )
     e_block = e_token = 0.0
     for x in itertools.product(range(2), repeat=2):
         qx = float(Q[0][x[0]] * Q[1][x[1]])
@@ -267,7 +273,7 @@ def test_expected_accepts_dominate_tokenwise(V, K, q_kind):
     for rule, expect in ((verify_block, e_block), (verify_exact_sampling, e_token)):
         torch.manual_seed(1)
         _, n_acc = sample_rounds(tree, K, n_draft, rule)
-        mean, se = float(n_acc.double().mean()), float(n_acc.double().std()) / N ** 0.5
+        mean, se = float(n_acc.double().mean()), float(n_acc.double().std()) / N**0.5
         assert abs(mean - expect) < 4.5 * se, (rule.__name__, mean, expect, se)
 
 
@@ -348,14 +354,20 @@ def test_no_host_reads():
     torch.manual_seed(0)
     reads = {"n": 0}
     originals = {name: getattr(torch.Tensor, name) for name in READS}
-    inputs = (torch.randint(0, 5, (8, 2)), torch.tensor([2, 1, 0, 2, 2, 1, 0, 2]), tree.P[:24].reshape(8, 3, 5).float(),
-              tree.Q[:16].reshape(8, 2, 5).float())
+    inputs = (
+        torch.randint(0, 5, (8, 2)),
+        torch.tensor([2, 1, 0, 2, 2, 1, 0, 2]),
+        tree.P[:24].reshape(8, 3, 5).float(),
+        tree.Q[:16].reshape(8, 2, 5).float(),
+    )
 
     def shim(name):
         def read(self, *a, **k):
             reads["n"] += 1
             return originals[name](self, *a, **k)
+
         return read
+
     try:
         for name in READS:
             setattr(torch.Tensor, name, shim(name))
@@ -371,8 +383,11 @@ def test_options():
     opts = check_options(verification="block")
     assert opts.exact_rule and not lossy(opts)
     assert check_options(verification="exact").exact_rule and not check_options(verification="rollback").exact_rule
-    for kw, name in ((dict(uno_epsilon=0.1), "uno_epsilon"), (dict(opt_epsilon=0.1), "opt_epsilon"),
-                     (dict(num_drafts=2), "num_drafts")):
+    for kw, name in (
+        (dict(uno_epsilon=0.1), "uno_epsilon"),
+        (dict(opt_epsilon=0.1), "opt_epsilon"),
+        (dict(num_drafts=2), "num_drafts"),
+    ):
         with pytest.raises(ValueError, match=name):
             check_options(verification="block", **kw)
 
@@ -391,13 +406,14 @@ def exact_tail(large) -> torch.Tensor:
 
 
 def sampled_tail(small, large, fallback_threshold=0.0) -> tuple[torch.Tensor, bild.GenerationStats]:
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=fallback_threshold, max_small_steps=3,
-                             verification="block")
+    gen = bild.BiLDGenerator(
+        small, large, fallback_threshold=fallback_threshold, max_small_steps=3, verification="block"
+    )
     torch.manual_seed(0)
     out = gen.generate(torch.tensor([PROMPT] * N_E2E), max_new_tokens=5, do_sample=True, temperature=TEMP, top_k=0)
     t = out[:, len(PROMPT) + 1 : len(PROMPT) + 4]
     code = (t[:, 0] * V_E2E + t[:, 1]) * V_E2E + t[:, 2]
-    return torch.bincount(code, minlength=V_E2E ** 3).double(), gen.stats
+    return torch.bincount(code, minlength=V_E2E**3).double(), gen.stats
 
 
 def test_engine_samples_the_large_distribution(monkeypatch):

@@ -1,11 +1,12 @@
 """Batched cache layouts (`bild.adapters`): masked slots are reclaimed, and "aligned" models (T5) see every
 row contiguous and ending at the last slot at each forward; outputs stay those of `large.generate`."""
+
 import pytest
 import torch
+from models import make_inputs, make_pair
 
 import bild
 from bild.adapters import ModelAdapter, batch_layout
-from models import make_inputs, make_pair
 
 
 @pytest.fixture
@@ -18,9 +19,16 @@ def forwards(monkeypatch):
         if self.length and self._needs_repack():
             self.compact()
         if len(self.slots) == 6:  # the test's batch (not a layout probe's)
-            seen.append(dict(layout=self.layout, length=self.length, longest=max(self.n_valid),
-                             slots=[list(s) for s in self.slots]))
+            seen.append(
+                dict(
+                    layout=self.layout,
+                    length=self.length,
+                    longest=max(self.n_valid),
+                    slots=[list(s) for s in self.slots],
+                )
+            )
         return feed(self, ids, valid, keep)
+
     monkeypatch.setattr(ModelAdapter, "feed", recording_feed)
     return seen
 
@@ -34,6 +42,7 @@ def started(monkeypatch):
     def recording_start(self, *a, **k):
         adapters.append(self)
         return start(self, *a, **k)
+
     monkeypatch.setattr(ModelAdapter, "start", recording_start)
     return adapters
 
@@ -43,8 +52,9 @@ def started(monkeypatch):
 def test_cache_tracks_the_longest_row(family, verification, forwards):
     small, large = make_pair(family)
     ids, mask = make_inputs(family, 6, seed=8)
-    gen = bild.BiLDGenerator(small, large, verification=verification, fallback_threshold=0.5, max_small_steps=5,
-                             rollback_threshold=2.0)
+    gen = bild.BiLDGenerator(
+        small, large, verification=verification, fallback_threshold=0.5, max_small_steps=5, rollback_threshold=2.0
+    )
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=60)
     if verification == "exact":
         assert torch.equal(out, large.generate(ids, attention_mask=mask, max_new_tokens=60))
@@ -69,7 +79,7 @@ def test_compaction_happens_and_keeps_outputs(forwards, started):
     for r in range(6):
         x = ids[r : r + 1, mask[r].bool()]
         single = gen.generate(x, max_new_tokens=60)
-        assert batched[r, P : P + single.shape[1] - x.shape[1]].tolist() == single[0, x.shape[1]:].tolist()
+        assert batched[r, P : P + single.shape[1] - x.shape[1]].tolist() == single[0, x.shape[1] :].tolist()
 
 
 def test_finished_rows_cost_no_repacking(forwards, started):

@@ -1,5 +1,6 @@
 """The `bild` command line answers without torch: --version, help listing every command on one line, one-line
 argument errors with exit status 2; `bild pair clean` removes only what the pair's build writes."""
+
 import json
 import os
 import subprocess
@@ -13,9 +14,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def run_cli(*args, env_extra=None):
     """`bild ARGS` in a fresh interpreter: (rc, stdout, stderr, heavy modules it imported)."""
-    code = ("import json, sys\nfrom bild.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    rc = e.code\nsys.stdout.flush()\nprint(json.dumps([rc, [m for m in ('torch', 'transformers') "
-            "if m in sys.modules]]), file=sys.stderr)")
+    code = (
+        "import json, sys\nfrom bild.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    rc = e.code\nsys.stdout.flush()\nprint(json.dumps([rc, [m for m in ('torch', 'transformers') "
+        "if m in sys.modules]]), file=sys.stderr)"
+    )
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env_extra or {}))
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
     *err, last = proc.stderr.rstrip("\n").split("\n")
@@ -50,16 +53,19 @@ def test_pair_help_lists_every_command_on_one_line():
         assert any(line.split()[:1] == [name] and len(line.split()) > 1 for line in out.splitlines()), (name, out)
 
 
-@pytest.mark.parametrize("args, names", [
-    (("nope",), ["COMMAND", "'nope'", "'demo'", "'pair'"]),
-    (("demo", "--verification", "x"), ["--verification", "'rollback'", "'exact'", "'block'"]),
-    (("demo", "--fallback_threshold", "2"), ["--fallback_threshold", "[0, 1]"]),
-    (("demo", "--max_small_steps", "0"), ["--max_small_steps", ">= 1"]),
-    (("demo", "--prompt_lookup", "-1"), ["--prompt_lookup", ">= 0"]),
-    (("pair", "bogus"), ["COMMAND", "'bogus'", "'build'", "'clean'", "'train-feature'"]),
-    (("pair", "train", "--out", "x"), ["--records"]),
-    (("pair", "gen-data", "--out", "x", "--part", "half"), ["--part", "'train'", "'tune'", "'all'"]),
-])
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (("nope",), ["COMMAND", "'nope'", "'demo'", "'pair'"]),
+        (("demo", "--verification", "x"), ["--verification", "'rollback'", "'exact'", "'block'"]),
+        (("demo", "--fallback_threshold", "2"), ["--fallback_threshold", "[0, 1]"]),
+        (("demo", "--max_small_steps", "0"), ["--max_small_steps", ">= 1"]),
+        (("demo", "--prompt_lookup", "-1"), ["--prompt_lookup", ">= 0"]),
+        (("pair", "bogus"), ["COMMAND", "'bogus'", "'build'", "'clean'", "'train-feature'"]),
+        (("pair", "train", "--out", "x"), ["--records"]),
+        (("pair", "gen-data", "--out", "x", "--part", "half"), ["--part", "'train'", "'tune'", "'all'"]),
+    ],
+)
 def test_bad_argument_is_one_line_exit_2_before_torch(args, names):
     rc, out, err, heavy = run_cli(*args)
     assert (rc, out, heavy) == (2, "", [])

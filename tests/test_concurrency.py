@@ -6,6 +6,7 @@ share the learned policies of the pair (`bild.generator._POLICIES`) and the lear
 its own `GenerationStats`. Sampling calls use top_k=1, so that their text does not depend on how the threads'
 random draws interleave (UNO / OPT with a tiny epsilon accept a wrong draft with probability ~1e-9).
 """
+
 import random
 import threading
 
@@ -59,8 +60,9 @@ def _run(family, small, large, gens, call):
     stats = bild.GenerationStats()
     kw = dict(attention_mask=mask, max_new_tokens=N, bild_stats=stats, **gen_kw)
     if how == "custom":
-        out = large.generate(ids, custom_generate=bild.generate, small_model=None if name in NO_SMALL else small,
-                             **engine, **kw)
+        out = large.generate(
+            ids, custom_generate=bild.generate, small_model=None if name in NO_SMALL else small, **engine, **kw
+        )
     else:
         out = gens[how, name].generate(ids, **kw)
     return out, stats.new_tokens
@@ -69,8 +71,11 @@ def _run(family, small, large, gens, call):
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_soak_threads_mixed_modes_and_batch_sizes(family, one_thread):
     small, large = make_pair(family)
-    gens = {(how, name): bild.BiLDGenerator(None if name in NO_SMALL else small, large, **engine)
-            for how in ("shared", "second") for name, (engine, _) in MODES.items()}
+    gens = {
+        (how, name): bild.BiLDGenerator(None if name in NO_SMALL else small, large, **engine)
+        for how in ("shared", "second")
+        for name, (engine, _) in MODES.items()
+    }
     calls = _calls(family, small, large)
     if family == "t5":  # the aligned layout and an encoder: fewer calls
         calls = [c for c in calls if c[0] in ("exact", "rollback", "uno", "lookup", "combined_rollback")]
@@ -97,8 +102,9 @@ def test_soak_threads_mixed_modes_and_batch_sizes(family, one_thread):
         t.join()
     assert errors == []
     assert len(results) == threads * len(calls)
-    diffs = [(calls[j][:2], n, want[j][1]) for j, out, n in results
-             if not torch.equal(out, want[j][0]) or n != want[j][1]]
+    diffs = [
+        (calls[j][:2], n, want[j][1]) for j, out, n in results if not torch.equal(out, want[j][0]) or n != want[j][1]
+    ]
     assert diffs == []
 
 
@@ -110,8 +116,18 @@ def test_policy_sessions_fold_back_and_merge():
     def rounds(p, accepted, n=6):
         for _ in range(n):
             p.budgets([100])
-            p.learn(RoundRecord(conf=[[0.55] * 4], first_conf=[0.55], drafted=[4], judged=[min(4, accepted + 1)],
-                                accepted=[accepted], committed=[accepted + 1], small_steps=4, width=4))
+            p.learn(
+                RoundRecord(
+                    conf=[[0.55] * 4],
+                    first_conf=[0.55],
+                    drafted=[4],
+                    judged=[min(4, accepted + 1)],
+                    accepted=[accepted],
+                    committed=[accepted + 1],
+                    small_steps=4,
+                    width=4,
+                )
+            )
 
     direct, shared = AdaptivePolicy(), AdaptivePolicy()
     direct.begin(1, costs)
@@ -136,8 +152,14 @@ def test_learned_policy_tables_stay_bounded():
     ids = torch.tensor([[1, 5, 9, 13]])
     for k in range(1, generator.POLICIES_PER_MODEL + 6):
         large.generate(ids, max_new_tokens=2, custom_generate=bild.generate, small_model=small, max_small_steps=k)
-        large.generate(ids, max_new_tokens=2, custom_generate=bild.generate, small_model=small, max_small_steps=k,
-                       rollback_threshold=5.0)  # lossy: a fresh policy per call, never kept
+        large.generate(
+            ids,
+            max_new_tokens=2,
+            custom_generate=bild.generate,
+            small_model=small,
+            max_small_steps=k,
+            rollback_threshold=5.0,
+        )  # lossy: a fresh policy per call, never kept
     assert len(generator._POLICIES[large]) == generator.POLICIES_PER_MODEL
     gen = bild.BiLDGenerator(small, large)
     for k in range(1, generator.POLICIES_PER_MODEL + 3):

@@ -43,6 +43,7 @@ def test_qwen3_next_pair_reaches_agreement_and_decodes_exactly():
     import transformers
 
     import bild
+
     small, large, info = build_controlled_pair("qwen3_next", 0.8, tolerance=TOL, small_layers=2, **TINY)
     assert info.converged and abs(info.agreement - 0.8) <= TOL
     assert small.config.layer_types == ["linear_attention", "full_attention"]

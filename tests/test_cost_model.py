@@ -5,7 +5,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bild.pairs.controlled import build_controlled_pair, make_prompts
 from bild.analysis.cost_model import (
     CallRecord,
     CostTable,
@@ -16,6 +15,7 @@ from bild.analysis.cost_model import (
     predict_time,
     to_call_record,
 )
+from bild.pairs.controlled import build_controlled_pair, make_prompts
 
 TINY = dict(hidden=64, layers=4, vocab=512, calib_prompts=4, calib_new_tokens=24)
 

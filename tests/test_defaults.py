@@ -7,6 +7,7 @@
   on earlier calls, or on timing (the online cost learner's clock patched to report very different costs).
 - Under exact verification the learned costs do change the policy's decisions (and only those).
 """
+
 import itertools
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def skewed_clock(seconds: float):
 
     def clock():
         return next(ticks) * seconds
+
     return clock
 
 
@@ -47,18 +49,30 @@ def test_defaults_are_exact_and_rollback_is_one_argument_away():
     assert gen.options.verification == "exact" and isinstance(gen.policy, AdaptivePolicy)
     for _ in range(2):
         assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=N), want)
-    assert torch.equal(large.generate(ids, attention_mask=mask, max_new_tokens=N, custom_generate=bild.generate,
-                                      small_model=small), want)
+    assert torch.equal(
+        large.generate(ids, attention_mask=mask, max_new_tokens=N, custom_generate=bild.generate, small_model=small),
+        want,
+    )
     folder = str(Path(__file__).resolve().parents[1])  # the repository: transformers reads its custom_generate/
-    assert torch.equal(large.generate(ids, attention_mask=mask, max_new_tokens=N, custom_generate=folder,
-                                      trust_remote_code=True, small_model=small), want)
+    assert torch.equal(
+        large.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=N,
+            custom_generate=folder,
+            trust_remote_code=True,
+            small_model=small,
+        ),
+        want,
+    )
     bild_rule = bild.BiLDGenerator(small, large, rollback_threshold=3.0)
     assert bild_rule.options.verification == "rollback" and bild_rule.options.rollback_threshold == 3.0
     assert isinstance(bild_rule.policy, RowwisePolicy)
     explicit = bild.BiLDGenerator(small, large, verification="rollback")
     assert explicit.options.rollback_threshold == 5.0
-    assert bild.BiLDGenerator(small, large, verification="exact", rollback_threshold=2.0).options.verification == \
-        "exact"
+    assert (
+        bild.BiLDGenerator(small, large, verification="exact", rollback_threshold=2.0).options.verification == "exact"
+    )
 
 
 def test_auto_costs_run_no_forward_of_their_own():
@@ -80,7 +94,7 @@ def _rows_alone(gen, ids, mask, **kw):
     out = []
     for r in range(ids.shape[0]):
         x = ids[r][mask[r].bool()][None]
-        out.append(gen.generate(x, **kw)[0, 1 if ed else x.shape[1]:].tolist())
+        out.append(gen.generate(x, **kw)[0, 1 if ed else x.shape[1] :].tolist())
     batched = gen.generate(ids, attention_mask=mask, **kw)
     return [batched[r, P : P + len(a)].tolist() for r, a in enumerate(out)], out
 
@@ -108,8 +122,17 @@ def test_rollback_at_auto_tenth_call_equals_first_and_ignores_the_clock(monkeypa
         monkeypatch.setattr(timing, "clock", skewed_clock(factor))
         for g in (gen, bild.BiLDGenerator(small, large, rollback_threshold=1.5)):
             assert torch.equal(g.generate(ids, attention_mask=mask, max_new_tokens=N), first)
-        assert torch.equal(large.generate(ids, attention_mask=mask, max_new_tokens=N, custom_generate=bild.generate,
-                                          small_model=small, rollback_threshold=1.5), first)
+        assert torch.equal(
+            large.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=N,
+                custom_generate=bild.generate,
+                small_model=small,
+                rollback_threshold=1.5,
+            ),
+            first,
+        )
 
 
 @pytest.mark.parametrize("eps", ["uno_epsilon", "opt_epsilon"])
@@ -160,6 +183,7 @@ def _timed_forwards(monkeypatch, model, seconds: float, now: list[float]) -> Non
     def forward(*a, **k):
         now[0] += seconds
         return fwd(*a, **k)
+
     monkeypatch.setattr(model, "forward", forward)
 
 
@@ -184,6 +208,7 @@ def test_round_overhead_is_a_rounds_host_time_beyond_its_forwards(monkeypatch):
         prop = propose(self, state, allowed)
         now[0] += 0.5 * (self.adapter.forwards > n)
         return prop
+
     monkeypatch.setattr(ModelProposer, "propose", slow_propose)
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.5, max_small_steps=3)  # drafts most rounds
     assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=N), want)
@@ -230,8 +255,9 @@ def test_prior_counts_compute_parameters():
     small, large = make_pair("llama")
     c = online_costs.prior_costs(small, large, 1).small
     emb, head = large.get_input_embeddings().weight.numel(), large.get_output_embeddings().weight.numel()
-    ns, nl = (sum(p.numel() for p in m.parameters()) - emb - (1 - online_costs.HEAD_WEIGHT) * head
-              for m in (small, large))
+    ns, nl = (
+        sum(p.numel() for p in m.parameters()) - emb - (1 - online_costs.HEAD_WEIGHT) * head for m in (small, large)
+    )
     assert c == pytest.approx(ns / nl)
     assert online_costs.prior_costs(small, large, 8).verify[1] > online_costs.prior_costs(small, large, 1).verify[1]
 

@@ -6,15 +6,16 @@ once and queues its dictated seconds, and the fake clock advances by what is que
 tensor (`.tolist()`, `.item()`, ...), as a CUDA stream does. Timing a forward around its call then sees
 0 s; the learned costs must equal what the fake device dictated.
 """
+
 import functools
 
 import pytest
 import torch
+from models import make_inputs, make_pair
+from test_host_reads import READS, count_reads
 
 import bild
 from bild import online_costs, timing
-from models import make_inputs, make_pair
-from test_host_reads import READS, count_reads
 
 N = 24
 LARGE, SLOPE, SMALL = 1.0, 0.1, 0.25  # a large forward of n tokens: LARGE (1 + SLOPE (n - 1)) s; small: SMALL s
@@ -33,6 +34,7 @@ def fake_device(monkeypatch):
             now[0] += queued[0]
             queued[0] = 0.0
             return _original(self, *a, **k)
+
         monkeypatch.setattr(torch.Tensor, name, read)
 
     def queue(model, seconds):
@@ -44,12 +46,14 @@ def fake_device(monkeypatch):
             ids = k.get("input_ids", k.get("decoder_input_ids"))
             queued[0] += seconds(ids.shape[1])
             return out
+
         monkeypatch.setattr(model, "forward", forward)
 
     def install(small, large, asynchronous=True):
         monkeypatch.setattr(timing, "synchronous", lambda device: not asynchronous)
         queue(large, lambda n: LARGE * (1 + SLOPE * (n - 1)))
         queue(small, lambda n: SMALL)
+
     return install
 
 
@@ -67,8 +71,11 @@ def test_costs_learned_at_the_reads_equal_the_devices(fake_device, batch):
     learned = online_costs.learned_costs(small, large, batch)
     assert learned != prior
     assert learned.small == pytest.approx(SMALL / LARGE)
-    widths = {n for (b, n), d in online_costs.model_times(large).times.items()
-              if b == batch and len(d) >= online_costs.MIN_WIDTH_SAMPLES}
+    widths = {
+        n
+        for (b, n), d in online_costs.model_times(large).times.items()
+        if b == batch and len(d) >= online_costs.MIN_WIDTH_SAMPLES
+    }
     assert 1 in widths and len(widths) >= 2
     for n in widths:
         assert learned.verify[n - 1] == pytest.approx(1 + SLOPE * (n - 1))
@@ -117,7 +124,7 @@ def test_tree_forwards_are_timed_at_the_reads(fake_device):
         assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=N), want)
     large_times = online_costs.model_times(large).times
     assert any(n >= 5 and d for (b, n), d in large_times.items())  # tree passes: 2 chains x up to 3 drafts
-    for (b, n), d in large_times.items():
+    for (_b, n), d in large_times.items():
         assert list(d) == pytest.approx([LARGE * (1 + SLOPE * (n - 1))] * len(d)), n
     small_times = online_costs.model_times(small).times
     assert small_times and all(list(d) == pytest.approx([SMALL] * len(d)) for d in small_times.values())

@@ -1,4 +1,5 @@
 """generate() arguments, cache reuse, drop-in entry points and bad input."""
+
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def count_fed_tokens(model):
     def hook(module, args, kwargs):
         ids = kwargs.get("decoder_input_ids") if model.config.is_encoder_decoder else kwargs.get("input_ids")
         fed.append(ids.shape[1])
+
     return fed, model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
@@ -40,8 +42,9 @@ def test_caches_are_reused(family, verification):
     small, large = make_pair(family)
     ids, mask = make_inputs(family, 1, seed=0)
     # built first: its capability probes (bild.adapters.capabilities) run once per model, not per call
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.4, rollback_threshold=2.5, max_small_steps=4,
-                             verification=verification)
+    gen = bild.BiLDGenerator(
+        small, large, fallback_threshold=0.4, rollback_threshold=2.5, max_small_steps=4, verification=verification
+    )
     fed_s, h1 = count_fed_tokens(small)
     fed_l, h2 = count_fed_tokens(large)
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=20)
@@ -69,11 +72,15 @@ def test_eos_mid_draft_is_verified_and_ends_the_row():
     P = ids.shape[1]
     eos = int(ref[0, P + 5])  # a token the pair writes mid-way: make it the eos
     for v in ("exact", "rollback"):
-        gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, verification=v, rollback_threshold=float("inf"),
-                                 max_small_steps=6)
+        gen = bild.BiLDGenerator(
+            small, large, fallback_threshold=0.0, verification=v, rollback_threshold=float("inf"), max_small_steps=6
+        )
         out = gen.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=0)
-        want = large.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=0) \
-            if v == "exact" else None
+        want = (
+            large.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=0)
+            if v == "exact"
+            else None
+        )
         first_eos = out[0, P:].tolist().index(eos)
         assert out.shape[1] == P + first_eos + 1  # nothing after the eos
         if want is not None:
@@ -92,16 +99,24 @@ def test_max_new_tokens_exact(n):
 def test_processors_eos_lists_and_scores_match_large_generate():
     small, large = make_pair("opt")
     ids, mask = make_inputs("opt", 3, seed=2)
-    kw = dict(attention_mask=mask, max_new_tokens=12, repetition_penalty=1.3, min_new_tokens=5,
-              eos_token_id=[2, 7], no_repeat_ngram_size=3, return_dict_in_generate=True, output_scores=True,
-              output_logits=True)
+    kw = dict(
+        attention_mask=mask,
+        max_new_tokens=12,
+        repetition_penalty=1.3,
+        min_new_tokens=5,
+        eos_token_id=[2, 7],
+        no_repeat_ngram_size=3,
+        return_dict_in_generate=True,
+        output_scores=True,
+        output_logits=True,
+    )
     ref = large.generate(ids, **kw)
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, verification="exact", max_small_steps=4)
     out = gen.generate(ids, **kw)
     assert torch.equal(out.sequences, ref.sequences)
     assert gen.stats.accepted > 0
     assert len(out.scores) == len(ref.scores) and len(out.logits) == len(ref.logits)
-    for a, b, row_done in zip(out.scores, ref.scores, range(len(ref.scores))):
+    for a, b, _row_done in zip(out.scores, ref.scores, range(len(ref.scores))):
         live = torch.isfinite(b).any(-1) & (a != 0).any(-1)
         torch.testing.assert_close(a[live], b[live], rtol=1e-4, atol=1e-4)
 
@@ -124,8 +139,9 @@ def test_stopping_criteria_and_streamer():
     crit = StoppingCriteriaList([StopAfterToken(stop_tok)])
     want = large.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=None, stopping_criteria=crit)
     rec = Recorder()
-    out = gen.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=None, stopping_criteria=crit,
-                       streamer=rec)
+    out = gen.generate(
+        ids, attention_mask=mask, max_new_tokens=20, eos_token_id=None, stopping_criteria=crit, streamer=rec
+    )
     assert torch.equal(out, want) and int(out[0, -1]) == stop_tok
     assert rec.ended and rec.chunks[0] == ids[0].tolist()
     assert sum(rec.chunks[1:], []) == out[0, P:].tolist()
@@ -135,9 +151,18 @@ def test_stopping_criteria_and_streamer():
 def test_sampling_runs_through_warpers_and_seeds_reproduce(steps):
     small, large = make_pair("gpt_neox")
     ids, mask = make_inputs("gpt_neox", 3, seed=6)
+
     # with costs given, a fresh generator makes the same decisions: the same seed gives the same output
-    make = lambda: bild.BiLDGenerator(small, large, fallback_threshold=0.3, rollback_threshold=3.0,  # noqa: E731
-                                      max_small_steps=steps, costs=0.2)
+    def make():
+        return bild.BiLDGenerator(
+            small,
+            large,
+            fallback_threshold=0.3,
+            rollback_threshold=3.0,  # noqa: E731
+            max_small_steps=steps,
+            costs=0.2,
+        )
+
     kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=True, temperature=0.7, top_k=20, top_p=0.9)
     torch.manual_seed(1)
     a = make().generate(ids, **kw)
@@ -161,12 +186,26 @@ def test_custom_generate_callable_and_folder_equal_generator(family):
     gen = bild.BiLDGenerator(small, large, **opts)
     want = gen.generate(ids, attention_mask=mask, max_new_tokens=12)
     stats = bild.GenerationStats()
-    via_callable = large.generate(ids, attention_mask=mask, max_new_tokens=12, custom_generate=bild.generate,
-                                  small_model=small, bild_stats=stats, **opts)
+    via_callable = large.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=12,
+        custom_generate=bild.generate,
+        small_model=small,
+        bild_stats=stats,
+        **opts,
+    )
     assert torch.equal(via_callable, want)
     assert stats.as_dict() == gen.stats.as_dict()
-    via_folder = large.generate(ids, attention_mask=mask, max_new_tokens=12, custom_generate=str(REPO),
-                                trust_remote_code=True, small_model=small, **opts)
+    via_folder = large.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=12,
+        custom_generate=str(REPO),
+        trust_remote_code=True,
+        small_model=small,
+        **opts,
+    )
     assert torch.equal(via_folder, want)
 
 
@@ -191,8 +230,9 @@ def test_bad_engine_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         bild.BiLDGenerator(small, large, **kwargs)
     with pytest.raises(ValueError, match=name):  # same check through the drop-in
-        large.generate(torch.tensor([[5, 6]]), custom_generate=bild_generate, small_model=small, max_new_tokens=2,
-                       **kwargs)
+        large.generate(
+            torch.tensor([[5, 6]]), custom_generate=bild_generate, small_model=small, max_new_tokens=2, **kwargs
+        )
 
 
 def test_bad_pairs_and_generate_arguments():
@@ -203,6 +243,7 @@ def test_bad_pairs_and_generate_arguments():
     with pytest.raises(ValueError, match="decoder-only"):
         bild.BiLDGenerator(other_small, large)
     import copy
+
     wide = copy.deepcopy(small)
     wide.resize_token_embeddings(200)
     with pytest.raises(ValueError, match="width"):
@@ -215,9 +256,11 @@ def test_bad_pairs_and_generate_arguments():
     ids = torch.tensor([[5, 6, 7]])
     calls = []
     hook = large.register_forward_pre_hook(lambda *a: calls.append(1))
-    for kwargs, name in ((dict(num_beams=2), "num_beams"), (dict(num_return_sequences=2, do_sample=True),
-                                                             "num_return_sequences"),
-                         (dict(use_cache=False), "use_cache")):
+    for kwargs, name in (
+        (dict(num_beams=2), "num_beams"),
+        (dict(num_return_sequences=2, do_sample=True), "num_return_sequences"),
+        (dict(use_cache=False), "use_cache"),
+    ):
         with pytest.raises(ValueError, match=name):
             gen.generate(ids, max_new_tokens=3, **kwargs)
     with pytest.raises(ValueError, match="streamer"):
@@ -265,6 +308,7 @@ def test_streamer_on_a_family_decoded_row_by_row():
     """A left-padded prompt of batch 1 on a family decoded row by row (Mistral's sliding window) streams its
     tokens and ends the stream."""
     from zoo import make_zoo_pair
+
     small, large = make_zoo_pair("mistral")
     ids = torch.tensor([[0, 0, 5, 9, 13, 17, 21]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
@@ -272,7 +316,7 @@ def test_streamer_on_a_family_decoded_row_by_row():
     gen = bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0, max_small_steps=3)
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=10, streamer=rec, pad_token_id=0)
     assert torch.equal(out, large.generate(ids, attention_mask=mask, max_new_tokens=10, pad_token_id=0))
-    assert rec.ended and [t for c in rec.chunks[1:] for t in c] == out[0, ids.shape[1]:].tolist()
+    assert rec.ended and [t for c in rec.chunks[1:] for t in c] == out[0, ids.shape[1] :].tolist()
 
 
 def _cache_of(layer_kind):
@@ -283,6 +327,7 @@ def _cache_of(layer_kind):
         cache = DynamicCache(config=model.config)
         cache.layers = [layer_kind() for _ in cache.layers]
         return cache
+
     return new_cache
 
 

@@ -1,4 +1,5 @@
 """The engine's tokens equal a slow cache-free reference of the same algorithm, and the large model's."""
+
 import pytest
 import torch
 from models import ENCODER_DECODER, FAMILIES, make_inputs, make_pair
@@ -16,7 +17,7 @@ N_NEW = 14
 
 
 def new_tokens(out: torch.Tensor, prompt_len: int, row: int, n: int) -> list[int]:
-    return out[row, prompt_len:prompt_len + n].tolist()
+    return out[row, prompt_len : prompt_len + n].tolist()
 
 
 def row_prompt(ids, mask, r):
@@ -31,16 +32,18 @@ def test_engine_matches_cache_free_reference(family, batch):
     is_ed = family in ENCODER_DECODER
     totals = dict(fallbacks=0, rollbacks=0, accepted=0)
     for fb, rb, steps, verification in SETTINGS:
-        gen = bild.BiLDGenerator(small, large, fallback_threshold=fb, rollback_threshold=rb, max_small_steps=steps,
-                                 verification=verification)
+        gen = bild.BiLDGenerator(
+            small, large, fallback_threshold=fb, rollback_threshold=rb, max_small_steps=steps, verification=verification
+        )
         out = gen.generate(ids, attention_mask=mask, max_new_tokens=N_NEW, do_sample=False)
         P = 1 if is_ed else ids.shape[1]
         for r in range(batch):
             p = row_prompt(ids, mask, r)
-            ref = reference_generate(small, large, [] if is_ed else p, N_NEW, fb, rb, steps, verification,
-                                     encoder_ids=p if is_ed else None)
+            ref = reference_generate(
+                small, large, [] if is_ed else p, N_NEW, fb, rb, steps, verification, encoder_ids=p if is_ed else None
+            )
             assert new_tokens(out, P, r, len(ref)) == ref, (fb, rb, steps, verification, r)
-            assert (out[r, P + len(ref):] == large.generation_config.pad_token_id).all()
+            assert (out[r, P + len(ref) :] == large.generation_config.pad_token_id).all()
         for k in totals:
             totals[k] += getattr(gen.stats, k)
     # the settings exercise every branch of the loop on this pair
@@ -62,9 +65,12 @@ def test_large_only_and_exact_equal_large_generate(family, batch):
     if batch == 1:
         assert gen.stats.large_forwards == gen.stats.new_tokens  # one large step per token
     # exact verification: identical to the large model, with fixed and dynamic drafts, and UNO eps=0
-    for kwargs in (dict(fallback_threshold=0.0, max_small_steps=4), dict(fallback_threshold=0.4),
-                   dict(fallback_threshold=0.0, max_small_steps=2, draft_schedule="heuristic"),
-                   dict(fallback_threshold=0.0, max_small_steps=3, uno_epsilon=0.0)):
+    for kwargs in (
+        dict(fallback_threshold=0.0, max_small_steps=4),
+        dict(fallback_threshold=0.4),
+        dict(fallback_threshold=0.0, max_small_steps=2, draft_schedule="heuristic"),
+        dict(fallback_threshold=0.0, max_small_steps=3, uno_epsilon=0.0),
+    ):
         gen = bild.BiLDGenerator(small, large, verification="exact", **kwargs)
         out = gen.generate(ids, attention_mask=mask, max_new_tokens=N_NEW)
         assert torch.equal(out, ref), kwargs
@@ -85,4 +91,4 @@ def test_batched_rows_equal_single_rows(family):
         single = gen.generate(row_ids, attention_mask=row_mask, max_new_tokens=N_NEW)
         P_b, P_s = (1, 1) if is_ed else (ids.shape[1], row_ids.shape[1])
         n = single.shape[1] - P_s
-        assert batched[r, P_b:P_b + n].tolist() == single[0, P_s:].tolist()
+        assert batched[r, P_b : P_b + n].tolist() == single[0, P_s:].tolist()

@@ -19,8 +19,10 @@ from bild.evaluation import modeling, runner
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "das haus ist rot ein hund the house is red a dog Translate to English Summarize in one sentence".split()
 SPECIAL = ["<pad>", "</s>", "<unk>", "<s>", "<|user|>", "<|end|>", "<|assistant|>"]
-TEMPLATE = ("{{ '<s>' }}{% for m in messages %}<|user|> {{ m['content'] }} <|end|> {% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATE = (
+    "{{ '<s>' }}{% for m in messages %}<|user|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 INSTRUCT = "Translate to English: {source}"
 
 
@@ -36,8 +38,9 @@ def chat_tokenizer(with_template: bool = True):
     tok.train_from_iterator(WORDS + [":"], trainers.WordLevelTrainer(special_tokens=SPECIAL))
     # plain tokenisation adds a BOS, as many instruct tokenizers do; chat text carries its own
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                        bos_token="<s>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
     if with_template:
         tokenizer.chat_template = TEMPLATE
     return tokenizer
@@ -77,8 +80,20 @@ def test_prompt_template_must_hold_the_source(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"source": "a", "target": "b"}\n')
     with pytest.raises(SystemExit):
-        runner.main(["--test_file", str(data), "--mode", "large", "--large", str(tmp_path),
-                     "--prompt_template", "Translate to English:", "--output_dir", str(tmp_path / "r")])
+        runner.main(
+            [
+                "--test_file",
+                str(data),
+                "--mode",
+                "large",
+                "--large",
+                str(tmp_path),
+                "--prompt_template",
+                "Translate to English:",
+                "--output_dir",
+                str(tmp_path / "r"),
+            ]
+        )
     assert "--prompt_template must contain {source}" in capsys.readouterr().err
 
 
@@ -104,8 +119,10 @@ def test_prompt_text_with_and_without_the_chat_template():
     sources = ["das haus ist rot", "ein hund"]
     on = generator(make_cfg("--prompt_template", INSTRUCT), tok)
     assert on.chat_template is True
-    assert on.prompts(sources) == ["<s><|user|> Translate to English: das haus ist rot <|end|> <|assistant|>",
-                                   "<s><|user|> Translate to English: ein hund <|end|> <|assistant|>"]
+    assert on.prompts(sources) == [
+        "<s><|user|> Translate to English: das haus ist rot <|end|> <|assistant|>",
+        "<s><|user|> Translate to English: ein hund <|end|> <|assistant|>",
+    ]
     # the same text the offline pair's chat_prompt gives
     from bild.pairs.smollm2 import chat_prompt
 
@@ -138,20 +155,37 @@ def test_runner_sends_chat_formatted_prompts(tmp_path, monkeypatch):
     paths = {}
     for name, seed in (("large", 0), ("small", 1)):
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=64,
-                                           bos_token_id=3, eos_token_id=1, pad_token_id=0))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tok),
+                n_embd=16,
+                n_layer=1,
+                n_head=2,
+                n_positions=64,
+                bos_token_id=3,
+                eos_token_id=1,
+                pad_token_id=0,
+            )
+        )
         model.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
         paths[name] = str(tmp_path / name)
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in [{"source": "das haus ist rot", "target": "the house is red"},
-                                                           {"source": "ein hund", "target": "a dog"}]))
+    data.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"source": "das haus ist rot", "target": "the house is red"},
+                {"source": "ein hund", "target": "a dog"},
+            ]
+        )
+    )
     large = AutoModelForCausalLM.from_pretrained(paths["large"]).eval()
 
     def expected(text: str, special: bool) -> str:
         enc = tok(text, return_tensors="pt", add_special_tokens=special)
         ids = large.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=0)
-        return tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        return tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
     seen = []  # the token ids each timed generate call received
     original = modeling.BatchGenerator.generate
@@ -164,9 +198,30 @@ def test_runner_sends_chat_formatted_prompts(tmp_path, monkeypatch):
     for flags, chat in (([], True), (["--no_chat_template"], False)):
         seen.clear()
         out = tmp_path / f"run_chat{chat}"
-        results = runner.main(["--test_file", str(data), "--large", paths["large"], "--small", paths["small"],
-                               "--mode", "large", "--max_target_length", "5", "--warmup", "0", "--batch_size", "1",
-                               "--prompt_template", INSTRUCT, "--output_dir", str(out), *flags], task="translation")
+        results = runner.main(
+            [
+                "--test_file",
+                str(data),
+                "--large",
+                paths["large"],
+                "--small",
+                paths["small"],
+                "--mode",
+                "large",
+                "--max_target_length",
+                "5",
+                "--warmup",
+                "0",
+                "--batch_size",
+                "1",
+                "--prompt_template",
+                INSTRUCT,
+                "--output_dir",
+                str(out),
+                *flags,
+            ],
+            task="translation",
+        )
         assert results["chat_template"] is chat and results["prompt_template"] == INSTRUCT
         records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         assert len(seen) == len(records) == 2

@@ -29,8 +29,12 @@ def no_model_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError(f"a model/tokenizer load was attempted: {args!r}")
 
-    for cls in (transformers.AutoModelForSeq2SeqLM, transformers.AutoModelForCausalLM,
-                transformers.AutoTokenizer, transformers.AutoConfig):
+    for cls in (
+        transformers.AutoModelForSeq2SeqLM,
+        transformers.AutoModelForCausalLM,
+        transformers.AutoTokenizer,
+        transformers.AutoConfig,
+    ):
         monkeypatch.setattr(cls, "from_pretrained", fail)
     monkeypatch.setattr(modeling, "load_models", fail)
 
@@ -51,29 +55,41 @@ def run_error(capsys, script: str, argv: list[str]) -> str:
 
 
 def base(data, tmp_path, *extra):
-    return ["--test_file", str(data), "--large", "org/large-model", "--small", "org/small-model",
-            "--output_dir", str(tmp_path / "out"), *extra]
+    return [
+        "--test_file",
+        str(data),
+        "--large",
+        "org/large-model",
+        "--small",
+        "org/small-model",
+        "--output_dir",
+        str(tmp_path / "out"),
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--mode", "medium"], "--mode"),
-    (["--fallback_threshold", "1.5"], "--fallback_threshold"),
-    (["--fallback_threshold", "-0.1"], "--fallback_threshold"),
-    (["--fallback_threshold", "nan"], "--fallback_threshold"),
-    (["--rollback_threshold", "-1"], "--rollback_threshold"),
-    (["--rollback_threshold", "lots"], "--rollback_threshold"),
-    (["--batch_size", "0"], "--batch_size"),
-    (["--limit", "0"], "--limit"),
-    (["--warmup", "-1"], "--warmup"),
-    (["--max_small_steps", "0"], "--max_small_steps"),
-    (["--dtype", "float8"], "--dtype"),
-    (["--device", "tpu"], "--device"),
-    (["--metric", "meteor"], "--metric"),
-    (["--mode", "assisted", "--batch_size", "2"], "--batch_size"),
-    (["--resume", "--overwrite"], "--resume"),
-    (["--prompt_lookup", "-1"], "--prompt_lookup"),
-    (["--prompt_lookup", "4", "--mode", "large"], "--prompt_lookup"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--mode", "medium"], "--mode"),
+        (["--fallback_threshold", "1.5"], "--fallback_threshold"),
+        (["--fallback_threshold", "-0.1"], "--fallback_threshold"),
+        (["--fallback_threshold", "nan"], "--fallback_threshold"),
+        (["--rollback_threshold", "-1"], "--rollback_threshold"),
+        (["--rollback_threshold", "lots"], "--rollback_threshold"),
+        (["--batch_size", "0"], "--batch_size"),
+        (["--limit", "0"], "--limit"),
+        (["--warmup", "-1"], "--warmup"),
+        (["--max_small_steps", "0"], "--max_small_steps"),
+        (["--dtype", "float8"], "--dtype"),
+        (["--device", "tpu"], "--device"),
+        (["--metric", "meteor"], "--metric"),
+        (["--mode", "assisted", "--batch_size", "2"], "--batch_size"),
+        (["--resume", "--overwrite"], "--resume"),
+        (["--prompt_lookup", "-1"], "--prompt_lookup"),
+        (["--prompt_lookup", "4", "--mode", "large"], "--prompt_lookup"),
+    ],
+)
 def test_bad_flag_values(capsys, data, tmp_path, argv, expected):
     err = run_error(capsys, "run_bild_translation", base(data, tmp_path, *argv))
     assert expected in err
@@ -87,8 +103,11 @@ def test_infinite_rollback_is_accepted(capsys, data, tmp_path):
 
 
 def test_missing_test_file(capsys, tmp_path):
-    err = run_error(capsys, "run_bild_translation",
-                    ["--test_file", str(tmp_path / "nope.jsonl"), "--large", "org/l", "--small", "org/s"])
+    err = run_error(
+        capsys,
+        "run_bild_translation",
+        ["--test_file", str(tmp_path / "nope.jsonl"), "--large", "org/l", "--small", "org/s"],
+    )
     assert "--test_file" in err and "nope.jsonl" in err
 
 
@@ -107,13 +126,17 @@ def test_unknown_config_key_names_key_and_allowed_keys(capsys, data, tmp_path):
 def test_bad_value_in_config_file(capsys, data, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("rollback_threshold: -2\n")
-    assert "--rollback_threshold" in run_error(capsys, "run_bild_translation", base(data, tmp_path, "--config", str(config)))
+    assert "--rollback_threshold" in run_error(
+        capsys, "run_bild_translation", base(data, tmp_path, "--config", str(config))
+    )
     config.write_text("paper_settings:\n  aligned: {fallback_threshold: 0.5, rollback: 2}\n")
     assert "'rollback'" in run_error(capsys, "run_bild_translation", base(data, tmp_path, "--config", str(config)))
 
 
 def test_config_for_the_other_task(capsys, data, tmp_path):
-    err = run_error(capsys, "run_bild_translation", base(data, tmp_path, "--config", str(ROOT / "configs" / "xsum.yaml")))
+    err = run_error(
+        capsys, "run_bild_translation", base(data, tmp_path, "--config", str(ROOT / "configs" / "xsum.yaml"))
+    )
     assert "--config" in err and "summarization" in err
 
 
@@ -126,14 +149,30 @@ def test_unknown_flag_is_rejected(capsys, data, tmp_path):
 def test_jsonl_without_requested_fields(capsys, tmp_path):
     path = tmp_path / "wrong.jsonl"
     path.write_text('{"document": "a b", "summary": "a"}\n')
-    err = run_error(capsys, "run_bild_summarization",
-                    ["--test_file", str(path), "--large", "org/l", "--small", "org/s", "--output_dir", str(tmp_path / "o")])
+    err = run_error(
+        capsys,
+        "run_bild_summarization",
+        ["--test_file", str(path), "--large", "org/l", "--small", "org/s", "--output_dir", str(tmp_path / "o")],
+    )
     assert "--source_field" in err and "document" in err
     # naming the fields makes the same file usable
     with pytest.raises(AssertionError, match="load was attempted"):
         load_script("run_bild_summarization").main(
-            ["--test_file", str(path), "--large", "org/l", "--small", "org/s", "--output_dir", str(tmp_path / "o2"),
-             "--source_field", "document", "--target_field", "summary"])
+            [
+                "--test_file",
+                str(path),
+                "--large",
+                "org/l",
+                "--small",
+                "org/s",
+                "--output_dir",
+                str(tmp_path / "o2"),
+                "--source_field",
+                "document",
+                "--target_field",
+                "summary",
+            ]
+        )
 
 
 def test_jsonl_with_bad_line(capsys, tmp_path):
@@ -148,13 +187,19 @@ def test_hub_dataset_without_requested_fields(capsys, tmp_path, monkeypatch):
 
     rows = [{"translation": {"de": "das haus", "fr": "la maison"}}]
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(rows))
-    err = run_error(capsys, "run_bild_translation",
-                    ["--config", str(ROOT / "configs" / "iwslt2017_de_en.yaml"), "--output_dir", str(tmp_path / "o")])
+    err = run_error(
+        capsys,
+        "run_bild_translation",
+        ["--config", str(ROOT / "configs" / "iwslt2017_de_en.yaml"), "--output_dir", str(tmp_path / "o")],
+    )
     assert "--target_lang" in err and "'en'" in err and "fr" in err
 
     rows = [{"article": "text", "highlights": "sum"}]
-    err = run_error(capsys, "run_bild_summarization",
-                    ["--config", str(ROOT / "configs" / "xsum.yaml"), "--output_dir", str(tmp_path / "o")])
+    err = run_error(
+        capsys,
+        "run_bild_summarization",
+        ["--config", str(ROOT / "configs" / "xsum.yaml"), "--output_dir", str(tmp_path / "o")],
+    )
     assert "--source_field" in err and "'document'" in err and "article" in err
 
 
@@ -165,8 +210,11 @@ def test_hub_dataset_that_cannot_load(capsys, tmp_path, monkeypatch):
         raise ConnectionError("no internet")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    err = run_error(capsys, "run_bild_translation",
-                    ["--config", str(ROOT / "configs" / "wmt14_de_en.yaml"), "--output_dir", str(tmp_path / "o")])
+    err = run_error(
+        capsys,
+        "run_bild_translation",
+        ["--config", str(ROOT / "configs" / "wmt14_de_en.yaml"), "--output_dir", str(tmp_path / "o")],
+    )
     assert "--dataset_name" in err and "wmt14" in err and "--test_file" in err
 
 
@@ -181,7 +229,9 @@ def test_hub_dataset_is_read_with_config_fields(tmp_path, monkeypatch):
 
     def fake_load(name, subset=None, split=None):
         calls.append((name, subset, split))
-        return datasets.Dataset.from_list([{"translation": {"de": f"satz {i}", "en": f"sentence {i}"}} for i in range(3)])
+        return datasets.Dataset.from_list(
+            [{"translation": {"de": f"satz {i}", "en": f"sentence {i}"}} for i in range(3)]
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     cfg, _ = resolve_config(["--config", str(ROOT / "configs" / "iwslt2017_de_en.yaml"), "--limit", "3"], "translation")
@@ -195,8 +245,11 @@ def test_missing_models_for_mode(capsys, data, tmp_path):
     assert "--large" in err
     err = run_error(capsys, "run_bild_translation", ["--test_file", str(data), "--mode", "small", "--large", "org/l"])
     assert "--small" in err
-    err = run_error(capsys, "run_bild_translation", ["--test_file", str(data), "--mode", "bild",
-                                                     "--large", "org/l", "--small", str(tmp_path / "missing-dir")])
+    err = run_error(
+        capsys,
+        "run_bild_translation",
+        ["--test_file", str(data), "--mode", "bild", "--large", "org/l", "--small", str(tmp_path / "missing-dir")],
+    )
     assert "--small" in err and "missing-dir" in err
 
 
@@ -222,14 +275,17 @@ def test_resume_with_changed_setting(capsys, data, tmp_path):
     assert "--resume" in err and "fallback_threshold: 0.5 -> 0.7" in err
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--fallback", "0.5,1.2", "--rollback", "2"], "--fallback"),
-    (["--fallback", "0.5", "--rollback", "2,-1"], "--rollback"),
-    (["--fallback", "half", "--rollback", "2"], "--fallback"),
-    (["--fallback", "0.5", "--rollback", "2", "--mode", "large"], "--mode"),
-    (["--fallback", "auto,inf", "--rollback", "2"], "--fallback"),
-    (["--fallback", "auto", "--rollback", "2", "--quality_budget", "-1"], "--quality_budget"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--fallback", "0.5,1.2", "--rollback", "2"], "--fallback"),
+        (["--fallback", "0.5", "--rollback", "2,-1"], "--rollback"),
+        (["--fallback", "half", "--rollback", "2"], "--fallback"),
+        (["--fallback", "0.5", "--rollback", "2", "--mode", "large"], "--mode"),
+        (["--fallback", "auto,inf", "--rollback", "2"], "--fallback"),
+        (["--fallback", "auto", "--rollback", "2", "--quality_budget", "-1"], "--quality_budget"),
+    ],
+)
 def test_sweep_bad_thresholds(capsys, data, tmp_path, argv, expected):
     err = run_error(capsys, "sweep_thresholds", base(data, tmp_path, *argv))
     assert expected in err
@@ -258,9 +314,11 @@ def test_local_large_folder_means_its_tokenizer(tmp_path, monkeypatch, script_ta
     cfg_file = str(ROOT / "configs" / f"{config}.yaml")
     hub_tokenizer = resolve_config(["--config", cfg_file], script_task)[0].tokenizer
     assert hub_tokenizer and not hub_tokenizer.startswith("/")  # the file names a Hub tokenizer
-    for args, want in ((["--large", str(large), "--mode", "large"], str(large)),
-                       (["--large", str(large), "--mode", "large", "--tokenizer", "org/tok"], "org/tok"),
-                       (["--large", "org/large", "--mode", "large"], hub_tokenizer)):
+    for args, want in (
+        (["--large", str(large), "--mode", "large"], str(large)),
+        (["--large", str(large), "--mode", "large", "--tokenizer", "org/tok"], "org/tok"),
+        (["--large", "org/large", "--mode", "large"], hub_tokenizer),
+    ):
         asked.clear()
         cfg, _ = resolve_config(["--config", cfg_file, *args], script_task)
         assert load_tokenizer(cfg).bild_source == want and asked == [want], (args, asked)

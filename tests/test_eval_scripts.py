@@ -44,9 +44,19 @@ def _train_t5(tokenizer, pairs, seed: int, d_model: int, layers: int, steps: int
     from transformers import T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_ff=2 * d_model, d_kv=8, num_heads=4,
-                      num_layers=layers, num_decoder_layers=layers, dropout_rate=0.0,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_ff=2 * d_model,
+        d_kv=8,
+        num_heads=4,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     model = T5ForConditionalGeneration(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(seed)
@@ -81,7 +91,9 @@ def tiny(tmp_path_factory):
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(DE + EN + ["summarize", ":"], trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.train_from_iterator(
+        DE + EN + ["summarize", ":"], trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"])
+    )
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
@@ -106,8 +118,12 @@ def tiny(tmp_path_factory):
     summarization = []
     for _ in range(6):
         first, second = _sentence(rng, 4, 7), _sentence(rng, 4, 7)
-        summarization.append({"source": " ".join(first) + " . " + " ".join(second) + " .",
-                              "target": " ".join(lexicon[w] for w in first[:3])})
+        summarization.append(
+            {
+                "source": " ".join(first) + " . " + " ".join(second) + " .",
+                "target": " ".join(lexicon[w] for w in first[:3]),
+            }
+        )
     paths["translation"] = str(_write_jsonl(root / "translation.jsonl", translation))
     paths["summarization"] = str(_write_jsonl(root / "summarization.jsonl", summarization))
     return paths
@@ -115,9 +131,25 @@ def tiny(tmp_path_factory):
 
 def common_args(tiny, task: str, out: Path, *extra: str) -> list[str]:
     config = "iwslt2017_de_en" if task == "translation" else "xsum"
-    return ["--config", str(ROOT / "configs" / f"{config}.yaml"), "--test_file", tiny[task],
-            "--large", tiny["large"], "--small", tiny["small"], "--tokenizer", tiny["large"],
-            "--max_target_length", "10", "--warmup", "1", "--output_dir", str(out), *extra]
+    return [
+        "--config",
+        str(ROOT / "configs" / f"{config}.yaml"),
+        "--test_file",
+        tiny[task],
+        "--large",
+        tiny["large"],
+        "--small",
+        tiny["small"],
+        "--tokenizer",
+        tiny["large"],
+        "--max_target_length",
+        "10",
+        "--warmup",
+        "1",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -145,9 +177,15 @@ class FakeStats:
         self.large_forwards, self.small_forwards, self.verify_lengths = 3, new_tokens + 1, [2, 3]
 
     def as_dict(self):
-        return {"new_tokens": self.new_tokens, "fallbacks": self.fallbacks, "rollbacks": self.rollbacks,
-                "large_forwards": self.large_forwards, "small_forwards": self.small_forwards,
-                "verify_lengths": self.verify_lengths, "fallback_rate": 0.123}
+        return {
+            "new_tokens": self.new_tokens,
+            "fallbacks": self.fallbacks,
+            "rollbacks": self.rollbacks,
+            "large_forwards": self.large_forwards,
+            "small_forwards": self.small_forwards,
+            "verify_lengths": self.verify_lengths,
+            "fallback_rate": 0.123,
+        }
 
 
 class FakeBiLD:
@@ -185,11 +223,13 @@ def test_translation_large_end_to_end(tiny, tmp_path):
     import sacrebleu
 
     out = tmp_path / "run"
-    results = load_script("run_bild_translation").main(common_args(tiny, "translation", out, "--mode", "large", "--limit", "6"))
+    results = load_script("run_bild_translation").main(
+        common_args(tiny, "translation", out, "--mode", "large", "--limit", "6")
+    )
 
     records = read_lines(out / "predictions.jsonl")
     assert [r["id"] for r in records] == list(range(6))
-    sources = [json.loads(l)["source"] for l in Path(tiny["translation"]).read_text().splitlines()[:6]]
+    sources = [json.loads(line)["source"] for line in Path(tiny["translation"]).read_text().splitlines()[:6]]
     assert [r["source"] for r in records] == sources
     assert [r["prediction"] for r in records] == direct_generate(tiny, sources)
     for key in ("reference", "generation_seconds", "new_tokens", "stats"):
@@ -235,8 +275,9 @@ def test_small_mode_uses_small_model(tiny, tmp_path):
     out = tmp_path / "small"
     no_tokenizer = tmp_path / "no_tokenizer"
     no_tokenizer.mkdir()
-    results = load_script("run_bild_translation").main(common_args(
-        tiny, "translation", out, "--mode", "small", "--limit", "3", "--tokenizer", str(no_tokenizer)))
+    results = load_script("run_bild_translation").main(
+        common_args(tiny, "translation", out, "--mode", "small", "--limit", "3", "--tokenizer", str(no_tokenizer))
+    )
     records = read_lines(out / "predictions.jsonl")
     assert [r["prediction"] for r in records] == direct_generate(tiny, [r["source"] for r in records], model="small")
     assert results["large_calls_per_token"] == 0.0
@@ -245,7 +286,9 @@ def test_small_mode_uses_small_model(tiny, tmp_path):
 
 def test_assisted_mode_reproduces_large_greedy(tiny, tmp_path):
     out = tmp_path / "assisted"
-    results = load_script("run_bild_translation").main(common_args(tiny, "translation", out, "--mode", "assisted", "--limit", "3"))
+    results = load_script("run_bild_translation").main(
+        common_args(tiny, "translation", out, "--mode", "assisted", "--limit", "3")
+    )
     records = read_lines(out / "predictions.jsonl")
     assert [r["prediction"] for r in records] == direct_generate(tiny, [r["source"] for r in records])
     assert results["large_calls_per_token"] is None and results["small"] == tiny["small"]
@@ -308,8 +351,11 @@ def test_resume_refuses_changed_config_and_existing_dir(tiny, tmp_path, capsys):
         script.main(common_args(tiny, "translation", out, "--mode", "large", "--limit", "2"))
     assert "--resume" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        script.main(common_args(tiny, "translation", out, "--mode", "large", "--limit", "2", "--resume",
-                                "--max_target_length", "7"))
+        script.main(
+            common_args(
+                tiny, "translation", out, "--mode", "large", "--limit", "2", "--resume", "--max_target_length", "7"
+            )
+        )
     err = capsys.readouterr().err
     assert "max_target_length" in err and "10 -> 7" in err
     # --overwrite starts over
@@ -319,11 +365,29 @@ def test_resume_refuses_changed_config_and_existing_dir(tiny, tmp_path, capsys):
 
 def test_bild_mode_plumbing_with_stand_in_engine(tiny, tmp_path, fake_engine):
     out = tmp_path / "bild"
-    results = load_script("run_bild_translation").main(common_args(
-        tiny, "translation", out, "--mode", "bild", "--limit", "4",
-        "--fallback_threshold", "0.7", "--rollback_threshold", "inf", "--max_small_steps", "4"))
-    assert fake_engine.created[-1] == {"fallback_threshold": 0.7, "rollback_threshold": math.inf,
-                                       "max_small_steps": 4, "verification": "rollback"}
+    results = load_script("run_bild_translation").main(
+        common_args(
+            tiny,
+            "translation",
+            out,
+            "--mode",
+            "bild",
+            "--limit",
+            "4",
+            "--fallback_threshold",
+            "0.7",
+            "--rollback_threshold",
+            "inf",
+            "--max_small_steps",
+            "4",
+        )
+    )
+    assert fake_engine.created[-1] == {
+        "fallback_threshold": 0.7,
+        "rollback_threshold": math.inf,
+        "max_small_steps": 4,
+        "verification": "rollback",
+    }
     records = read_lines(out / "predictions.jsonl")
     assert all(r["stats"]["fallbacks"] == 1 and r["stats"]["verify_lengths"] == [2, 3] for r in records)
     tokens = sum(r["stats"]["new_tokens"] for r in records)
@@ -334,15 +398,17 @@ def test_bild_mode_plumbing_with_stand_in_engine(tiny, tmp_path, fake_engine):
     assert results["rollback_threshold"] == "inf"
     assert [r["prediction"] for r in records] == direct_generate(tiny, [r["source"] for r in records])
 
-    load_script("run_bild_translation").main(common_args(
-        tiny, "translation", tmp_path / "exact", "--mode", "exact", "--limit", "1"))
+    load_script("run_bild_translation").main(
+        common_args(tiny, "translation", tmp_path / "exact", "--mode", "exact", "--limit", "1")
+    )
     assert fake_engine.created[-1]["verification"] == "exact"
 
 
 def test_batched_run_counts_each_batch_once(tiny, tmp_path, fake_engine):
     out = tmp_path / "batched"
-    results = load_script("run_bild_translation").main(common_args(
-        tiny, "translation", out, "--mode", "bild", "--limit", "5", "--batch_size", "2"))
+    results = load_script("run_bild_translation").main(
+        common_args(tiny, "translation", out, "--mode", "bild", "--limit", "5", "--batch_size", "2")
+    )
     records = read_lines(out / "predictions.jsonl")
     assert [r["batch_first_id"] for r in records] == [0, 0, 2, 2, 4]
     assert results["fallback_rate"] == pytest.approx(3 / sum(r["stats"]["new_tokens"] for r in records[::2]))
@@ -354,10 +420,23 @@ def test_real_engine_bild_and_exact(tiny, tmp_path):
     script = load_script("run_bild_translation")
     large = script.main(common_args(tiny, "translation", tmp_path / "large", "--mode", "large"))
     exact = script.main(common_args(tiny, "translation", tmp_path / "exact", "--mode", "exact"))
-    bild_run = script.main(common_args(tiny, "translation", tmp_path / "bild", "--mode", "bild",
-                                       "--fallback_threshold", "0.6", "--rollback_threshold", "3"))
-    preds = {name: [r["prediction"] for r in read_lines(tmp_path / name / "predictions.jsonl")]
-             for name in ("large", "exact", "bild")}
+    bild_run = script.main(
+        common_args(
+            tiny,
+            "translation",
+            tmp_path / "bild",
+            "--mode",
+            "bild",
+            "--fallback_threshold",
+            "0.6",
+            "--rollback_threshold",
+            "3",
+        )
+    )
+    preds = {
+        name: [r["prediction"] for r in read_lines(tmp_path / name / "predictions.jsonl")]
+        for name in ("large", "exact", "bild")
+    }
     assert preds["exact"] == preds["large"]  # greedy speculative decoding reproduces the large model
     assert exact["score"] == pytest.approx(large["score"])
     records = read_lines(tmp_path / "bild" / "predictions.jsonl")
@@ -365,7 +444,9 @@ def test_real_engine_bild_and_exact(tiny, tmp_path):
     tokens = sum(r["stats"]["new_tokens"] for r in records)
     assert bild_run["fallback_rate"] == pytest.approx(sum(r["stats"]["fallbacks"] for r in records) / tokens)
     assert bild_run["rollback_rate"] == pytest.approx(sum(r["stats"]["rollbacks"] for r in records) / tokens)
-    assert bild_run["large_calls_per_token"] == pytest.approx(sum(r["stats"]["large_forwards"] for r in records) / tokens)
+    assert bild_run["large_calls_per_token"] == pytest.approx(
+        sum(r["stats"]["large_forwards"] for r in records) / tokens
+    )
     assert bild_run["large_calls_per_token"] > 0
 
 
@@ -375,8 +456,21 @@ def test_prompt_lookup_flag_reaches_the_engine(tiny, tmp_path):
     statistics show lookup drafts (the tiny task copies source words), and bild mode runs the rollback rule."""
     script = load_script("run_bild_translation")
     script.main(common_args(tiny, "translation", tmp_path / "large", "--mode", "large"))
-    script.main(common_args(tiny, "translation", tmp_path / "exact", "--mode", "exact", "--prompt_lookup", "3",
-                            "--fallback_threshold", "0.0", "--max_small_steps", "3"))
+    script.main(
+        common_args(
+            tiny,
+            "translation",
+            tmp_path / "exact",
+            "--mode",
+            "exact",
+            "--prompt_lookup",
+            "3",
+            "--fallback_threshold",
+            "0.0",
+            "--max_small_steps",
+            "3",
+        )
+    )
     preds = {n: [r["prediction"] for r in read_lines(tmp_path / n / "predictions.jsonl")] for n in ("large", "exact")}
     assert preds["exact"] == preds["large"]
     drafted = [r["stats"]["drafted_by"] for r in read_lines(tmp_path / "exact" / "predictions.jsonl")]
@@ -392,10 +486,30 @@ def test_sweep_writes_csv_and_png_and_resumes(tiny, tmp_path, fake_engine, monke
 
     sweep = load_script("sweep_thresholds")
     out = tmp_path / "sweep"
-    argv = ["--config", str(ROOT / "configs" / "wmt14_de_en.yaml"), "--test_file", tiny["translation"],
-            "--large", tiny["large"], "--small", tiny["small"], "--tokenizer", tiny["large"],
-            "--max_target_length", "10", "--warmup", "1", "--limit", "3", "--output_dir", str(out),
-            "--fallback", "0.5,0.9", "--rollback", "2,inf"]
+    argv = [
+        "--config",
+        str(ROOT / "configs" / "wmt14_de_en.yaml"),
+        "--test_file",
+        tiny["translation"],
+        "--large",
+        tiny["large"],
+        "--small",
+        tiny["small"],
+        "--tokenizer",
+        tiny["large"],
+        "--max_target_length",
+        "10",
+        "--warmup",
+        "1",
+        "--limit",
+        "3",
+        "--output_dir",
+        str(out),
+        "--fallback",
+        "0.5,0.9",
+        "--rollback",
+        "2,inf",
+    ]
     calls = []  # (point, first source) of every generate call, in order
     real_generate = modeling.BatchGenerator.generate
 
@@ -416,14 +530,22 @@ def test_sweep_writes_csv_and_png_and_resumes(tiny, tmp_path, fake_engine, monke
     assert len(table) == 5 and list(table[0]) == list(sweep_columns())
     assert table[0]["mode"] == "large" and float(table[0]["speedup"]) == pytest.approx(1.0)
     assert {(r["fallback_threshold"], r["rollback_threshold"]) for r in table[1:]} == {
-        ("0.5", "2.0"), ("0.5", "inf"), ("0.9", "2.0"), ("0.9", "inf")}
+        ("0.5", "2.0"),
+        ("0.5", "inf"),
+        ("0.9", "2.0"),
+        ("0.9", "inf"),
+    }
     assert any(r["pareto"] == "True" for r in table)
     base = json.loads((out / "large" / "results.json").read_text())
     point = json.loads((out / "bild_fb0.9_rbinf" / "results.json").read_text())
     row = next(r for r in table if r["run_dir"].endswith("bild_fb0.9_rbinf"))
     assert float(row["speedup"]) == pytest.approx(base["latency"]["mean"] / point["latency"]["mean"])
-    per_example = [b["generation_seconds"] / p["generation_seconds"] for b, p in
-                   zip(read_lines(out / "large" / "predictions.jsonl"), read_lines(out / "bild_fb0.9_rbinf" / "predictions.jsonl"))]
+    per_example = [
+        b["generation_seconds"] / p["generation_seconds"]
+        for b, p in zip(
+            read_lines(out / "large" / "predictions.jsonl"), read_lines(out / "bild_fb0.9_rbinf" / "predictions.jsonl")
+        )
+    ]
     assert float(row["speedup_median"]) == pytest.approx(sorted(per_example)[1])  # the median of 3
     assert float(row["score"]) == pytest.approx(point["score"])
     png = out / "sweep.png"
@@ -449,12 +571,10 @@ def sweep_columns():
 
 
 def test_decoder_only_pair_strips_prompt(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     from bild.evaluation import runner
-
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -463,24 +583,53 @@ def test_decoder_only_pair_strips_prompt(tmp_path):
     paths = {}
     for name, seed in (("large", 0), ("small", 1)):
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2,
-                                           n_positions=64, bos_token_id=1, eos_token_id=1))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tokenizer),
+                n_embd=16,
+                n_layer=1,
+                n_head=2,
+                n_positions=64,
+                bos_token_id=1,
+                eos_token_id=1,
+            )
+        )
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
         paths[name] = str(tmp_path / name)
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"source": "das haus ist rot", "target": "the house is red"},
-                                               {"source": "ein hund", "target": "a dog"}])
+    data = _write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"source": "das haus ist rot", "target": "the house is red"}, {"source": "ein hund", "target": "a dog"}],
+    )
     out = tmp_path / "run"
-    results = runner.main(["--test_file", str(data), "--large", paths["large"], "--small", paths["small"],
-                           "--mode", "large", "--max_target_length", "5", "--warmup", "0",
-                           "--source_prefix", "ich ", "--output_dir", str(out)], task="translation")
+    results = runner.main(
+        [
+            "--test_file",
+            str(data),
+            "--large",
+            paths["large"],
+            "--small",
+            paths["small"],
+            "--mode",
+            "large",
+            "--max_target_length",
+            "5",
+            "--warmup",
+            "0",
+            "--source_prefix",
+            "ich ",
+            "--output_dir",
+            str(out),
+        ],
+        task="translation",
+    )
     records = read_lines(out / "predictions.jsonl")
     m = AutoModelForCausalLM.from_pretrained(paths["large"]).eval()
     t = AutoTokenizer.from_pretrained(paths["large"])
     for record in records:
         enc = t("ich " + record["source"], return_tensors="pt")
         ids = m.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=t.eos_token_id)
-        new = ids[0, enc["input_ids"].shape[1]:]
+        new = ids[0, enc["input_ids"].shape[1] :]
         assert record["prediction"] == t.decode(new, skip_special_tokens=True).strip()
         assert record["new_tokens"] == len(new)  # generation stops at the first EOS, so every token counts
     assert results["num_examples"] == 2
@@ -500,8 +649,9 @@ def test_accelerate_state_single_process():
 
 def test_bild_and_exact_modes_default_to_the_adaptive_policy(tiny, tmp_path, fake_engine):
     for mode, verification in (("bild", "rollback"), ("exact", "exact")):
-        results = load_script("run_bild_translation").main(common_args(
-            tiny, "translation", tmp_path / mode, "--mode", mode, "--limit", "1"))
+        results = load_script("run_bild_translation").main(
+            common_args(tiny, "translation", tmp_path / mode, "--mode", mode, "--limit", "1")
+        )
         created = fake_engine.created[-1]
         assert created["fallback_threshold"] == "auto" and created["max_small_steps"] == "auto"
         assert created["verification"] == verification

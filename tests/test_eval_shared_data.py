@@ -35,6 +35,7 @@ def test_shared_file_loads_through_the_task_config(folder, split):
     assert len(examples) == count
     assert [e.id for e in examples] == list(range(count))
     assert all(e.source.strip() and e.target.strip() for e in examples)
-    limited, _ = resolve_config(["--config", str(ROOT / "configs" / f"{config}.yaml"), "--test_file", str(path),
-                                 "--limit", "7"], task)
+    limited, _ = resolve_config(
+        ["--config", str(ROOT / "configs" / f"{config}.yaml"), "--test_file", str(path), "--limit", "7"], task
+    )
     assert load_examples(limited) == examples[:7]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,8 +69,8 @@ def test_quality_headline_score():
 # --- timing --------------------------------------------------------------------------------------
 def test_percentiles_by_hand():
     values = [float(v) for v in range(10, 0, -1)]  # 1..10, unsorted
-    assert percentile(values, 50) == pytest.approx(5.5)   # position 4.5 -> between 5 and 6
-    assert percentile(values, 90) == pytest.approx(9.1)   # position 8.1 -> 9 + 0.1
+    assert percentile(values, 50) == pytest.approx(5.5)  # position 4.5 -> between 5 and 6
+    assert percentile(values, 90) == pytest.approx(9.1)  # position 8.1 -> 9 + 0.1
     assert percentile(values, 0) == 1.0 and percentile(values, 100) == 10.0
     assert percentile([3.0], 90) == 3.0
     assert math.isnan(percentile([], 50))
@@ -101,19 +101,48 @@ def test_count_new_tokens():
 
 # --- record aggregation ----------------------------------------------------------------------------
 def _record(i, first, seconds, tokens, stats=None, size=1):
-    return {"id": i, "batch_first_id": first, "generation_seconds": seconds / size, "batch_seconds": seconds,
-            "new_tokens": tokens, "stats": stats}
+    return {
+        "id": i,
+        "batch_first_id": first,
+        "generation_seconds": seconds / size,
+        "batch_seconds": seconds,
+        "new_tokens": tokens,
+        "stats": stats,
+    }
 
 
 def test_summarize_records_dedups_batches():
-    stats_a = {"new_tokens": 10, "fallbacks": 2, "rollbacks": 1, "large_forwards": 4, "drafted": 8,
-               "accepted": 6, "verify_lengths": [3, 2], "fallback_rate": 0.2}
-    stats_b = {"new_tokens": 5, "fallbacks": 1, "rollbacks": 0, "large_forwards": 2, "drafted": 4,
-               "accepted": 4, "verify_lengths": [4], "fallback_rate": 0.2}
+    stats_a = {
+        "new_tokens": 10,
+        "fallbacks": 2,
+        "rollbacks": 1,
+        "large_forwards": 4,
+        "drafted": 8,
+        "accepted": 6,
+        "verify_lengths": [3, 2],
+        "fallback_rate": 0.2,
+    }
+    stats_b = {
+        "new_tokens": 5,
+        "fallbacks": 1,
+        "rollbacks": 0,
+        "large_forwards": 2,
+        "drafted": 4,
+        "accepted": 4,
+        "verify_lengths": [4],
+        "fallback_rate": 0.2,
+    }
     records = [_record(0, 0, 2.0, 6, stats_a, 2), _record(1, 0, 2.0, 4, stats_a, 2), _record(2, 2, 1.0, 5, stats_b)]
     totals = engine_totals(records)
-    assert totals == {"new_tokens": 15, "fallbacks": 3, "rollbacks": 1, "large_forwards": 6, "drafted": 12,
-                      "accepted": 10, "verify_lengths": 9}
+    assert totals == {
+        "new_tokens": 15,
+        "fallbacks": 3,
+        "rollbacks": 1,
+        "large_forwards": 6,
+        "drafted": 12,
+        "accepted": 10,
+        "verify_lengths": 9,
+    }
     out = summarize_records(records, "bild")
     assert out["total_generation_seconds"] == pytest.approx(3.0)
     assert out["tokens_per_second"] == pytest.approx(15 / 3.0)
@@ -157,21 +186,46 @@ def test_sweep_plan_with_prompt_lookup_and_auto_fallback(tmp_path):
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"source": "a", "target": "b"}\n')
-    configs, _, budget = plan_sweep(["--test_file", str(data), "--large", "org/l", "--small", "org/s",
-                                     "--fallback", "auto,0.5", "--rollback", "3", "--prompt_lookup", "10",
-                                     "--output_dir", str(tmp_path / "sw")])
+    configs, _, budget = plan_sweep(
+        [
+            "--test_file",
+            str(data),
+            "--large",
+            "org/l",
+            "--small",
+            "org/s",
+            "--fallback",
+            "auto,0.5",
+            "--rollback",
+            "3",
+            "--prompt_lookup",
+            "10",
+            "--output_dir",
+            str(tmp_path / "sw"),
+        ]
+    )
     assert [(c.mode, c.prompt_lookup, c.fallback_threshold) for c in configs] == [
-        ("large", 0, "auto"), ("bild", 10, "auto"), ("bild", 10, 0.5)]
-    assert [Path(c.output_dir).name for c in configs] == ["large", "bild_fbauto_rb3_lookup10",
-                                                          "bild_fb0.5_rb3_lookup10"]
+        ("large", 0, "auto"),
+        ("bild", 10, "auto"),
+        ("bild", 10, 0.5),
+    ]
+    assert [Path(c.output_dir).name for c in configs] == [
+        "large",
+        "bild_fbauto_rb3_lookup10",
+        "bild_fb0.5_rb3_lookup10",
+    ]
     assert budget == 0.5  # the default quality budget of the pick
 
 
 def test_pick_within_budget():
     from bild.evaluation.sweep import pick_within_budget
 
-    rows = [{"score": 20.0, "speedup_median": 1.0}, {"score": 19.4, "speedup_median": 2.0},
-            {"score": 19.5, "speedup_median": 1.5}, {"score": 21.0, "speedup_median": 1.2}]
+    rows = [
+        {"score": 20.0, "speedup_median": 1.0},
+        {"score": 19.4, "speedup_median": 2.0},
+        {"score": 19.5, "speedup_median": 1.5},
+        {"score": 21.0, "speedup_median": 1.2},
+    ]
     assert pick_within_budget(rows, 0.5) is rows[2]  # 2.0x is 0.6 below; 1.5x is the fastest within 0.5
     assert pick_within_budget(rows, 1.0) is rows[1]
     assert pick_within_budget(rows[:2], 0.5) is None
@@ -186,8 +240,10 @@ def _cfg(tmp_path, text, *argv, task="translation"):
 
 
 def test_flags_override_file_and_paper_setting(tmp_path):
-    text = ("name: demo\nfallback_threshold: 0.4\nrollback_threshold: inf\nsmall: org/s\nlarge: org/l\n"
-            "paper_settings:\n  aligned: {small: org/s-aligned, fallback_threshold: 0.9, rollback_threshold: 3}\n")
+    text = (
+        "name: demo\nfallback_threshold: 0.4\nrollback_threshold: inf\nsmall: org/s\nlarge: org/l\n"
+        "paper_settings:\n  aligned: {small: org/s-aligned, fallback_threshold: 0.9, rollback_threshold: 3}\n"
+    )
     cfg = _cfg(tmp_path, text)
     assert (cfg.fallback_threshold, cfg.rollback_threshold, cfg.small) == (0.4, math.inf, "org/s")
     assert cfg.metric == "bleu" and cfg.output_dir.endswith("demo/bild_fb0.4_rbinf")
@@ -212,14 +268,20 @@ def test_shipped_configs_are_valid():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    expected = {"iwslt2017_de_en": ("iwslt2017", "iwslt2017-de-en", "bleu", "translation"),
-                "wmt14_de_en": ("wmt14", "de-en", "bleu", "translation"),
-                "xsum": ("xsum", None, "rouge", "summarization"),
-                "cnn_dailymail": ("cnn_dailymail", "3.0.0", "rouge", "summarization")}
+    expected = {
+        "iwslt2017_de_en": ("iwslt2017", "iwslt2017-de-en", "bleu", "translation"),
+        "wmt14_de_en": ("wmt14", "de-en", "bleu", "translation"),
+        "xsum": ("xsum", None, "rouge", "summarization"),
+        "cnn_dailymail": ("cnn_dailymail", "3.0.0", "rouge", "summarization"),
+    }
     for name, (dataset, subset, metric, task) in expected.items():
         values = C.load_config_file(root / f"{name}.yaml")
         assert (values["dataset_name"], values.get("dataset_config"), values["metric"], values["task"]) == (
-            dataset, subset, metric, task)
+            dataset,
+            subset,
+            metric,
+            task,
+        )
         assert values["large"].startswith("kssteven/") and values["small"].startswith("kssteven/")
         assert set(values["paper_settings"]) == {"note", "unaligned", "aligned"}
         C.validate_paper_settings(values["paper_settings"])

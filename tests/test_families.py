@@ -9,6 +9,7 @@ transformers decodes it; batched layouts: each row as it is alone); in BiLD's ro
 thresholds and at "auto" (the per-row policy), each row of the batch equals the row decoded alone (row-by-row
 families: the row with its padding).
 """
+
 import pytest
 import torch
 import transformers
@@ -22,15 +23,21 @@ NO_CACHE, NOT_CONTINUED = "has no KV cache", "does not continue from its KV cach
 NOT_ROLLED_BACK = "does not give the logits of an uncached forward"
 NO_RELEASE = "no transformers release bild was tested with"  # a recurrent state no release rolls back
 REFUSED = {
-    "openai-gpt": NO_CACHE, "xlm": f"{NO_CACHE}|{NOT_CONTINUED}",
+    "openai-gpt": NO_CACHE,
+    "xlm": f"{NO_CACHE}|{NOT_CONTINUED}",
     # memories / own states, not filled through a cache (5.17's RecurrentGemma cache shows no recurrent layer)
     **{n: NO_CACHE for n in ("xlnet", "rwkv", "reformer", "recurrent_gemma")},
     # a recurrent state the engine cannot roll back on any release it knows: refused with the reason and saying so
-    **{n: f"({NO_CACHE}|{NOT_CONTINUED}|{NOT_ROLLED_BACK}).*{NO_RELEASE}" for n in (
-        "mamba", "falcon_mamba", "bamba", "jamba", "zamba", "zaya", "deepseek_v4", "minimax")},
-    "prophetnet": "one cached token", "prophetnet_causal": "one cached token",
-    "fsmt": "builds the causal mask only without a cache", "fsmt_default_beams": "builds the causal mask only without a cache",
-    "cpmant": "multi-token verify", "moshi": "full causal mask over sliding-window cache layers",
+    **{
+        n: f"({NO_CACHE}|{NOT_CONTINUED}|{NOT_ROLLED_BACK}).*{NO_RELEASE}"
+        for n in ("mamba", "falcon_mamba", "bamba", "jamba", "zamba", "zaya", "deepseek_v4", "minimax")
+    },
+    "prophetnet": "one cached token",
+    "prophetnet_causal": "one cached token",
+    "fsmt": "builds the causal mask only without a cache",
+    "fsmt_default_beams": "builds the causal mask only without a cache",
+    "cpmant": "multi-token verify",
+    "moshi": "full causal mask over sliding-window cache layers",
 }
 
 
@@ -39,12 +46,16 @@ REFUSED = {
 # release in the range (0.9: 5.17.0, 5.18.0, 5.19.0, 5.20.2, 5.21.1, 5.22.2, 5.23.0, 5.24.0): refused on 5.17,
 # exact from 5.18 on.
 CHANGED_IN = {
-    **{n: (NOT_CONTINUED, (5, 18)) for n in ("big_bird", "doge", "git", "megatron-bert", "rembert", "roformer", "umt5")},
+    **{
+        n: (NOT_CONTINUED, (5, 18)) for n in ("big_bird", "doge", "git", "megatron-bert", "rembert", "roformer", "umt5")
+    },
     "inkling_text": ("cannot roll sliding-window layers back", (5, 18)),
     # linear-attention / state-space hybrids and Mamba2: 5.25 records recurrent states for `crop`
     # (`recurrent_states_to_keep`); before it every probe that fails must name that release
-    **{n: (r"transformers 5\.25\.0 or later rolls its recurrent state back", (5, 25))
-       for n in bild.families.RECURRENT_EXACT_FROM},
+    **{
+        n: (r"transformers 5\.25\.0 or later rolls its recurrent state back", (5, 25))
+        for n in bild.families.RECURRENT_EXACT_FROM
+    },
 }
 RELEASE = tuple(int(x) for x in transformers.__version__.split(".")[:2])
 for _name, (_why, _fixed) in CHANGED_IN.items():
@@ -70,7 +81,7 @@ def padded_batch(kind: str):
             ids[i, :n], mask[i, :n] = toks, 1
             ids[i, n - 1] = 2
         else:
-            ids[i, L - n:], mask[i, L - n:] = toks, 1
+            ids[i, L - n :], mask[i, L - n :] = toks, 1
     return ids, mask
 
 
@@ -93,14 +104,15 @@ def test_family_is_exact_or_refused(name):
     kw = dict(max_new_tokens=N_NEW, do_sample=False)
     exact = bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0, max_small_steps=4)
     one, one_mask = row(ids, mask, 0, kind)
-    assert torch.equal(exact.generate(one, attention_mask=one_mask, **kw),
-                       large.generate(one, attention_mask=one_mask, **kw)), "batch 1"
+    assert torch.equal(
+        exact.generate(one, attention_mask=one_mask, **kw), large.generate(one, attention_mask=one_mask, **kw)
+    ), "batch 1"
     P = ids.shape[1] if kind != "encoder-decoder" else 1
     alone = []  # each row's new tokens from large.generate on the row alone: the reference
     for r in range(3):
         x, m = row(ids, mask, r, kind)
         out = large.generate(x, attention_mask=m, **kw)
-        alone.append(out[0, (x.shape[1] if kind != "encoder-decoder" else 1):].tolist())
+        alone.append(out[0, (x.shape[1] if kind != "encoder-decoder" else 1) :].tolist())
     want = large.generate(ids, attention_mask=mask, **kw)
     # transformers' own padded batch can differ from the rows alone (e.g. Whisper's decoder, sliding windows
     # over the padding). Row-by-row families decode each row with its padding where transformers has it: the
@@ -108,8 +120,11 @@ def test_family_is_exact_or_refused(name):
     # batch differs from that, the rows alone are their reference
     by_rows = bild.adapters.batch_layout(large) == "rows"
     padding_sensitive = any(want[r, P : P + len(a)].tolist() != a for r, a in enumerate(alone))
-    for label, gen in (("exact", exact), ("large alone", bild.BiLDGenerator(small, large, fallback_threshold=1.0)),
-                       ("defaults", bild.BiLDGenerator(small, large))):
+    for label, gen in (
+        ("exact", exact),
+        ("large alone", bild.BiLDGenerator(small, large, fallback_threshold=1.0)),
+        ("defaults", bild.BiLDGenerator(small, large)),
+    ):
         # defaults: called as users do (no decoding arguments but the length): the large model's greedy output
         got = gen.generate(ids, attention_mask=mask, **(kw if label != "defaults" else dict(max_new_tokens=N_NEW)))
         if by_rows:
@@ -118,12 +133,15 @@ def test_family_is_exact_or_refused(name):
         assert all(got[r, P : P + len(a)].tolist() == a for r, a in enumerate(alone)), f"padded batch, {label}"
         assert padding_sensitive or torch.equal(got, want), f"padded batch, {label} vs large.generate"
     for label, bild_gen in (
-            ("rollback", bild.BiLDGenerator(small, large, fallback_threshold=0.5, rollback_threshold=2.0,
-                                            max_small_steps=4)),
-            ("rollback at auto", bild.BiLDGenerator(small, large, rollback_threshold=2.0))):  # per-row policy
+        (
+            "rollback",
+            bild.BiLDGenerator(small, large, fallback_threshold=0.5, rollback_threshold=2.0, max_small_steps=4),
+        ),
+        ("rollback at auto", bild.BiLDGenerator(small, large, rollback_threshold=2.0)),
+    ):  # per-row policy
         batched = bild_gen.generate(ids, attention_mask=mask, **kw)
         for r in range(3):
             x, m = (ids[r : r + 1], mask[r : r + 1]) if by_rows else row(ids, mask, r, kind)
             single = bild_gen.generate(x, attention_mask=m, **kw)
-            new = single[0, (x.shape[1] if kind != "encoder-decoder" else 1):]
+            new = single[0, (x.shape[1] if kind != "encoder-decoder" else 1) :]
             assert batched[r, P : P + new.numel()].tolist() == new.tolist(), f"{label} row {r}"

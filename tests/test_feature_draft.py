@@ -1,11 +1,12 @@
 """Feature drafts (EAGLE): the engine binds a FeatureDraft to the large model; outputs stay exact, the draft reads
 the large model's features of committed tokens (checked against an uncached reference), bad pairs are refused."""
+
 import functools
 
 import pytest
 import torch
 from models import make_inputs, make_pair
-from test_sampling import N, PROMPT, TEMP, chi_square_pvalue, exact_joint, tiny_llama
+from test_sampling import PROMPT, TEMP, N, chi_square_pvalue, exact_joint, tiny_llama
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import bild
@@ -25,9 +26,15 @@ def feature_pair(seed=0):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("engine", [dict(fallback_threshold=0.0, max_small_steps=4, verification="exact"),
-                                    dict(verification="block", fallback_threshold=0.0, max_small_steps=3),
-                                    dict(), dict(fallback_threshold=0.0, lookup=3)])
+@pytest.mark.parametrize(
+    "engine",
+    [
+        dict(fallback_threshold=0.0, max_small_steps=4, verification="exact"),
+        dict(verification="block", fallback_threshold=0.0, max_small_steps=3),
+        dict(),
+        dict(fallback_threshold=0.0, lookup=3),
+    ],
+)
 def test_greedy_equals_large_generate(batch, engine, one_thread):
     draft, large = feature_pair()
     ids, mask = make_inputs("llama", batch)
@@ -44,11 +51,15 @@ def test_greedy_equals_large_generate(batch, engine, one_thread):
     assert not large.base_model._forward_hooks
 
 
-@pytest.mark.parametrize("engine", [
-    dict(fallback_threshold=0.0, max_small_steps=3, verification="exact"),
-    dict(fallback_threshold=0.4, max_small_steps=4, rollback_threshold=2.0),  # uneven drafts, no batch fill
-    dict(fallback_threshold=0.0, max_small_steps=3, verification="exact", lookup=2),  # rounds the draft skips
-    dict()])  # the adaptive default (drafting off for some rounds)
+@pytest.mark.parametrize(
+    "engine",
+    [
+        dict(fallback_threshold=0.0, max_small_steps=3, verification="exact"),
+        dict(fallback_threshold=0.4, max_small_steps=4, rollback_threshold=2.0),  # uneven drafts, no batch fill
+        dict(fallback_threshold=0.0, max_small_steps=3, verification="exact", lookup=2),  # rounds the draft skips
+        dict(),
+    ],
+)  # the adaptive default (drafting off for some rounds)
 def test_the_draft_reads_the_large_models_features_of_committed_tokens(engine, one_thread, monkeypatch):
     """Every draft forward: a real token at position p reads h_{p-1} = the large model's feature there (uncached
     reference over the final sequence) when p - 1 is committed and read by the large model, else the draft's own
@@ -61,15 +72,24 @@ def test_the_draft_reads_the_large_models_features_of_committed_tokens(engine, o
     def spy(self, pos, emb, bound):
         h = original(self, pos, emb, bound)
         if bound:
-            seen.append((pos.clone(), real[-1], h.clone(), None if self._last_h is None else self._last_h.clone(),
-                         None if self._last_pos is None else self._last_pos.clone(), list(self.store.large.n_valid)))
+            seen.append(
+                (
+                    pos.clone(),
+                    real[-1],
+                    h.clone(),
+                    None if self._last_h is None else self._last_h.clone(),
+                    None if self._last_pos is None else self._last_pos.clone(),
+                    list(self.store.large.n_valid),
+                )
+            )
         return h
 
     @functools.wraps(original_forward)  # the engine reads the signature (position_ids)
     def forward(self, input_ids=None, attention_mask=None, **kw):
         n = input_ids.shape[1]
-        real.append(torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
-                    else attention_mask[:, -n:].bool())
+        real.append(
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -n:].bool()
+        )
         return original_forward(self, input_ids=input_ids, attention_mask=attention_mask, **kw)
 
     monkeypatch.setattr(FeatureDraft, "_previous", spy)
@@ -77,8 +97,13 @@ def test_the_draft_reads_the_large_models_features_of_committed_tokens(engine, o
     engine = dict(engine)
     lookup = engine.pop("lookup", None)
     gen = bild.BiLDGenerator(draft, large, **engine)
-    out = gen.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
-                       **({"prompt_lookup_num_tokens": lookup} if lookup else {}))
+    out = gen.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=16,
+        do_sample=False,
+        **({"prompt_lookup_num_tokens": lookup} if lookup else {}),
+    )
     assert gen.stats.drafted > 0
     with torch.no_grad():  # the large model's features over each row's final tokens, no cache
         feats = []
@@ -152,8 +177,15 @@ def test_custom_generate_and_a_pruned_head(one_thread):
     ids, mask = make_inputs("llama", 2)
     kw = dict(max_new_tokens=16, do_sample=False)
     ref = large.generate(ids, attention_mask=mask, **kw)
-    out = large.generate(ids, attention_mask=mask, custom_generate=bild.generate, small_model=draft,
-                         fallback_threshold=0.0, verification="exact", **kw)
+    out = large.generate(
+        ids,
+        attention_mask=mask,
+        custom_generate=bild.generate,
+        small_model=draft,
+        fallback_threshold=0.0,
+        verification="exact",
+        **kw,
+    )
     assert torch.equal(out, ref)
 
 
@@ -180,8 +212,17 @@ def test_refusals():
     draft, large = feature_pair()
     with pytest.raises(ValueError, match="num_drafts"):
         bild.BiLDGenerator(draft, large, num_drafts=2, verification="exact")
-    other = LlamaForCausalLM(LlamaConfig(**{**large.config.to_dict(), "hidden_size": 48, "head_dim": 12,
-                                            "num_attention_heads": 4, "num_key_value_heads": 2}))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            **{
+                **large.config.to_dict(),
+                "hidden_size": 48,
+                "head_dim": 12,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+            }
+        )
+    )
     with pytest.raises(ValueError, match="hidden_size|width"):
         bild.BiLDGenerator(draft, other)
     _, t5_large = make_pair("t5")
@@ -193,7 +234,9 @@ def test_refusals():
     with pytest.raises(ValueError, match="base model"):
         bild.BiLDGenerator(opt_draft, opt_large)
     with pytest.raises(ValueError, match="wraps a FeatureDraft"):
-        bild.BiLDGenerator(torch.compile(draft, backend="eager"), large)  # eager: no inductor import (its deprecated jit)
+        bild.BiLDGenerator(
+            torch.compile(draft, backend="eager"), large
+        )  # eager: no inductor import (its deprecated jit)
 
 
 def test_one_call_at_a_time(one_thread):

@@ -1,13 +1,19 @@
 """Feature-draft training: the recorded features are the large model's, training on them raises first-draft
 agreement (a shifted target would not), and the pair's file format round-trips a trained draft."""
+
 import pytest
 import torch
 from models import make_inputs, make_pair
 
 import bild
 from bild.feature_draft import FeatureDraft
-from bild.pairs.feature_training import (FeatureRecord, feature_agreement, feature_batch, feature_records,
-                                         train_feature_draft)
+from bild.pairs.feature_training import (
+    FeatureRecord,
+    feature_agreement,
+    feature_batch,
+    feature_records,
+    train_feature_draft,
+)
 from bild.pairs.smollm2 import load_feature_draft, make_small_from_large, save_feature_draft_weights
 
 
@@ -17,7 +23,7 @@ def greedy_sequences(large, n=24, new=16):
     seqs, plens = [], []
     for r in range(n):
         prompt = ids[r][mask[r].bool()].tolist()
-        seqs.append(prompt + out[r, ids.shape[1]:].tolist())
+        seqs.append(prompt + out[r, ids.shape[1] :].tolist())
         plens.append(len(prompt))
     return seqs, plens
 
@@ -88,7 +94,7 @@ def test_unrolled_training_raises_second_draft_agreement(one_thread):
     for unroll in (1, 2):
         draft = FeatureDraft.from_large(large, layer=0)
         with torch.no_grad():  # make h matter from the start
-            draft.fc.weight[:, large.config.hidden_size:] = 0.5 * torch.eye(large.config.hidden_size)
+            draft.fc.weight[:, large.config.hidden_size :] = 0.5 * torch.eye(large.config.hidden_size)
         train_feature_draft(draft, large, recs, (), max_steps=120, lr=3e-3, unroll=unroll, log=lambda s: None)
         second[unroll] = feature_agreement(draft, recs)[1]
     assert second[2] > second[1] + 0.05, second

@@ -7,6 +7,7 @@ output equals `large.generate` on the same input) or refused up front with a Val
 Then the individual cases of issue #22 (padded rows of row-by-row families, the user's eos / length criteria,
 classifier-free guidance, decoder_attention_mask, Whisper / pixel encoders, inputs_embeds / encoder_outputs,
 MPT's use_cache default, stop_strings and per-step attentions)."""
+
 from __future__ import annotations
 
 import functools
@@ -29,7 +30,7 @@ STEPS = 4  # fixed drafts of 4 (fallback_threshold=0): drafts are verified every
 
 
 # -- families, one per batch layout, and their left-padded batches --------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family(name: str):
     """(small, large, ids, mask, ctx): a pair, a padded batch of 2 and tokens its greedy output holds
     (ctx["first"]: row 0's first new token, ctx["hot"]: its third, used as an eos that stops it early)."""
@@ -100,8 +101,10 @@ FIELDS = {
     "forced_bos_token_id": ("exact", _kw(forced_bos_token_id=5)),
     "forced_eos_token_id": ("exact", _kw(forced_eos_token_id=2)),
     "remove_invalid_values": ("exact", _kw(remove_invalid_values=True)),
-    "exponential_decay_length_penalty": ("exact", lambda c: dict(exponential_decay_length_penalty=(2, 3.0),
-                                                                 eos_token_id=c["hot"])),
+    "exponential_decay_length_penalty": (
+        "exact",
+        lambda c: dict(exponential_decay_length_penalty=(2, 3.0), eos_token_id=c["hot"]),
+    ),
     "suppress_tokens": ("exact", lambda c: dict(suppress_tokens=[c["hot"]])),
     "begin_suppress_tokens": ("exact", lambda c: dict(begin_suppress_tokens=[c["first"]])),
     "sequence_bias": ("exact", lambda c: dict(sequence_bias={(c["hot"],): -20.0})),
@@ -144,8 +147,7 @@ FIELDS = {
     "constraints": ("refused", _kw(constraints=[object()])),
     "force_words_ids": ("refused", _kw(force_words_ids=[[5]])),
     # transformers' chunked prefill of an encoder-decoder ignores the encoder's padding: refused for those
-    "prefill_chunk_size": (lambda name: "refused" if name in ("t5", "bart") else "exact",
-                           _kw(prefill_chunk_size=3)),
+    "prefill_chunk_size": (lambda name: "refused" if name in ("t5", "bart") else "exact", _kw(prefill_chunk_size=3)),
     "_from_model_config": ("meta", None),
     "transformers_version": ("meta", None),
 }
@@ -158,8 +160,14 @@ def test_every_generation_config_field_has_an_entry():
 
 # -- comparisons -------------------------------------------------------------------------------------
 def bild_generate(small, large, ids, mask, fb=0.0, **kw):
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=fb, max_small_steps=STEPS, verification="exact",
-                             num_drafts=kw.pop("num_drafts", 1))
+    gen = bild.BiLDGenerator(
+        small,
+        large,
+        fallback_threshold=fb,
+        max_small_steps=STEPS,
+        verification="exact",
+        num_drafts=kw.pop("num_drafts", 1),
+    )
     return gen.generate(ids, attention_mask=mask, **kw)
 
 
@@ -238,19 +246,38 @@ def test_generation_config_field(name, field):
         compare_sampled(small, large, ids, mask, kw, LAYOUTS[name])
     elif kind == "drafter":
         ref = _quiet(lambda: large.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False))
-        assert_same(ref, _quiet(lambda: bild_generate(small, large, ids, mask, max_new_tokens=NEW, do_sample=False,
-                                                      **kw)))
+        assert_same(
+            ref, _quiet(lambda: bild_generate(small, large, ids, mask, max_new_tokens=NEW, do_sample=False, **kw))
+        )
     else:
         compare(small, large, ids, mask, **kw)
 
 
 # fields whose entry must change large.generate's greedy output in at least one family: the equality above
 # then shows that bild applies them (and not only that both ignore them)
-EFFECTIVE = ("max_length", "max_new_tokens", "min_length", "min_new_tokens", "max_time", "repetition_penalty",
-             "encoder_repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "renormalize_logits",
-             "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty", "suppress_tokens",
-             "begin_suppress_tokens", "sequence_bias", "watermarking_config", "pad_token_id", "eos_token_id",
-             "encoder_no_repeat_ngram_size", "decoder_start_token_id")
+EFFECTIVE = (
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "min_new_tokens",
+    "max_time",
+    "repetition_penalty",
+    "encoder_repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "renormalize_logits",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "sequence_bias",
+    "watermarking_config",
+    "pad_token_id",
+    "eos_token_id",
+    "encoder_no_repeat_ngram_size",
+    "decoder_start_token_id",
+)
 
 
 @pytest.mark.parametrize("field", EFFECTIVE)
@@ -304,8 +331,9 @@ def test_padded_batch_with_num_drafts(name):
     """Case 1 with num_drafts rows (sampling, top_k=1 so that it is comparable token by token): the processors
     see each prompt's padded row."""
     small, large, ids, mask, ctx = family(name)
-    kw = dict(max_new_tokens=NEW, do_sample=True, top_k=1, repetition_penalty=1.5, min_new_tokens=6,
-              eos_token_id=ctx["hot"])
+    kw = dict(
+        max_new_tokens=NEW, do_sample=True, top_k=1, repetition_penalty=1.5, min_new_tokens=6, eos_token_id=ctx["hot"]
+    )
     ref = _quiet(lambda: large.generate(ids, attention_mask=mask, **kw))
     assert_same(ref, _quiet(lambda: bild_generate(small, large, ids, mask, num_drafts=2, **kw)))
 
@@ -341,23 +369,48 @@ def test_decoder_attention_mask(name, fb):
     start = large.generation_config.decoder_start_token_id
     dec = torch.tensor([[start, start, start, 7], [start, start, 11, 7]])
     dmask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
-    plain = _quiet(lambda: large.generate(ids, attention_mask=(ids != 0).long(), decoder_input_ids=dec,
-                                          max_new_tokens=NEW))
+    plain = _quiet(
+        lambda: large.generate(ids, attention_mask=(ids != 0).long(), decoder_input_ids=dec, max_new_tokens=NEW)
+    )
     ref = compare(small, large, ids, (ids != 0).long(), fb=fb, decoder_input_ids=dec, decoder_attention_mask=dmask)
     assert not torch.equal(ref, plain)  # the mask matters
     with pytest.raises(ValueError, match="decoder_attention_mask"):
-        bild_generate(small, large, ids, (ids != 0).long(), decoder_input_ids=dec, max_new_tokens=NEW,
-                      decoder_attention_mask=torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]]))
+        bild_generate(
+            small,
+            large,
+            ids,
+            (ids != 0).long(),
+            decoder_input_ids=dec,
+            max_new_tokens=NEW,
+            decoder_attention_mask=torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]]),
+        )
 
 
 def _whisper(layers):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
+
     torch.manual_seed(0)
-    cfg = WhisperConfig(vocab_size=96, d_model=32, encoder_layers=layers, decoder_layers=layers,
-                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        num_mel_bins=8, max_source_positions=16, max_target_positions=64, pad_token_id=0,
-                        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, suppress_tokens=None,
-                        begin_suppress_tokens=None, tie_word_embeddings=False, init_std=0.2)
+    cfg = WhisperConfig(
+        vocab_size=96,
+        d_model=32,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=8,
+        max_source_positions=16,
+        max_target_positions=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+        tie_word_embeddings=False,
+        init_std=0.2,
+    )
     return WhisperForConditionalGeneration(cfg).eval()
 
 
@@ -374,16 +427,30 @@ def test_whisper_input_features():
         gen = bild.BiLDGenerator(small, large, fallback_threshold=0, max_small_steps=STEPS, verification="exact")
         assert_same(ref, _quiet(lambda: gen.generate(feats, max_new_tokens=NEW, **kw)))
         assert_same(ref, _quiet(lambda: gen.generate(input_features=feats, max_new_tokens=NEW, **kw)))
-        assert_same(ref, _quiet(lambda: large.generate(
-            input_features=feats, max_new_tokens=NEW, custom_generate=bild.generate, small_model=small,
-            fallback_threshold=0.0, max_small_steps=STEPS, verification="exact", **kw)))
+        assert_same(
+            ref,
+            _quiet(
+                lambda: large.generate(
+                    input_features=feats,
+                    max_new_tokens=NEW,
+                    custom_generate=bild.generate,
+                    small_model=small,
+                    fallback_threshold=0.0,
+                    max_small_steps=STEPS,
+                    verification="exact",
+                    **kw,
+                )
+            ),
+        )
 
 
 def test_pixel_encoders_are_refused():
     """Case 5: encoders of other non-token inputs (pixel_values) are refused before any work."""
-    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
-    enc = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=16,
-                    patch_size=8)
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+
+    enc = ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, image_size=16, patch_size=8
+    )
     dec = GPT2Config(vocab_size=96, n_embd=32, n_layer=1, n_head=4, add_cross_attention=True, is_decoder=True)
     model = VisionEncoderDecoderModel(VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)).eval()
     with pytest.raises(ValueError, match="pixel_values"):
@@ -404,8 +471,14 @@ def test_inputs_embeds_and_encoder_outputs(name):
         with pytest.raises(ValueError, match="encoder_outputs"):
             _quiet(lambda: bild_generate(small, large, None, None, encoder_outputs=enc, max_new_tokens=NEW))
         ref = _quiet(lambda: large.generate(encoder_outputs=enc, max_new_tokens=NEW, do_sample=False))
-        assert_same(ref, _quiet(lambda: bild_generate(small, large, None, None, fb=1.0, encoder_outputs=enc,
-                                                      max_new_tokens=NEW, do_sample=False)))
+        assert_same(
+            ref,
+            _quiet(
+                lambda: bild_generate(
+                    small, large, None, None, fb=1.0, encoder_outputs=enc, max_new_tokens=NEW, do_sample=False
+                )
+            ),
+        )
 
 
 def test_mpt_default_use_cache():
@@ -428,6 +501,7 @@ def _tokenizer():
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Split
     from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(WordLevel({chr(32 + i): i for i in range(96)}, unk_token=" "))
     tok.pre_tokenizer, tok.decoder = Split(Regex("."), "isolated"), Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok)
@@ -438,6 +512,7 @@ def test_stop_strings_and_per_step_outputs():
     refused with the way round it (a StopStringCriteria, which is exact); per-step attentions / hidden
     states are refused."""
     from transformers.generation.stopping_criteria import StopStringCriteria
+
     small, large = make_pair("gpt2")
     ids = torch.tensor([[5, 9, 13, 17]])
     tok = _tokenizer()

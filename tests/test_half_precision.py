@@ -8,12 +8,13 @@ Checked per family on several prompts: the logits bild returns (`output_logits`)
 up to the first difference, the top-2 gap there, and after it against a teacher-forced forward of the large
 model. Mixed dtypes (a bfloat16 large model with a float32 draft and the reverse) too, and the dtype refusals.
 """
+
 import pytest
 import torch
+from models import make_inputs, make_pair
 
 import bild
 from bild import precision
-from models import make_inputs, make_pair
 
 N = 24
 # the rounding allowed between two shapes of one forward, in units in the last place of the top logit; the most
@@ -62,7 +63,7 @@ def check_half(small, large, ids, mask, dtype, encoder_decoder, **gen_kw):
         gap = (a[z[t]] - a[y[t]]).item()
         assert 0 <= gap <= ulp(a.max().item(), dtype)
         # from there on: the large model's own greedy choice for bild's prefix
-        forced = teacher_forced(large, ids, mask, got.sequences, encoder_decoder)[P - 1:]
+        forced = teacher_forced(large, ids, mask, got.sequences, encoder_decoder)[P - 1 :]
         for j in range(t, len(y)):
             b = got.logits[j][0].float()
             assert y[j] == b.argmax().item()
@@ -105,9 +106,10 @@ def test_near_ties_are_where_outputs_part():
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
-@pytest.mark.parametrize("small_dtype, large_dtype", [(torch.float32, torch.bfloat16),
-                                                      (torch.bfloat16, torch.float32),
-                                                      (torch.float16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "small_dtype, large_dtype",
+    [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)],
+)
 def test_mixed_dtypes(family, small_dtype, large_dtype):
     """The draft's logits are cast to float32 where they are compared: any two dtypes combine. With a float32
     large model the output is large.generate's exactly."""
@@ -135,14 +137,18 @@ def test_a_dtype_the_device_cannot_run_is_refused_before_any_forward(monkeypatch
     """As an old CPU build refuses a float16 matmul: the check runs no forward of either model."""
     small, large = make_pair("llama")
     small, large = small.to(torch.float16), large.to(torch.float32)
-    monkeypatch.setitem(precision._RUNS, ("cpu", torch.float16),
-                        "RuntimeError: \"addmm_impl_cpu_\" not implemented for 'Half'")
+    monkeypatch.setitem(
+        precision._RUNS, ("cpu", torch.float16), "RuntimeError: \"addmm_impl_cpu_\" not implemented for 'Half'"
+    )
     calls = []
     for m in (small, large):
         m.register_forward_pre_hook(lambda *a: calls.append(1))
     ids, mask = make_inputs("llama", 1)
-    with pytest.raises(ValueError, match=r"torch\.float16 does not run on cpu.*small_model torch\.float16.*"
-                                         r"large_model torch\.float32"):
+    with pytest.raises(
+        ValueError,
+        match=r"torch\.float16 does not run on cpu.*small_model torch\.float16.*"
+        r"large_model torch\.float32",
+    ):
         bild.BiLDGenerator(small, large)
     with pytest.raises(ValueError, match=r"torch\.float16 does not run on cpu"):
         large.generate(ids, attention_mask=mask, custom_generate=bild.generate, small_model=small, max_new_tokens=4)

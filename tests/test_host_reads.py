@@ -4,14 +4,15 @@ A shim counts tensor-to-host calls (`.tolist()`, `.item()`, `bool()`, `int()`, `
 the engine while `DraftVerifyLoop.run` runs, outside the models' own forward passes (which are
 transformers' code). On a GPU each such call waits for the device.
 """
+
 import contextlib
 
 import pytest
 import torch
+from models import make_inputs, make_pair
 
 import bild
 from bild.decoding import DraftVerifyLoop
-from models import make_inputs, make_pair
 
 READS = ("tolist", "item", "__bool__", "__int__", "__float__", "__index__", "numpy")
 
@@ -26,6 +27,7 @@ def count_reads(models):
             if state["on"] and not state["in_model"]:
                 state["reads"] += 1
             return originals[name](self, *args, **kwargs)
+
         return read
 
     run = DraftVerifyLoop.run

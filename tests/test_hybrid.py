@@ -12,6 +12,7 @@ Checked against independent references: BiLD's rollback rule against the cache-f
 `large.generate`, sampling against the large model's exact distribution (chi-square, with a broken-rule
 control), and mixed pairs (a hybrid draft for a dense large model and the reverse).
 """
+
 import pytest
 import torch
 import transformers
@@ -25,8 +26,11 @@ import bild
 import bild.acceptance
 
 RECORDS_STATES = hasattr(transformers.DynamicCache, "get_recurrent_states_to_keep")
-pytestmark = pytest.mark.skipif(not RECORDS_STATES, reason=f"transformers {transformers.__version__} cannot roll "
-                                "recurrent states back (5.25 can); these families are refused there")
+pytestmark = pytest.mark.skipif(
+    not RECORDS_STATES,
+    reason=f"transformers {transformers.__version__} cannot roll "
+    "recurrent states back (5.25 can); these families are refused there",
+)
 HYBRIDS = ["qwen3_next", "granitemoehybrid", "falcon_h1", "mamba2"]
 N_NEW = 14
 SETTINGS = [  # (fallback, rollback, max_small_steps, verification), as tests/test_engine_reference.py
@@ -61,12 +65,12 @@ def test_rollback_rule_matches_cache_free_reference(hybrid):
     ids, mask = padded()
     totals = dict(accepted=0, rollbacks=0)
     for fb, rb, steps, verification in SETTINGS:
-        gen = bild.BiLDGenerator(small, large, fallback_threshold=fb, rollback_threshold=rb, max_small_steps=steps,
-                                 verification=verification)
+        gen = bild.BiLDGenerator(
+            small, large, fallback_threshold=fb, rollback_threshold=rb, max_small_steps=steps, verification=verification
+        )
         out = gen.generate(ids, attention_mask=mask, max_new_tokens=N_NEW, do_sample=False)
         for r in range(ids.shape[0]):
-            ref = reference_generate(small, large, ids[r][mask[r].bool()].tolist(), N_NEW, fb, rb, steps,
-                                     verification)
+            ref = reference_generate(small, large, ids[r][mask[r].bool()].tolist(), N_NEW, fb, rb, steps, verification)
             assert out[r, ids.shape[1] : ids.shape[1] + len(ref)].tolist() == ref, (name, fb, rb, r)
         for k in totals:
             totals[k] += getattr(gen.stats, k)
@@ -78,7 +82,7 @@ def echo_prompts(large):
     the text after it tends to repeat c, so prompt lookup finds candidates."""
     ids, mask = padded()
     p = ids[2][mask[2].bool()][None]
-    c = large.generate(p, max_new_tokens=4, do_sample=False)[0, p.shape[1]:]
+    c = large.generate(p, max_new_tokens=4, do_sample=False)[0, p.shape[1] :]
     row = torch.cat([p[0], c, p[0]])
     L = row.numel()
     ids = torch.cat([torch.zeros(3, L - ids.shape[1], dtype=torch.long), ids], 1)
@@ -104,8 +108,10 @@ def test_greedy_equals_large_generate_with_every_drafter(hybrid, drafter):
             assert torch.equal(got, want), (name, drafter, opts, x.shape)
             for src, k in gen.stats.drafted_by.items():
                 drafted[src] = drafted.get(src, 0) + k
-    assert all(drafted.get(src, 0) > 0 for src in {"small": ["small"], "lookup": ["lookup"],
-                                                    "combined": ["small", "lookup"]}[drafter]), drafted
+    assert all(
+        drafted.get(src, 0) > 0
+        for src in {"small": ["small"], "lookup": ["lookup"], "combined": ["small", "lookup"]}[drafter]
+    ), drafted
 
 
 def test_bild_rule_over_lookup_matches_single_rows(hybrid):
@@ -128,11 +134,26 @@ V, TEMP, N = 8, 0.9, 600
 def tiny_qwen3_next(seed):
     torch.manual_seed(seed)
     cfg = transformers.Qwen3NextConfig(
-        vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=8,
-        linear_value_head_dim=8, layer_types=["linear_attention", "full_attention"], num_experts=0,
-        max_position_embeddings=32, initializer_range=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=None,
-        tie_word_embeddings=False)
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=2,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        layer_types=["linear_attention", "full_attention"],
+        num_experts=0,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=None,
+        tie_word_embeddings=False,
+    )
     return transformers.Qwen3NextForCausalLM(cfg).eval()
 
 
@@ -175,7 +196,7 @@ def test_mixed_pairs(hybrid_role):
     gen = bild.BiLDGenerator(small, large, fallback_threshold=fb, rollback_threshold=rb, max_small_steps=steps)
     out = gen.generate(ids[:1], attention_mask=mask[:1], max_new_tokens=N_NEW, do_sample=False)
     ref = reference_generate(small, large, ids[0].tolist(), N_NEW, fb, rb, steps)
-    assert out[0, ids.shape[1]:].tolist()[: len(ref)] == ref
+    assert out[0, ids.shape[1] :].tolist()[: len(ref)] == ref
     assert gen.stats.drafted > 0
 
 

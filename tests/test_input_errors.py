@@ -1,6 +1,7 @@
 """Bad prompts get a ValueError / TypeError naming `input_ids` / `attention_mask` and what is expected, before
 any work, through both entry points; transformers' own `generate` fails on each deep inside a forward (or
 takes float ids), which the first test checks so that this file notices if that changes."""
+
 import pytest
 import torch
 from models import make_pair
@@ -12,16 +13,31 @@ IDS = torch.tensor([[1, 5, 9, 13]])
 CASES = {  # name -> (generate kwargs, error type, message pattern)
     "no tokens": (dict(inputs=torch.zeros(1, 0, dtype=torch.long)), ValueError, r"`input_ids` has 0 tokens per row"),
     "no rows": (dict(inputs=torch.zeros(0, 5, dtype=torch.long)), ValueError, r"`input_ids` has 0 rows"),
-    "mask a column short": (dict(inputs=IDS, attention_mask=torch.ones(1, 3, dtype=torch.long)), ValueError,
-                            r"`attention_mask`.* shape of `input_ids`, \[1, 4\].*got \[1, 3\]"),
-    "mask a row more": (dict(inputs=IDS, attention_mask=torch.ones(2, 4, dtype=torch.long)), ValueError,
-                        r"`attention_mask`.* shape of `input_ids`, \[1, 4\].*got \[2, 4\]"),
+    "mask a column short": (
+        dict(inputs=IDS, attention_mask=torch.ones(1, 3, dtype=torch.long)),
+        ValueError,
+        r"`attention_mask`.* shape of `input_ids`, \[1, 4\].*got \[1, 3\]",
+    ),
+    "mask a row more": (
+        dict(inputs=IDS, attention_mask=torch.ones(2, 4, dtype=torch.long)),
+        ValueError,
+        r"`attention_mask`.* shape of `input_ids`, \[1, 4\].*got \[2, 4\]",
+    ),
     "float ids": (dict(inputs=IDS.float()), TypeError, r"`input_ids` must hold integer token ids"),
-    "ids out of the vocabulary": (dict(inputs=torch.tensor([[1, 500, 9]])), ValueError,
-                                  r"`input_ids` holds token ids outside the model's vocabulary \[0, 96\)"),
+    "ids out of the vocabulary": (
+        dict(inputs=torch.tensor([[1, 500, 9]])),
+        ValueError,
+        r"`input_ids` holds token ids outside the model's vocabulary \[0, 96\)",
+    ),
 }
-DECODER_ONLY_CG = ("no tokens", "no rows", "mask a column short", "mask a row more", "float ids",
-                   "ids out of the vocabulary")
+DECODER_ONLY_CG = (
+    "no tokens",
+    "no rows",
+    "mask a column short",
+    "mask a row more",
+    "float ids",
+    "ids out of the vocabulary",
+)
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
@@ -59,5 +75,7 @@ def test_one_dimensional_ids_and_a_mask_that_is_not_a_tensor():
     with pytest.raises(TypeError, match=r"`input_ids` must be a torch.Tensor"):
         gen.generate(input_ids=[[1, 5, 9]], max_new_tokens=3)
     # a float mask of the right shape is what transformers takes too
-    assert torch.equal(gen.generate(IDS, attention_mask=torch.ones(1, 4), max_new_tokens=5),
-                       large.generate(IDS, attention_mask=torch.ones(1, 4), max_new_tokens=5))
+    assert torch.equal(
+        gen.generate(IDS, attention_mask=torch.ones(1, 4), max_new_tokens=5),
+        large.generate(IDS, attention_mask=torch.ones(1, 4), max_new_tokens=5),
+    )

@@ -1,6 +1,7 @@
 """Prompt lookup's policy: the per-width verify table it prices drafts with, the length it cuts a known
 candidate to (checked against brute force over every length), and the re-probe that keeps one unlucky
 start from switching the lookup off for good (with a control that has no re-probe and stays off)."""
+
 import itertools
 import random
 
@@ -48,8 +49,11 @@ def test_verify_table_is_the_least_squares_monotone_fit(seed):
     ys = {w: med[w][0] / 10.0 for w in widths}
     wt = {w: min(med[w][1], 8) for w in widths}
     grid = [x / 100 for x in range(80, 181)]
-    best = min((sum(wt[w] * (v - ys[w]) ** 2 for w, v in zip(widths[1:], vs)), vs)
-               for vs in itertools.combinations_with_replacement(grid, 3) if vs[0] >= 1.0)[1]
+    best = min(
+        (sum(wt[w] * (v - ys[w]) ** 2 for w, v in zip(widths[1:], vs)), vs)
+        for vs in itertools.combinations_with_replacement(grid, 3)
+        if vs[0] >= 1.0
+    )[1]
     assert list(t[1:]) == pytest.approx(list(best), abs=0.011)
 
 
@@ -136,9 +140,18 @@ def run_rounds(policy: LookupPolicy, rounds: list[tuple[int, bool]]) -> list[int
         out.append(k)
         if k:
             acc = k if right else 0
-            policy.learn(RoundRecord(conf=[conf[0, :k].tolist()], first_conf=[float(conf[0, 0])], drafted=[k],
-                                     judged=[min(k, acc + 1)], accepted=[acc], committed=[acc + 1], small_steps=0,
-                                     width=k))
+            policy.learn(
+                RoundRecord(
+                    conf=[conf[0, :k].tolist()],
+                    first_conf=[float(conf[0, 0])],
+                    drafted=[k],
+                    judged=[min(k, acc + 1)],
+                    accepted=[acc],
+                    committed=[acc + 1],
+                    small_steps=0,
+                    width=k,
+                )
+            )
     return out
 
 
@@ -160,8 +173,18 @@ def test_rate_counts_rounds_the_lookup_left_to_the_large_model():
     costs = DraftCosts(0.0, (1.0, 1.15, 1.3, 1.45), 0.02)
     pol = primed([0.9] * 10, costs)
     for _ in range(200):
-        pol.learn(RoundRecord(conf=[[conf_of(0, 2), conf_of(1, 2)]], first_conf=[conf_of(0, 2)], drafted=[2],
-                              judged=[2], accepted=[2], committed=[3], small_steps=0, width=2))
+        pol.learn(
+            RoundRecord(
+                conf=[[conf_of(0, 2), conf_of(1, 2)]],
+                first_conf=[conf_of(0, 2)],
+                drafted=[2],
+                judged=[2],
+                accepted=[2],
+                committed=[3],
+                small_steps=0,
+                width=2,
+            )
+        )
         pol.no_draft([1], 0)
     assert pol.rate == pytest.approx(4 / 2.32, rel=0.05)
 

@@ -5,13 +5,14 @@ A model's forward is wrapped (after its capability probes ran) to write NaN or +
 follow the input tokens of one class: a function of the text, so the same positions are poisoned however a
 call is split into forwards.
 """
+
 import warnings
 
 import pytest
 import torch
 from models import make_inputs, make_pair
-from test_sampling import N as SAMPLES
 from test_sampling import PROMPT, TEMP, V, chi_square_pvalue, exact_joint, tiny_llama
+from test_sampling import N as SAMPLES
 
 import bild
 from bild.adapters import batch_layout, capabilities
@@ -29,19 +30,27 @@ def poison(model, value: float, every: int = 3, whole_row: bool = True):
     def forward(*args, **kwargs):
         out = plain(*args, **kwargs)
         ids = kwargs.get("input_ids", kwargs.get("decoder_input_ids"))
-        hit = ids[:, ids.shape[1] - out.logits.shape[1]:] % every == 0  # [B, positions with logits]
+        hit = ids[:, ids.shape[1] - out.logits.shape[1] :] % every == 0  # [B, positions with logits]
         if whole_row:
             out.logits[hit] = value
         else:
             out.logits[..., 3][hit] = value
         return out
+
     model.forward = forward
     return model
 
 
 @pytest.mark.parametrize("value,whole_row", [(float("nan"), True), (float("inf"), False)])
-@pytest.mark.parametrize("engine", [{}, {"verification": "block"}, {"fallback_threshold": 0.0, "max_small_steps": 4},
-                                    {"fallback_threshold": 0.0, "max_small_steps": 4, "verification": "block"}])
+@pytest.mark.parametrize(
+    "engine",
+    [
+        {},
+        {"verification": "block"},
+        {"fallback_threshold": 0.0, "max_small_steps": 4},
+        {"fallback_threshold": 0.0, "max_small_steps": 4, "verification": "block"},
+    ],
+)
 def test_greedy_output_is_the_large_models(engine, value, whole_row, one_thread):
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 3, seed=5)
@@ -56,8 +65,9 @@ def test_greedy_output_is_the_large_models(engine, value, whole_row, one_thread)
     assert len([w for w in caught if "NaN or inf" in str(w.message)]) == 1  # once per call
     with warnings.catch_warnings():  # the custom_generate path gives the same
         warnings.simplefilter("ignore")
-        out = large.generate(ids, attention_mask=mask, max_new_tokens=NEW, custom_generate=bild.generate,
-                             small_model=small, **engine)
+        out = large.generate(
+            ids, attention_mask=mask, max_new_tokens=NEW, custom_generate=bild.generate, small_model=small, **engine
+        )
     assert torch.equal(out, want)
 
 
@@ -80,8 +90,9 @@ def sampling_pair():
 
 
 @pytest.mark.parametrize("verification", ["exact", "block"])
-@pytest.mark.parametrize("value,whole_row,fixed", [(float("nan"), True, True), (float("inf"), False, True),
-                                                   (float("nan"), True, False)])
+@pytest.mark.parametrize(
+    "value,whole_row,fixed", [(float("nan"), True, True), (float("inf"), False, True), (float("nan"), True, False)]
+)
 def test_sampling_keeps_the_large_distribution(sampling_pair, verification, value, whole_row, fixed):
     small, large = sampling_pair
     truth = exact_joint(large)
@@ -92,8 +103,9 @@ def test_sampling_keeps_the_large_distribution(sampling_pair, verification, valu
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = gen.generate(torch.tensor([PROMPT] * SAMPLES), max_new_tokens=4, do_sample=True, temperature=TEMP,
-                           top_k=0)
+        out = gen.generate(
+            torch.tensor([PROMPT] * SAMPLES), max_new_tokens=4, do_sample=True, temperature=TEMP, top_k=0
+        )
     t2, t3 = out[:, len(PROMPT) + 1], out[:, len(PROMPT) + 2]
     counts, st = torch.bincount(t2 * V + t3, minlength=V * V).reshape(V, V).double(), gen.stats
     assert st.nonfinite_drafts > 0 and 0 < st.accepted < st.drafted  # drafts both kept and rejected
@@ -115,8 +127,9 @@ def test_non_finite_large_model_does_what_large_generate_does(one_thread):
     for engine in ({}, {"fallback_threshold": 0.0, "max_small_steps": 4}):
         with pytest.raises(RuntimeError) as ours:
             torch.manual_seed(0)
-            bild.BiLDGenerator(small, large, **engine).generate(ids, attention_mask=mask, max_new_tokens=NEW,
-                                                               do_sample=True)
+            bild.BiLDGenerator(small, large, **engine).generate(
+                ids, attention_mask=mask, max_new_tokens=NEW, do_sample=True
+            )
         assert str(ours.value) == str(theirs.value)
 
 

@@ -1,10 +1,14 @@
 """The package layout: engine at the top, tooling in sub-packages, 0.2 module paths still importing."""
+
+
 def test_old_module_paths_still_import():
-    import bild
     import bild.cost_model
     import bild.pair
     from bild.controlled import build_controlled_pair
     from bild.theory import tv_distance
+
+    import bild
+
     assert bild.pair is bild.pairs.smollm2 and bild.cost_model is bild.analysis.cost_model
     assert build_controlled_pair is bild.pairs.controlled.build_controlled_pair
     assert tv_distance is bild.analysis.theory.tv_distance
@@ -12,8 +16,9 @@ def test_old_module_paths_still_import():
 
 # --- the import graph (docs/architecture.md; `lint-imports` checks the declared layers in CI) ---------------------
 import ast  # noqa: E402
-import pytest  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bild"
 TOOLING = ("bild.pairs", "bild.evaluation", "bild.analysis", "bild.cli")
@@ -76,6 +81,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                     break
             if len(comp) > 1:
                 found.append(sorted(comp))
+
     for v in sorted(graph):
         if v not in index:
             visit(v)
@@ -101,23 +107,39 @@ def test_names_of_0_12_still_import():
     `bild.analysis.cost_model` still import from there, as the same objects."""
     import bild
     from bild import caches, checks, families, online_costs, options, probes, timing
-    from bild.adapters import (ModelAdapter, batch_layout, capabilities, new_cache,  # noqa: F401
-                               state_layers, to_device, window_rollback_works)
+    from bild.adapters import (  # noqa: F401
+        ModelAdapter,
+        batch_layout,
+        capabilities,
+        new_cache,
+        state_layers,
+        to_device,
+        window_rollback_works,
+    )
     from bild.analysis.cost_model import CostTable
+
     with pytest.deprecated_call(match="moved to `bild.families"):
         from bild.adapters import check_model, rollback_is_exact
     with pytest.deprecated_call(match="moved to `bild.families.RECURRENT_EXACT_FROM`"):
         assert bild.adapters.RECURRENT_EXACT_FROM is families.RECURRENT_EXACT_FROM
     with pytest.deprecated_call(match="moved to `bild.drafts.load_draft`"):
         from bild.vocabulary import load_draft
-    from bild.generator import POLICIES_PER_MODEL, _POLICIES, check_generation_config, check_options, lossy
+    from bild.generator import _POLICIES, POLICIES_PER_MODEL, check_generation_config, check_options, lossy
+
     assert (check_model, rollback_is_exact) == (families.check_model, families.rollback_is_exact)
     assert (capabilities, new_cache) == (probes.capabilities, caches.new_cache)
     assert (check_options, lossy, _POLICIES, POLICIES_PER_MODEL) == (
-        options.check_options, options.lossy, options._POLICIES, options.POLICIES_PER_MODEL)
+        options.check_options,
+        options.lossy,
+        options._POLICIES,
+        options.POLICIES_PER_MODEL,
+    )
     assert check_generation_config is checks.check_generation_config and load_draft is bild.load_draft
-    assert (online_costs.clock, online_costs.model_times, CostTable) == (timing.clock, timing.model_times,
-                                                                         timing.CostTable)
+    assert (online_costs.clock, online_costs.model_times, CostTable) == (
+        timing.clock,
+        timing.model_times,
+        timing.CostTable,
+    )
 
 
 def test_import_is_light_and_every_public_name_resolves():
@@ -130,15 +152,21 @@ def test_import_is_light_and_every_public_name_resolves():
     from pathlib import Path
 
     src = str(Path(__file__).resolve().parents[1] / "src")
-    code = ("import json, sys, bild\nheavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
-            "got = {n: type(getattr(bild, n)).__name__ for n in bild.__all__}\n"
-            "print(json.dumps([heavy, got, bild.adapters.__name__, 'torch' in sys.modules]))")
+    code = (
+        "import json, sys, bild\nheavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "got = {n: type(getattr(bild, n)).__name__ for n in bild.__all__}\n"
+        "print(json.dumps([heavy, got, bild.adapters.__name__, 'torch' in sys.modules]))"
+    )
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    heavy, got, adapters, torch_after = json.loads(subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True).stdout)
+    heavy, got, adapters, torch_after = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True
+        ).stdout
+    )
     assert heavy == [] and torch_after and adapters == "bild.adapters"
     import bild
     from bild import generator, policies, stats
+
     assert sorted(got) == sorted(bild.__all__)
     assert bild.BiLDGenerator is generator.BiLDGenerator and bild.generate is generator.generate
     assert bild.AdaptivePolicy is policies.AdaptivePolicy and bild.GenerationStats is stats.GenerationStats

@@ -1,6 +1,7 @@
 """The draft-from-large construction and the offline pair cache (tiny models; real GGUF optional)."""
 
 import json
+
 import pytest
 import torch
 
@@ -13,9 +14,19 @@ from bild.pairs import cli as pair_cli  # noqa: E402
 
 def tiny_large(tie=True):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=80, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=tie, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=80,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=1,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -83,8 +94,9 @@ def test_build_pair_from_cached_large_and_reuse(tmp_path, monkeypatch):
         from transformers import PreTrainedTokenizerFast
 
         vocab = {f"w{i}": i for i in range(80)}
-        t = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
-                                    pad_token="w0", eos_token="w2")
+        t = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")), pad_token="w0", eos_token="w2"
+        )
         t.save_pretrained(tok_dir)
     except Exception as e:  # pragma: no cover
         pytest.skip(f"cannot make a tiny tokenizer: {e}")
@@ -115,8 +127,9 @@ def _tiny_cache(tmp_path):
         from transformers import PreTrainedTokenizerFast
 
         vocab = {f"w{i}": i for i in range(80)}
-        t = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
-                                    pad_token="w0", eos_token="w2")
+        t = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")), pad_token="w0", eos_token="w2"
+        )
         t.save_pretrained(cache / "large")
     except Exception as e:  # pragma: no cover
         pytest.skip(f"cannot make a tiny tokenizer: {e}")
@@ -166,7 +179,8 @@ def test_cache_is_keyed_to_the_draft_weights(tmp_path, monkeypatch):
 
         # a cache from before the sha256 stamp (size + mtime only) is rebuilt once, then reused
         (cache / "small" / pair.DRAFT_STAMP_NAME).write_text(
-            '{"weights": "%s", "size": %d, "mtime": %d}' % (w, stat.st_size, int(stat.st_mtime)))
+            json.dumps({"weights": str(w), "size": stat.st_size, "mtime": int(stat.st_mtime)})
+        )
         pair.build_pair()
         assert pair.draft_stamp()["sha256"] == pair.file_sha256(w)
 
@@ -228,7 +242,11 @@ def test_extra_instructions_use_the_train_half_only(tmp_path):
     for name, n in (("wmt14_de_en", 6), ("xsum", 4)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "dev.jsonl").write_text(
-            "".join(json.dumps({"source": f"{name}DEV{i} " + "w " * (1000 if name == "xsum" else 3), "target": "t"}) + "\n" for i in range(n)))
+            "".join(
+                json.dumps({"source": f"{name}DEV{i} " + "w " * (1000 if name == "xsum" else 3), "target": "t"}) + "\n"
+                for i in range(n)
+            )
+        )
         (tmp_path / name / "test.jsonl").write_text('{"source": "TESTDOC", "target": "t"}\n')
     extra = recipe.extra_instructions(tmp_path)
     seen = {w for x in extra for w in x.split() if "DEV" in w}
@@ -248,8 +266,18 @@ def test_gen_data_extra_refuses_a_part_it_would_ignore(tmp_path):
     model loads (they would be silently ignored)."""
     for extra in (["--part", "tune"], ["--per_file", "3"]):
         with pytest.raises(SystemExit, match="--prompts extra reads the whole train half"):
-            pair_cli.main(["--cache", str(tmp_path / "none"), "gen-data", "--prompts", "extra",
-                       "--out", str(tmp_path / "x.pt"), *extra])
+            pair_cli.main(
+                [
+                    "--cache",
+                    str(tmp_path / "none"),
+                    "gen-data",
+                    "--prompts",
+                    "extra",
+                    "--out",
+                    str(tmp_path / "x.pt"),
+                    *extra,
+                ]
+            )
     assert not (tmp_path / "none").exists()
 
 
@@ -267,7 +295,7 @@ def test_lora_draft_ships_as_a_delta(tmp_path):
     assert not any("embed_tokens" in n or "lm_head" in n for n in trainable)
     torch.manual_seed(1)
     with torch.no_grad():  # as if trained: B starts at zero
-        for n, p in small.named_parameters():
+        for _n, p in small.named_parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     ids = torch.tensor([[1, 4, 7, 9, 30, 41]])
@@ -298,8 +326,13 @@ def test_lora_draft_ships_as_a_delta(tmp_path):
     layers_path = pair.save_draft_weights(pair.make_small_from_large(large, [0, 1, 2]), tmp_path / "l.safetensors")
     assert layers_path.stat().st_size > path.stat().st_size
     with pytest.raises(ValueError, match="no Linear"):
-        merge_lora_delta(plain, {"model.layers.9.mlp.up_proj.lora_A": torch.zeros(4, 32),
-                                 "model.layers.9.mlp.up_proj.lora_B": torch.zeros(64, 4)})
+        merge_lora_delta(
+            plain,
+            {
+                "model.layers.9.mlp.up_proj.lora_A": torch.zeros(4, 32),
+                "model.layers.9.mlp.up_proj.lora_B": torch.zeros(64, 4),
+            },
+        )
 
 
 REAL = pair.default_cache_dir() / "large" / "config.json"
@@ -310,8 +343,10 @@ def test_real_pair_shares_vocab_and_generates():
     if not pair.default_draft_weights().exists() and not (pair.default_cache_dir() / "small").exists():
         pytest.skip("draft weights absent")
     p = pair.load_pair()
-    assert p.small.config.vocab_size == p.large.config.vocab_size == len(p.tokenizer) or \
-        p.small.config.vocab_size == p.large.config.vocab_size
+    assert (
+        p.small.config.vocab_size == p.large.config.vocab_size == len(p.tokenizer)
+        or p.small.config.vocab_size == p.large.config.vocab_size
+    )
     prompt = pair.chat_prompt(p.tokenizer, "Translate to English: Guten Morgen.")
     ids = p.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = p.small.generate(**ids, max_new_tokens=4, do_sample=False)
@@ -366,7 +401,8 @@ def test_low_rank_delta_of_a_fine_tuned_draft(tmp_path):
     with torch.no_grad():
         assert torch.allclose(back(ids).logits, want, atol=2e-2)
         rank1 = pair.load_draft_from_weights(
-            large, pair.save_draft_weights(tuned, tmp_path / "r1.safetensors", delta=low_rank_delta(tuned, base, 1)))
+            large, pair.save_draft_weights(tuned, tmp_path / "r1.safetensors", delta=low_rank_delta(tuned, base, 1))
+        )
         assert not torch.allclose(rank1(ids).logits, want, atol=2e-2)  # a rank-2 change needs rank 2
 
 
@@ -385,8 +421,9 @@ def test_pair_cache_serves_a_delta_draft_with_its_pruned_head(tmp_path, monkeypa
     pair.build_pair()
     tuned = _perturbed_draft(large, [0, 1], seed=2)
     vocab = list(range(0, 60))
-    pair.save_draft_weights(tuned, w, delta=low_rank_delta(tuned, pair.make_small_from_large(large, [0, 1]), 64),
-                            vocabulary=vocab)
+    pair.save_draft_weights(
+        tuned, w, delta=low_rank_delta(tuned, pair.make_small_from_large(large, [0, 1]), 64), vocabulary=vocab
+    )
     p = pair.load_pair()
     assert draft_vocabulary(p.small) == (vocab, 80)
     ids = torch.tensor([[1, 4, 7, 9]])
@@ -404,7 +441,8 @@ def test_tune_split_command_writes_the_second_half(tmp_path, monkeypatch):
 
     (tmp_path / "data" / "xsum").mkdir(parents=True)
     (tmp_path / "data" / "xsum" / "dev.jsonl").write_text(
-        "".join(json.dumps({"source": f"DEV{i}", "target": "t"}) + "\n" for i in range(5)))
+        "".join(json.dumps({"source": f"DEV{i}", "target": "t"}) + "\n" for i in range(5))
+    )
     monkeypatch.setenv("BILD_DATA", str(tmp_path / "data"))
     assert pair_cli.main(["tune-split", "--out", str(tmp_path / "tune")]) == 0
     rows = [json.loads(x) for x in (tmp_path / "tune" / "xsum.tune.jsonl").read_text().splitlines()]
@@ -428,8 +466,17 @@ def test_demo_drafts_by_prompt_lookup_by_default(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BILD_CACHE", str(cache))
     monkeypatch.setenv("BILD_DRAFT_WEIGHTS", str(w))
     pair.build_pair(weights=w)
-    args = ["--prompt", " ".join(f"w{i}" for i in [5, 6, 7, 8, 9] * 4), "--raw", "--max_new_tokens", "12",
-            "--color", "never", "--threads", "1"]
+    args = [
+        "--prompt",
+        " ".join(f"w{i}" for i in [5, 6, 7, 8, 9] * 4),
+        "--raw",
+        "--max_new_tokens",
+        "12",
+        "--color",
+        "never",
+        "--threads",
+        "1",
+    ]
     assert demo(args) == 0
     out = capsys.readouterr().out
     # the lookup is on (its count is printed; whether it drafts depends on the tiny model's text)

@@ -1,5 +1,6 @@
 """Draft policies: the adaptive default in isolation (synthetic rounds), reproducibility, and the explicit
 numbers that keep BiLD's fixed rule."""
+
 import pytest
 import torch
 from models import FAMILIES, make_inputs, make_pair
@@ -34,10 +35,18 @@ def play(policy, accept_prob, rounds=200, conf=0.5, seed=0):
         ok = (torch.rand(n, generator=g) < accept_prob).long()
         acc = int(ok.cumprod(0).sum())
         judged = min(acc + 1, n)
-        policy.learn(RoundRecord(conf=torch.full((1, n), conf), first_conf=torch.tensor([conf]),
-                                 drafted=torch.tensor([n]), judged=torch.tensor([judged]),
-                                 accepted=torch.tensor([acc]), committed=torch.tensor([acc + 1]),
-                                 small_steps=n, width=n))
+        policy.learn(
+            RoundRecord(
+                conf=torch.full((1, n), conf),
+                first_conf=torch.tensor([conf]),
+                drafted=torch.tensor([n]),
+                judged=torch.tensor([judged]),
+                accepted=torch.tensor([acc]),
+                committed=torch.tensor([acc + 1]),
+                small_steps=n,
+                width=n,
+            )
+        )
     return budgets, kept
 
 
@@ -79,9 +88,18 @@ def test_adaptive_learns_acceptance_per_confidence_and_drops_unsure_tokens():
     for _ in range(60):
         policy.budgets([100])
         conf = torch.tensor([[0.95, 0.95, 0.05, 0.05]])
-        policy.learn(RoundRecord(conf=conf, first_conf=torch.tensor([0.95]), drafted=torch.tensor([4]),
-                                 judged=torch.tensor([3]), accepted=torch.tensor([2]),
-                                 committed=torch.tensor([3]), small_steps=4, width=4))
+        policy.learn(
+            RoundRecord(
+                conf=conf,
+                first_conf=torch.tensor([0.95]),
+                drafted=torch.tensor([4]),
+                judged=torch.tensor([3]),
+                accepted=torch.tensor([2]),
+                committed=torch.tensor([3]),
+                small_steps=4,
+                width=4,
+            )
+        )
     assert policy.budgets([100])[0] > 0
     keep_hi, _ = policy.step(0, torch.tensor([0.95]), torch.tensor([True]))
     keep_lo, _ = policy.step(1, torch.tensor([0.05]), torch.tensor([True]))
@@ -95,21 +113,40 @@ def test_heuristic_schedule_is_capped_by_max_small_steps():
     policy.begin(2, None)
     for _ in range(10):  # always fully accepted: the budget would grow without a cap
         b = policy.budgets([100, 100])
-        policy.learn(RoundRecord(conf=torch.ones(2, b[0]), first_conf=torch.ones(2), drafted=torch.tensor(b),
-                                 judged=torch.tensor(b), accepted=torch.tensor(b), committed=torch.tensor(b) + 1,
-                                 small_steps=b[0], width=b[0]))
+        policy.learn(
+            RoundRecord(
+                conf=torch.ones(2, b[0]),
+                first_conf=torch.ones(2),
+                drafted=torch.tensor(b),
+                judged=torch.tensor(b),
+                accepted=torch.tensor(b),
+                committed=torch.tensor(b) + 1,
+                small_steps=b[0],
+                width=b[0],
+            )
+        )
     assert policy.budgets([100, 100]) == [5, 5]
-    policy.learn(RoundRecord(conf=torch.ones(2, 5), first_conf=torch.ones(2), drafted=torch.tensor([5, 5]),
-                             judged=torch.tensor([2, 5]), accepted=torch.tensor([1, 5]), committed=torch.tensor([2, 6]),
-                             small_steps=5, width=5))
+    policy.learn(
+        RoundRecord(
+            conf=torch.ones(2, 5),
+            first_conf=torch.ones(2),
+            drafted=torch.tensor([5, 5]),
+            judged=torch.tensor([2, 5]),
+            accepted=torch.tensor([1, 5]),
+            committed=torch.tensor([2, 6]),
+            small_steps=5,
+            width=5,
+        )
+    )
     assert policy.budgets([100, 100]) == [4, 5]  # a rejection shrinks that row's budget by one
 
 
 def test_heuristic_engine_budget_never_exceeds_the_cap():
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 3, seed=2)
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=3, draft_schedule="heuristic",
-                             verification="exact")
+    gen = bild.BiLDGenerator(
+        small, large, fallback_threshold=0.0, max_small_steps=3, draft_schedule="heuristic", verification="exact"
+    )
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=30)
     assert torch.equal(out, large.generate(ids, attention_mask=mask, max_new_tokens=30))
     assert max(gen.stats.draft_budgets) <= 3 and max(gen.stats.verify_widths) <= 4
@@ -127,8 +164,11 @@ def test_exact_at_default_arguments_equals_large_generate(family):
         assert torch.equal(gen.generate(ids, attention_mask=mask, max_new_tokens=20), want)
         drafted += gen.stats.drafted
     assert gen.stats.policy["policy"] == "adaptive" and drafted > 0
-    assert gen.stats.rounds == len(gen.stats.draft_budgets) == gen.stats.large_forwards - (
-        1 if batch_layout(large) != "rows" else 3)  # prefill: 1 batched, or 1 per row
+    assert (
+        gen.stats.rounds
+        == len(gen.stats.draft_budgets)
+        == gen.stats.large_forwards - (1 if batch_layout(large) != "rows" else 3)
+    )  # prefill: 1 batched, or 1 per row
 
 
 @pytest.mark.parametrize("costs", [0.15, DraftCosts(0.2, (1.0, 1.1, 1.2, 1.3))])
@@ -156,18 +196,21 @@ def test_explicit_numbers_use_the_papers_fixed_rule():
     assert isinstance(bild.BiLDGenerator(small, large, max_small_steps=6).policy, AdaptivePolicy)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(fallback_threshold="sometimes"), "fallback_threshold"),
-    (dict(max_small_steps="auto-ish"), "max_small_steps"),
-    (dict(max_small_steps=0), "max_small_steps"),
-    (dict(costs=-1.0), "costs"),
-    (dict(costs="measured"), "costs"),
-    (dict(draft_schedule="heuristic"), "draft_schedule"),
-    (dict(verification="exact", uno_epsilon=0.1, opt_epsilon=0.1), "one of"),
-    (dict(verification="rollback", opt_epsilon=0.1), "opt_epsilon"),
-    (dict(rollback_threshold=3.0, uno_epsilon=0.1), "uno_epsilon"),  # a rollback threshold selects rollback
-    (dict(verification="exact", opt_epsilon=-0.1), "opt_epsilon"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(fallback_threshold="sometimes"), "fallback_threshold"),
+        (dict(max_small_steps="auto-ish"), "max_small_steps"),
+        (dict(max_small_steps=0), "max_small_steps"),
+        (dict(costs=-1.0), "costs"),
+        (dict(costs="measured"), "costs"),
+        (dict(draft_schedule="heuristic"), "draft_schedule"),
+        (dict(verification="exact", uno_epsilon=0.1, opt_epsilon=0.1), "one of"),
+        (dict(verification="rollback", opt_epsilon=0.1), "opt_epsilon"),
+        (dict(rollback_threshold=3.0, uno_epsilon=0.1), "uno_epsilon"),  # a rollback threshold selects rollback
+        (dict(verification="exact", opt_epsilon=-0.1), "opt_epsilon"),
+    ],
+)
 def test_bad_policy_arguments_raise(kwargs, match):
     small, large = make_pair("gpt2")
     with pytest.raises(ValueError, match=match):

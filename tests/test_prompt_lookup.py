@@ -1,10 +1,13 @@
 """Prompt lookup as a proposer: the same candidates as transformers' PromptLookupCandidateGenerator, output
 identical to `large.generate` (greedy) or distributed as the large model (sampling), alone and combined with
 the small model, through every entry point; clear errors for what makes no sense."""
+
 import random
 
 import pytest
 import torch
+from models import make_inputs, make_pair
+from test_sampling import PROMPT, TEMP, N, V, accept_every_draft, chi_square_pvalue, tiny_llama
 from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
 import bild
@@ -12,8 +15,6 @@ import bild.acceptance
 from bild.batch import BatchState
 from bild.policies import ThresholdPolicy
 from bild.proposers import PromptLookupProposer
-from models import make_inputs, make_pair
-from test_sampling import N, PROMPT, TEMP, V, accept_every_draft, chi_square_pvalue, exact_joint, tiny_llama
 
 
 def repetitive_inputs(family: str, batch: int, seed: int = 0):
@@ -29,11 +30,14 @@ def repetitive_inputs(family: str, batch: int, seed: int = 0):
 
 def lookup_candidates(tokens: list[int], num_tokens: int, ngram: int, eos: int | None = None) -> list[int]:
     """transformers' own prompt lookup (batch 1) on these tokens: the candidate it appends."""
-    ref = PromptLookupCandidateGenerator(eos_token_id=None if eos is None else torch.tensor([eos]),
-                                         num_output_tokens=num_tokens, max_matching_ngram_size=ngram,
-                                         max_length=10_000)
+    ref = PromptLookupCandidateGenerator(
+        eos_token_id=None if eos is None else torch.tensor([eos]),
+        num_output_tokens=num_tokens,
+        max_matching_ngram_size=ngram,
+        max_length=10_000,
+    )
     out, _ = ref.get_candidates(torch.tensor([tokens]))
-    return out[0, len(tokens):].tolist()
+    return out[0, len(tokens) :].tolist()
 
 
 @pytest.mark.parametrize("ngram", [1, 2, 3])
@@ -41,7 +45,7 @@ def test_candidates_equal_transformers_prompt_lookup(ngram):
     rnd = random.Random(ngram)
     st = BatchState(torch.zeros(1, 1, dtype=torch.long), None, 8, pad=0, eos_ids={2})
     checked = 0
-    for trial in range(300):
+    for _trial in range(300):
         tokens = [rnd.randrange(2, 9) for _ in range(rnd.randrange(2, 40))]
         budget = rnd.randrange(1, 12)
         prop = PromptLookupProposer(ThresholdPolicy(0.0, budget), ngram)
@@ -97,8 +101,15 @@ def test_custom_generate_with_and_without_small_model(family):
     want = large.generate(ids, **kw)
     for sm in (None, small):
         stats = bild.GenerationStats()
-        out = large.generate(ids, custom_generate=bild.generate, small_model=sm, prompt_lookup_num_tokens=10,
-                             max_matching_ngram_size=3, bild_stats=stats, **kw)
+        out = large.generate(
+            ids,
+            custom_generate=bild.generate,
+            small_model=sm,
+            prompt_lookup_num_tokens=10,
+            max_matching_ngram_size=3,
+            bild_stats=stats,
+            **kw,
+        )
         assert torch.equal(out, want) and stats.drafted_by.get("lookup", 0) > 0
         assert stats.policy["lookup" if sm is not None else "max_matching_ngram_size"]
 
@@ -114,11 +125,16 @@ def test_numeric_thresholds_draft_the_fixed_length():
 
 
 def lookup_sampled_joint(small, large, **engine):
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=2, verification="exact",
-                             **engine)
+    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=2, verification="exact", **engine)
     torch.manual_seed(0)
-    out = gen.generate(torch.tensor([PROMPT + PROMPT] * N), max_new_tokens=4, do_sample=True, temperature=TEMP,
-                       top_k=0, prompt_lookup_num_tokens=2)
+    out = gen.generate(
+        torch.tensor([PROMPT + PROMPT] * N),
+        max_new_tokens=4,
+        do_sample=True,
+        temperature=TEMP,
+        top_k=0,
+        prompt_lookup_num_tokens=2,
+    )
     P = 2 * len(PROMPT)
     t2, t3 = out[:, P + 1], out[:, P + 2]
     return torch.bincount(t2 * V + t3, minlength=V * V).reshape(V, V).double(), gen.stats
@@ -130,6 +146,7 @@ def test_sampling_keeps_the_large_distribution(drafter, monkeypatch):
     draft) is caught by the same test."""
     small, large = tiny_llama(1), tiny_llama(2)
     import itertools
+
     seqs = torch.tensor([PROMPT + PROMPT + list(t) for t in itertools.product(range(V), repeat=3)])
     with torch.no_grad():
         logp = (large(seqs).logits[:, -4:-1] / TEMP).log_softmax(-1)
@@ -169,11 +186,13 @@ def test_errors():
     with pytest.raises(ValueError, match="`prompt_lookup_num_tokens` must be"):
         bild.BiLDGenerator(small, large).generate(ids, max_new_tokens=4, prompt_lookup_num_tokens=0)
     with pytest.raises(ValueError, match="`max_matching_ngram_size` must be"):
-        bild.BiLDGenerator(small, large).generate(ids, max_new_tokens=4, prompt_lookup_num_tokens=3,
-                                                   max_matching_ngram_size=-1)
+        bild.BiLDGenerator(small, large).generate(
+            ids, max_new_tokens=4, prompt_lookup_num_tokens=3, max_matching_ngram_size=-1
+        )
     with pytest.raises(ValueError, match="`num_drafts` > 1.*prompt_lookup_num_tokens"):
         bild.BiLDGenerator(small, large, verification="exact", num_drafts=2).generate(
-            ids, max_new_tokens=4, do_sample=True, prompt_lookup_num_tokens=3)
+            ids, max_new_tokens=4, do_sample=True, prompt_lookup_num_tokens=3
+        )
 
 
 def test_adaptive_lookup_policy_learns_per_position():
@@ -191,6 +210,7 @@ def test_the_docs_own_proposer_runs_exactly():
     """docs/proposers.md's example, as written there: a user's proposer in the loop keeps greedy output."""
     import re
     from pathlib import Path
+
     text = Path(__file__).resolve().parents[1].joinpath("docs", "proposers.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     _, large = make_pair("llama")
@@ -208,11 +228,18 @@ def test_the_docs_own_proposer_runs_exactly():
 def test_folder_takes_prompt_lookup(family):
     """The custom_generate/ folder: prompt lookup with and without a small model, as the callable gives it."""
     from pathlib import Path
+
     repo = Path(__file__).resolve().parents[1]
     small, large = make_pair(family)
     ids, mask = repetitive_inputs(family, 2, seed=7)
-    kw = dict(attention_mask=mask, max_new_tokens=16, prompt_lookup_num_tokens=4, fallback_threshold=0.5,
-              rollback_threshold=1.5, max_small_steps=4)  # rollback: lossy, so equality shows the same decisions
+    kw = dict(
+        attention_mask=mask,
+        max_new_tokens=16,
+        prompt_lookup_num_tokens=4,
+        fallback_threshold=0.5,
+        rollback_threshold=1.5,
+        max_small_steps=4,
+    )  # rollback: lossy, so equality shows the same decisions
     for sm in (None, small):
         want = large.generate(ids, custom_generate=bild.generate, small_model=sm, **kw)
         got = large.generate(ids, custom_generate=str(repo), trust_remote_code=True, small_model=sm, **kw)
@@ -236,16 +263,16 @@ def rollback_reference(large, prompt: list[int], max_new: int, k: int, rb: float
     reads it, the first draft with -log p_large > rb is cut and the large model's argmax goes in its place
     (all kept: the large model's next token follows)."""
     seq = list(prompt)
-    while len(seq) - len(prompt) < max_new and not (eos & set(seq[len(prompt):])):
+    while len(seq) - len(prompt) < max_new and not (eos & set(seq[len(prompt) :])):
         room = max_new - (len(seq) - len(prompt)) - 1
         cand = lookup_candidates(seq, min(k, room), 2) if room > 0 else []
         with torch.no_grad():
-            logp = large(torch.tensor([seq + cand])).logits[0, len(seq) - 1:].log_softmax(-1)
+            logp = large(torch.tensor([seq + cand])).logits[0, len(seq) - 1 :].log_softmax(-1)
         kept = 0
         while kept < len(cand) and -logp[kept, cand[kept]] <= rb:
             kept += 1
         seq += cand[:kept] + [int(logp[kept].argmax())]
-    new = seq[len(prompt):][:max_new]
+    new = seq[len(prompt) :][:max_new]
     hit = next((i for i, t in enumerate(new) if t in eos), None)
     return new if hit is None else new[: hit + 1]
 
@@ -265,18 +292,19 @@ def test_rollback_over_lookup_drafts_equals_a_cache_free_reference(family, rb):
     refs = [rollback_reference(large, ids[r][mask[r].bool()].tolist(), max_new, k, rb, eos) for r in range(3)]
     gen = bild.BiLDGenerator(None, large, fallback_threshold=0.0, max_small_steps=k, rollback_threshold=rb)
     for rows in ([0], [1], [2], [0, 1, 2]):
-        sub_mask = mask[rows][:, int((mask[rows].sum(0) == 0).sum()):]  # drop columns that are padding in all rows
-        sub_ids = ids[rows][:, -sub_mask.shape[1]:]
-        out = gen.generate(sub_ids, attention_mask=sub_mask, max_new_tokens=max_new, do_sample=False,
-                           prompt_lookup_num_tokens=k)
+        sub_mask = mask[rows][:, int((mask[rows].sum(0) == 0).sum()) :]  # drop columns that are padding in all rows
+        sub_ids = ids[rows][:, -sub_mask.shape[1] :]
+        out = gen.generate(
+            sub_ids, attention_mask=sub_mask, max_new_tokens=max_new, do_sample=False, prompt_lookup_num_tokens=k
+        )
         pad = large.generation_config.pad_token_id
         for i, r in enumerate(rows):
-            got = out[i, sub_ids.shape[1]:].tolist()
+            got = out[i, sub_ids.shape[1] :].tolist()
             assert got[: len(refs[r])] == refs[r], (family, rb, rows, r)
-            assert all(t == pad for t in got[len(refs[r]):])
+            assert all(t == pad for t in got[len(refs[r]) :])
     greedy = large.generate(ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False)
     if rb == 8.0:  # lenient: some rows leave the large model's greedy text
-        assert any(greedy[r, ids.shape[1]:].tolist()[: len(refs[r])] != refs[r] for r in range(3))
+        assert any(greedy[r, ids.shape[1] :].tolist()[: len(refs[r])] != refs[r] for r in range(3))
 
 
 def first_round_joint(large, prompt: list[int], rule: str | None, eps: float) -> tuple[torch.Tensor, float]:
@@ -310,11 +338,18 @@ def test_uno_and_opt_over_lookup_drafts_follow_their_rule(rule):
     large, eps, other = tiny_llama(2), 0.1, {"uno": "opt", "opt": "uno"}[rule]
     prompt = [4, 3, 4] * 2
     want, drafting = first_round_joint(large, prompt, rule, eps)
-    gen = bild.BiLDGenerator(None, large, fallback_threshold=0.0, max_small_steps=1, verification="exact",
-                             **{f"{rule}_epsilon": eps})
+    gen = bild.BiLDGenerator(
+        None, large, fallback_threshold=0.0, max_small_steps=1, verification="exact", **{f"{rule}_epsilon": eps}
+    )
     torch.manual_seed(0)
-    out = gen.generate(torch.tensor([prompt] * N), max_new_tokens=3, do_sample=True, temperature=TEMP, top_k=0,
-                       prompt_lookup_num_tokens=1)
+    out = gen.generate(
+        torch.tensor([prompt] * N),
+        max_new_tokens=3,
+        do_sample=True,
+        temperature=TEMP,
+        top_k=0,
+        prompt_lookup_num_tokens=1,
+    )
     P = len(prompt)
     counts = torch.bincount(out[:, P] * V + out[:, P + 1], minlength=V * V).double()
     assert drafting > 0.5 and gen.stats.drafted_by.get("lookup", 0) > 0.5 * N

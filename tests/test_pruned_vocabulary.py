@@ -1,13 +1,14 @@
 """A draft whose head covers a subset of the vocabulary (bild.prune_draft_vocabulary, FR-Spec): exact decoding
 stays exact, drafts come from the subset only, the map survives save/load, and the frequency-based choice of
 tokens keeps the special tokens."""
+
 import collections
 import copy
 
 import pytest
 import torch
 from models import V, make_inputs, make_pair
-from test_sampling import N, PROMPT, TEMP, chi_square_pvalue, exact_joint, tiny_llama
+from test_sampling import PROMPT, TEMP, N, chi_square_pvalue, exact_joint, tiny_llama
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import bild
@@ -26,7 +27,7 @@ def pruned(family: str, ids=SUBSET):
 
 
 def new_tokens(family, out, ids):
-    return out[:, ids.shape[1]:] if family != "t5" else out[:, 1:]
+    return out[:, ids.shape[1] :] if family != "t5" else out[:, 1:]
 
 
 # -- exact stays exact ------------------------------------------------------------------------------------
@@ -52,7 +53,8 @@ def test_logits_processors_that_ban_the_whole_subset(family, one_thread):
     kw = dict(max_new_tokens=10, do_sample=False, repetition_penalty=1.3, suppress_tokens=SUBSET[3:] + [2])
     ref = large.generate(ids, attention_mask=mask, **kw)
     out = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=3).generate(
-        ids, attention_mask=mask, **kw)
+        ids, attention_mask=mask, **kw
+    )
     assert torch.equal(out, ref)
 
 
@@ -64,8 +66,9 @@ def test_sampling_with_a_pruned_draft_keeps_the_large_distribution(monkeypatch, 
     truth = exact_joint(large)
 
     def joint(num_drafts=1):
-        gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=2, verification="exact",
-                                 num_drafts=num_drafts)
+        gen = bild.BiLDGenerator(
+            small, large, fallback_threshold=0.0, max_small_steps=2, verification="exact", num_drafts=num_drafts
+        )
         torch.manual_seed(0)
         out = gen.generate(torch.tensor([PROMPT] * N), max_new_tokens=4, do_sample=True, temperature=TEMP, top_k=0)
         t2, t3 = out[:, len(PROMPT) + 1], out[:, len(PROMPT) + 2]
@@ -156,9 +159,20 @@ def test_adapter_widens_the_narrow_logits(one_thread):
 # -- save / load ------------------------------------------------------------------------------------------
 def tied_llama():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2, pad_token_id=0,
-                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)  # tied, as SmolLM2
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )  # tied, as SmolLM2
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -181,13 +195,17 @@ def test_save_and_load_round_trip(family, tmp_path, one_thread):
     ids, mask = make_inputs(fam, 3)
     kw = {} if fam != "t5" else dict(decoder_input_ids=torch.zeros(3, 2, dtype=torch.long))
     with torch.no_grad():
-        assert torch.equal(back(input_ids=ids, attention_mask=mask, **kw).logits,
-                           small(input_ids=ids, attention_mask=mask, **kw).logits)
+        assert torch.equal(
+            back(input_ids=ids, attention_mask=mask, **kw).logits,
+            small(input_ids=ids, attention_mask=mask, **kw).logits,
+        )
     back.tie_weights()  # transformers' re-tie must not put the full embedding back into the head
     assert back.get_output_embeddings().weight.shape[0] == len(SUBSET)
     args = dict(attention_mask=mask, max_new_tokens=10, do_sample=False)
-    assert torch.equal(bild.BiLDGenerator(back, large, fallback_threshold=0.0, max_small_steps=3).generate(ids, **args),
-                       large.generate(ids, **args))
+    assert torch.equal(
+        bild.BiLDGenerator(back, large, fallback_threshold=0.0, max_small_steps=3).generate(ids, **args),
+        large.generate(ids, **args),
+    )
 
 
 def test_plain_from_pretrained_of_a_pruned_draft_is_refused_with_a_hint(tmp_path):
@@ -236,9 +254,17 @@ def test_check_pair_refuses_a_pruned_large_model_and_a_map_of_another_vocabulary
         bild.BiLDGenerator(small, large)
 
 
-@pytest.mark.parametrize("ids,match", [([], "empty"), ([0, V], r"\[0, 96\)"), ([-1, 3], r"\[0, 96\)"),
-                                       (["a"], "integer"), ([1.5], "integer"),
-                                       ([True, 3], "integer")])
+@pytest.mark.parametrize(
+    "ids,match",
+    [
+        ([], "empty"),
+        ([0, V], r"\[0, 96\)"),
+        ([-1, 3], r"\[0, 96\)"),
+        (["a"], "integer"),
+        ([1.5], "integer"),
+        ([True, 3], "integer"),
+    ],
+)
 def test_bad_token_ids_are_refused(ids, match):
     small, _ = make_pair("llama")
     with pytest.raises(ValueError, match=match) as err:
@@ -249,6 +275,7 @@ def test_bad_token_ids_are_refused(ids, match):
 # -- frequency-based selection -----------------------------------------------------------------------------
 class StubTokenizer:
     """What frequent_token_ids reads of a tokenizer: special ids, added special tokens, a chat template."""
+
     all_special_ids = [0, 2]
     added_tokens_decoder = {50: type("T", (), {"special": True})(), 51: type("T", (), {"special": False})()}
     chat_template = "<|x|>"
@@ -264,8 +291,10 @@ class StubTokenizer:
 
 
 def test_frequent_token_ids_keep_special_tokens_and_the_most_frequent():
-    records = [TeacherRecord(prompt_ids=[9, 9, 9, 9], output_ids=[5, 5, 5, 7, 7, 3]),
-               TeacherRecord(prompt_ids=[9], output_ids=[5, 7, 8])]
+    records = [
+        TeacherRecord(prompt_ids=[9, 9, 9, 9], output_ids=[5, 5, 5, 7, 7, 3]),
+        TeacherRecord(prompt_ids=[9], output_ids=[5, 7, 8]),
+    ]
     counts = token_frequencies(records)
     assert counts == collections.Counter({9: 5, 5: 4, 7: 3, 3: 1, 8: 1})
     assert token_frequencies(records, prompts=False)[9] == 0
@@ -288,8 +317,9 @@ def test_frequent_token_ids_keep_special_tokens_and_the_most_frequent():
     bild.prune_draft_vocabulary(small, frequent_token_ids(records, 40, model=small))
     ids_, mask = make_inputs("llama", 3)
     args = dict(attention_mask=mask, max_new_tokens=8, do_sample=False)
-    assert torch.equal(bild.BiLDGenerator(small, large, fallback_threshold=0.0).generate(ids_, **args),
-                       large.generate(ids_, **args))
+    assert torch.equal(
+        bild.BiLDGenerator(small, large, fallback_threshold=0.0).generate(ids_, **args), large.generate(ids_, **args)
+    )
 
 
 def test_greedy_agreement_reads_a_pruned_head_through_its_map(one_thread):
@@ -300,13 +330,13 @@ def test_greedy_agreement_reads_a_pruned_head_through_its_map(one_thread):
     prompts = [[1, 5, 9, 14], [1, 33, 8]]
     recs = []
     for p in prompts:
-        out = large.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p):].tolist()
+        out = large.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False)[0, len(p) :].tolist()
         recs.append(TeacherRecord(prompt_ids=p, output_ids=out))
     sub, hit, tot = torch.tensor(SUBSET), 0, 0
     for r in recs:
         seq = torch.tensor([r.prompt_ids + r.output_ids])
         with torch.no_grad():
-            pred = sub[full(seq).logits[0, :-1, sub].argmax(-1)][len(r.prompt_ids) - 1:]
+            pred = sub[full(seq).logits[0, :-1, sub].argmax(-1)][len(r.prompt_ids) - 1 :]
         hit += int((pred == torch.tensor(r.output_ids)).sum())
         tot += len(r.output_ids)
     assert 0 < hit < tot

@@ -1,4 +1,5 @@
 """The README's quickstart runs as written (its own asserts check the exact mode)."""
+
 import re
 from pathlib import Path
 

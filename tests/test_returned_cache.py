@@ -3,6 +3,7 @@ the last), so that a conversation continues from it: `large.generate(more, past_
 equals a fresh call on the whole sequence. Batches of several rows return None (their cache holds masked slots
 where rows took different numbers of tokens, a layout transformers' cache and mask cannot express). A `streamer`
 that transformers drops before calling `bild.generate` is warned about."""
+
 import warnings
 
 import pytest
@@ -23,8 +24,9 @@ def _continue(large, out, extra, **kw):
         kw = dict(kw, decoder_input_ids=more)
         more = kw.pop("encoder_ids")
     else:
-        kw["attention_mask"] = torch.cat([kw.pop("mask"), torch.ones(1, more.shape[1] - kw.pop("P"),
-                                                                       dtype=torch.long)], 1)
+        kw["attention_mask"] = torch.cat(
+            [kw.pop("mask"), torch.ones(1, more.shape[1] - kw.pop("P"), dtype=torch.long)], 1
+        )
     cached = large.generate(more, past_key_values=out.past_key_values, max_new_tokens=8, **kw)
     fresh = large.generate(more, max_new_tokens=8, **kw)
     return cached, fresh
@@ -40,10 +42,18 @@ def test_decoder_only_cache_continues_a_conversation(engine, padded, one_thread)
     for how in ("generator", "custom"):
         if how == "generator":
             out = bild.BiLDGenerator(small, large, **engine).generate(
-                ids, attention_mask=mask, max_new_tokens=12, return_dict_in_generate=True)
+                ids, attention_mask=mask, max_new_tokens=12, return_dict_in_generate=True
+            )
         else:
-            out = large.generate(ids, attention_mask=mask, max_new_tokens=12, return_dict_in_generate=True,
-                                 custom_generate=bild.generate, small_model=small, **engine)
+            out = large.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=12,
+                return_dict_in_generate=True,
+                custom_generate=bild.generate,
+                small_model=small,
+                **engine,
+            )
         if not engine.get("rollback_threshold"):
             assert torch.equal(out.sequences, want.sequences)
         cache = out.past_key_values
@@ -86,8 +96,9 @@ def test_encoder_decoder_cache_continues(engine, one_thread):
 def test_batches_return_no_cache(family):
     small, large = make_pair(family)
     ids, mask = make_inputs(family, 3, seed=1)
-    out = bild.BiLDGenerator(small, large).generate(ids, attention_mask=mask, max_new_tokens=6,
-                                                     return_dict_in_generate=True)
+    out = bild.BiLDGenerator(small, large).generate(
+        ids, attention_mask=mask, max_new_tokens=6, return_dict_in_generate=True
+    )
     assert out.past_key_values is None
     assert torch.equal(out.sequences, large.generate(ids, attention_mask=mask, max_new_tokens=6))
 
@@ -132,7 +143,8 @@ def test_row_by_row_families_return_transformers_cache(name, one_thread):
     ed = large.config.is_encoder_decoder
     ids = torch.tensor([[1, 17, 42, 9, 33, 2]]) if ed else torch.tensor([[1, 17, 42, 9, 33]])
     out = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=4).generate(
-        ids, max_new_tokens=12, return_dict_in_generate=True)
+        ids, max_new_tokens=12, return_dict_in_generate=True
+    )
     want = large.generate(ids, max_new_tokens=12, return_dict_in_generate=True)
     assert torch.equal(out.sequences, want.sequences)
     conts = []

@@ -1,4 +1,5 @@
 """Speculative sampling keeps the large model's distribution; Decoding-UNO relaxes it as specified."""
+
 import itertools
 
 import pytest
@@ -17,9 +18,20 @@ PROMPT = [1, 5, 3]
 
 def tiny_llama(seed):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=32, initializer_range=0.5, pad_token_id=0,
-                      bos_token_id=1, eos_token_id=None, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        initializer_range=0.5,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=None,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -38,8 +50,9 @@ def exact_joint(large) -> torch.Tensor:
 
 
 def sampled_joint(small, large, fallback_threshold=0.0, **engine) -> tuple[torch.Tensor, bild.GenerationStats]:
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=fallback_threshold, max_small_steps=2,
-                             verification="exact", **engine)
+    gen = bild.BiLDGenerator(
+        small, large, fallback_threshold=fallback_threshold, max_small_steps=2, verification="exact", **engine
+    )
     torch.manual_seed(0)
     out = gen.generate(torch.tensor([PROMPT] * N), max_new_tokens=4, do_sample=True, temperature=TEMP, top_k=0)
     t2, t3 = out[:, len(PROMPT) + 1], out[:, len(PROMPT) + 2]

@@ -1,5 +1,6 @@
 """Statistics mean what docs/guide.md says (checked against the cache-free reference and a hand-traced batch),
 and the fidelity fixes: greedy rollback keeps the large model's argmax, criteria see scores, scores are copies."""
+
 import copy
 
 import pytest
@@ -27,8 +28,20 @@ def test_counters_equal_the_reference_summed_over_rows(family, fb, rb, steps):
     new = 0
     for r in range(3):
         p = ids[r][mask[r].bool()].tolist()
-        new += len(reference_generate(small, large, [] if is_ed else p, 18, fb, rb, steps, "rollback",
-                                      encoder_ids=p if is_ed else None, counts=want))
+        new += len(
+            reference_generate(
+                small,
+                large,
+                [] if is_ed else p,
+                18,
+                fb,
+                rb,
+                steps,
+                "rollback",
+                encoder_ids=p if is_ed else None,
+                counts=want,
+            )
+        )
     got = {k: getattr(gen.stats, k) for k in KEYS}
     assert got == want
     assert gen.stats.new_tokens == new and want["rollbacks"] > 0 and want["accepted"] > 0
@@ -52,8 +65,9 @@ def test_hand_traced_batch():
     plain = large.generate(ids, max_new_tokens=8, eos_token_id=None, pad_token_id=0)
     eos = int(plain[0, 4 + 2])
     assert eos not in plain[1, 4:].tolist() and eos not in plain[0, 4:6].tolist()
-    gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=3, verification="rollback",
-                             rollback_threshold=0.0)
+    gen = bild.BiLDGenerator(
+        small, large, fallback_threshold=0.0, max_small_steps=3, verification="rollback", rollback_threshold=0.0
+    )
     out = gen.generate(ids, max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
     assert torch.equal(out[1], plain[1]) and out[0, 4:7].tolist() == plain[0, 4:7].tolist()
     st = gen.stats
@@ -94,13 +108,19 @@ class StopWhenUnsure(StoppingCriteria):
 def test_stopping_criteria_receive_scores():
     small, large = make_pair("llama")
     ids, mask = make_inputs("llama", 1, seed=9)
-    probe = large.generate(ids, attention_mask=mask, max_new_tokens=20, return_dict_in_generate=True,
-                           output_scores=True)
+    probe = large.generate(
+        ids, attention_mask=mask, max_new_tokens=20, return_dict_in_generate=True, output_scores=True
+    )
     tops = torch.stack(probe.scores, 1)[0].softmax(-1).amax(-1)
     bound = float(tops.median())  # stops somewhere in the middle
-    want = large.generate(ids, attention_mask=mask, max_new_tokens=20, return_dict_in_generate=True,
-                          output_scores=True,
-                          stopping_criteria=StoppingCriteriaList([StopWhenUnsure(bound)])).sequences
+    want = large.generate(
+        ids,
+        attention_mask=mask,
+        max_new_tokens=20,
+        return_dict_in_generate=True,
+        output_scores=True,
+        stopping_criteria=StoppingCriteriaList([StopWhenUnsure(bound)]),
+    ).sequences
     crit = StopWhenUnsure(bound)
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=4, verification="exact")
     out = gen.generate(ids, attention_mask=mask, max_new_tokens=20, stopping_criteria=StoppingCriteriaList([crit]))
@@ -115,6 +135,7 @@ def test_kept_scores_are_copies_not_views_of_the_round():
     gen = bild.BiLDGenerator(small, large, fallback_threshold=0.0, max_small_steps=5, verification="exact")
     from bild.adapters import ModelAdapter
     from bild.decoding import DraftVerifyLoop
+
     gc = copy.deepcopy(gc)
     gc.update(return_dict_in_generate=True, output_scores=True, output_logits=True)
     gen.policy.begin(2)

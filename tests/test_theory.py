@@ -5,7 +5,8 @@ step of Decoding-UNO / -OPT (Theorems 4-5), linear programs for Theorem 4's opti
 References use numpy (float64, numpy's own RNG) and plain Python loops; only bild.analysis.theory is imported.
 Notation: p = LARGE/target, q = SMALL/draft (Leviathan), as in bild.
 """
-from functools import lru_cache
+
+from functools import cache
 from itertools import product
 
 import numpy as np
@@ -14,9 +15,20 @@ import torch
 from scipy.optimize import linprog
 from scipy.stats import chisquare
 
-from bild.analysis.theory import (accept_prob, batch_improvement, expected_rejections, first_position_rejection,
-                         opt_distribution, optimal_loss, residual, residual_chain, tv_distance, tv_loss,
-                         uno_distribution, uno_rejection)
+from bild.analysis.theory import (
+    accept_prob,
+    batch_improvement,
+    expected_rejections,
+    first_position_rejection,
+    opt_distribution,
+    optimal_loss,
+    residual,
+    residual_chain,
+    tv_distance,
+    tv_loss,
+    uno_distribution,
+    uno_rejection,
+)
 
 N_MC = 200_000
 
@@ -51,6 +63,7 @@ def _pair(seed, v=6, zeros=True):
 
 # ---------------------------------------------------------------- Theorem 1: exact enumeration
 
+
 def _markov(rng, v, t, zeros):
     """Non-stationary chain: init [V] and one [V, V] transition matrix per position 2..T."""
     trans = [np.stack([_rand_dist(rng, v, zeros) for _ in range(v)]) for _ in range(t - 1)]
@@ -66,7 +79,7 @@ def _enumerate_sd(target, draft, v, t):
     """Leviathan et al.'s speculative sampling, drafting to the horizon, enumerated exactly:
     returns (E[#rejections], {output sequence: probability})."""
 
-    @lru_cache(maxsize=None)
+    @cache
     def run(prefix):  # one round starting at the output `prefix`, then the rest
         n = len(prefix)
         if n == t:
@@ -140,6 +153,7 @@ def test_theorem1_exact_enumeration(seed, t, zeros):
 
 # ---------------------------------------------------------------- Theorem 3: batch SD, first position
 
+
 def _simulate_first_position(p, q, m_drafts, n, rng, update=True):
     """Alg. 4's root: M i.i.d. drafts x ~ q tested depth-first, accept w.p. min(1, r(x)/q(x)),
     r <- norm(max(0, r - q)) after each rejection; all rejected: y ~ r. `update=False` is a broken
@@ -196,7 +210,8 @@ def test_first_position_monte_carlo(seed, m_drafts):
     tokens, rejected = _simulate_first_position(p, q, m_drafts, N_MC, rng)
     assert _mc_failures(tokens, rejected, p, want) == []
     assert float(batch_improvement(T64(p), T64(q), m_drafts)) == pytest.approx(
-        float(tv_distance(T64(p), T64(q))) - want, abs=1e-15)
+        float(tv_distance(T64(p), T64(q))) - want, abs=1e-15
+    )
     if m_drafts >= 2:  # control: the same checks catch a rule without residual updates
         tokens, rejected = _simulate_first_position(p, q, m_drafts, N_MC, rng, update=False)
         assert _mc_failures(tokens, rejected, p, want) != []
@@ -208,7 +223,7 @@ def test_first_position_closed_forms():
         p = T64([1 / v_sub] * v_sub + [0.0] * (v - v_sub))  # target uniform on V' subset V
         q = T64([1 / v] * v)  # draft uniform on V
         a = 1 - v_sub / v
-        assert float(batch_improvement(p, q, m)) == pytest.approx(a - a ** m, abs=1e-12)
+        assert float(batch_improvement(p, q, m)) == pytest.approx(a - a**m, abs=1e-12)
     for u, w, m in [(0.7, 0.2, 1), (0.7, 0.2, 2), (0.9, 0.5, 5), (0.4, 0.4, 3)]:
         p, q = T64([1 - w, w]), T64([1 - u, u])  # target Ber(w), draft Ber(u), u >= w
         assert float(batch_improvement(p, q, m)) == pytest.approx((u - w) * (1 - u ** (m - 1)), abs=1e-12)
@@ -254,8 +269,15 @@ def _lp_min_tv(p, q, b):
     eye = np.eye(v)
     a_ub = np.block([[prej * eye, -eye], [-prej * eye, -eye]])
     b_ub = np.r_[p - a, a - p]
-    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=np.r_[np.ones(v), np.zeros(v)][None], b_eq=[1.0],
-                  bounds=[(0, None)] * (2 * v), method="highs")
+    res = linprog(
+        c,
+        A_ub=a_ub,
+        b_ub=b_ub,
+        A_eq=np.r_[np.ones(v), np.zeros(v)][None],
+        b_eq=[1.0],
+        bounds=[(0, None)] * (2 * v),
+        method="highs",
+    )
     assert res.status == 0
     return res.fun
 
@@ -326,6 +348,7 @@ def test_theorems_4_5_exact(seed):
 
 # ---------------------------------------------------------------- degenerate cases and shapes
 
+
 def test_degenerate_cases():
     p, q = _pair(40)
     P, Q = T64(p), T64(q)
@@ -365,17 +388,28 @@ def test_batch_dims_match_rows():
     eps = np.array([[0.0, 0.1, 0.3], [0.05, 0.0, 1.0]])
     P, Q, E = T64(p), T64(q), T64(eps)
     batched = {
-        "tv": tv_distance(P, Q), "res": residual(P, Q), "fpr": first_position_rejection(P, Q, 3),
-        "bi": batch_improvement(P, Q, 3), "chain": residual_chain(P, Q, 3), "rej": uno_rejection(P, Q, E),
-        "uno": uno_distribution(P, Q, E), "opt": opt_distribution(P, Q, E), "b": accept_prob(P, Q, E),
+        "tv": tv_distance(P, Q),
+        "res": residual(P, Q),
+        "fpr": first_position_rejection(P, Q, 3),
+        "bi": batch_improvement(P, Q, 3),
+        "chain": residual_chain(P, Q, 3),
+        "rej": uno_rejection(P, Q, E),
+        "uno": uno_distribution(P, Q, E),
+        "opt": opt_distribution(P, Q, E),
+        "b": accept_prob(P, Q, E),
     }
     for i, j in product(range(2), range(3)):
         pr, qr, e = P[i, j], Q[i, j], float(eps[i, j])
         rows = {
-            "tv": tv_distance(pr, qr), "res": residual(pr, qr), "fpr": first_position_rejection(pr, qr, 3),
-            "bi": batch_improvement(pr, qr, 3), "chain": residual_chain(pr, qr, 3),
-            "rej": uno_rejection(pr, qr, e), "uno": uno_distribution(pr, qr, e),
-            "opt": opt_distribution(pr, qr, e), "b": accept_prob(pr, qr, e),
+            "tv": tv_distance(pr, qr),
+            "res": residual(pr, qr),
+            "fpr": first_position_rejection(pr, qr, 3),
+            "bi": batch_improvement(pr, qr, 3),
+            "chain": residual_chain(pr, qr, 3),
+            "rej": uno_rejection(pr, qr, e),
+            "uno": uno_distribution(pr, qr, e),
+            "opt": opt_distribution(pr, qr, e),
+            "b": accept_prob(pr, qr, e),
         }
         for k, val in rows.items():
             torch.testing.assert_close(batched[k][i, j], val, rtol=0, atol=1e-15)

@@ -1,8 +1,12 @@
 """Tree drafts (`draft_tree=k`, `bild.tree`): exact under greedy decoding and sampling, refused where they cannot
 be served, and the caches keep exactly the accepted path."""
+
 import pytest
 import torch
+from models import DECODER_ONLY, make_inputs, make_pair
+from test_sampling import PROMPT, TEMP, V, chi_square_pvalue, exact_joint, tiny_llama
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper
+from zoo import available, make_zoo_pair
 
 import bild
 import bild.tree
@@ -10,9 +14,6 @@ from bild.adapters import ModelAdapter
 from bild.generator import check_options
 from bild.policies import ThresholdPolicy
 from bild.tree import TreeCache, TreeLoop
-from models import DECODER_ONLY, make_inputs, make_pair
-from test_sampling import PROMPT, TEMP, V, chi_square_pvalue, exact_joint, tiny_llama
-from zoo import available, make_zoo_pair
 
 ZOO_TREE = ("qwen2_nosw", "gemma", "phi", "olmo", "gptj")  # decoder families whose caches are full attention
 
@@ -66,7 +67,8 @@ def test_greedy_tree_default_policy_padding_and_eos(one_thread):
             assert torch.equal(got, want)
         eos = int(want[0, ids.shape[1] + 5])  # a token it writes: generation stops there
         got = bild.BiLDGenerator(small, large, draft_tree=3, fallback_threshold=0, max_small_steps=4).generate(
-            ids[r : r + 1], eos_token_id=eos, **kw)
+            ids[r : r + 1], eos_token_id=eos, **kw
+        )
         assert torch.equal(got, large.generate(ids[r : r + 1], eos_token_id=eos, **kw))
 
 
@@ -94,8 +96,16 @@ def tree_joint(small, large, k=3, n=N) -> torch.Tensor:
     opts = check_options(fallback_threshold=0.0, max_small_steps=2, verification="exact", draft_tree=k)
     gc = GenerationConfig(do_sample=True, temperature=TEMP, top_k=0, pad_token_id=0)
     policy = ThresholdPolicy(0.0, 2)
-    lp = TreeLoop(ModelAdapter(small), ModelAdapter(large), opts, policy.open(1, None), gc,
-                  LogitsProcessorList([TemperatureLogitsWarper(TEMP)]), None, width=k)
+    lp = TreeLoop(
+        ModelAdapter(small),
+        ModelAdapter(large),
+        opts,
+        policy.open(1, None),
+        gc,
+        LogitsProcessorList([TemperatureLogitsWarper(TEMP)]),
+        None,
+        width=k,
+    )
     ids = torch.tensor([PROMPT])
     torch.manual_seed(0)
     counts = torch.zeros(V * V, dtype=torch.float64)
@@ -118,6 +128,7 @@ def test_tree_sampling_preserves_the_large_distribution(one_thread, monkeypatch)
         B = drafts.shape[0]
         zero = torch.zeros(B, dtype=torch.long)
         return zero, n_draft[:, 0], torch.multinomial(p[torch.arange(B), 0, n_draft[:, 0]], 1).squeeze(-1)
+
     monkeypatch.setattr(bild.tree, "verify_batch_drafts", follow_first)
     bad = tree_joint(small, large, n=1000)
     assert chi_square_pvalue(bad, truth) < 1e-6
@@ -168,8 +179,16 @@ def test_bad_draft_tree_values(bad):
         bild.BiLDGenerator(small, large, draft_tree=bad)
 
 
-@pytest.mark.parametrize("kw", [dict(num_drafts=2), dict(verification="rollback"), dict(verification="block"),
-                                dict(rollback_threshold=2.0), dict(uno_epsilon=0.1)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(num_drafts=2),
+        dict(verification="rollback"),
+        dict(verification="block"),
+        dict(rollback_threshold=2.0),
+        dict(uno_epsilon=0.1),
+    ],
+)
 def test_tree_refuses_options_it_cannot_serve(kw):
     small, large = make_pair("llama")
     with pytest.raises(ValueError, match="draft_tree"):
@@ -198,8 +217,15 @@ def test_tree_refuses_prompt_lookup_and_no_small_model():
     with pytest.raises(ValueError, match="draft_tree"):
         bild.BiLDGenerator(None, large, draft_tree=2)
     with pytest.raises(ValueError, match="draft_tree"):
-        large.generate(ids, max_new_tokens=5, custom_generate=bild.generate, small_model=small, draft_tree=2,
-                       num_drafts=2, do_sample=True)
+        large.generate(
+            ids,
+            max_new_tokens=5,
+            custom_generate=bild.generate,
+            small_model=small,
+            draft_tree=2,
+            num_drafts=2,
+            do_sample=True,
+        )
 
 
 def test_batch_falls_back_to_chains_with_a_warning(one_thread):
@@ -215,6 +241,7 @@ def test_batch_falls_back_to_chains_with_a_warning(one_thread):
 def test_tree_host_reads(do_sample):
     """The host-read budget of tests/test_host_reads.py: one read per draft depth, one per round."""
     from test_host_reads import count_reads
+
     small, large = make_pair("llama")
     ids = _prompts(1)[0]
     gen = bild.BiLDGenerator(small, large, draft_tree=3, fallback_threshold=0.3, max_small_steps=4)
@@ -231,11 +258,13 @@ def test_auto_chooses_widths_exactly_and_falls_back_to_chains(one_thread):
     """draft_tree="auto": chain or tree per round from the measured tokens per cost; output exact either way;
     chains where trees cannot be served (an encoder-decoder, num_drafts), with no error."""
     from bild.tree import WidthChooser
+
     small, large = make_pair("llama")
     for ids in _prompts(4):
         want = large.generate(ids, max_new_tokens=30, do_sample=False)
-        assert torch.equal(bild.BiLDGenerator(small, large, draft_tree="auto").generate(
-            ids, max_new_tokens=30, do_sample=False), want)
+        assert torch.equal(
+            bild.BiLDGenerator(small, large, draft_tree="auto").generate(ids, max_new_tokens=30, do_sample=False), want
+        )
     chooser = WidthChooser._shared[large][(id(small), False)]
     assert all(n >= WidthChooser.EXPLORE for n in chooser.rounds.values())  # both widths ran
     assert bild.BiLDGenerator(small, large, draft_tree="auto", num_drafts=2).options.draft_tree is None

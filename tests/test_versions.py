@@ -1,5 +1,6 @@
 """The transformers range: declared once, checked at import, and no deprecation warning of bild's own making
 on the installed release (transformers 5.24 renamed every forward's `past_key_values` to `cache`)."""
+
 import sys
 import warnings
 from pathlib import Path
@@ -83,9 +84,39 @@ def test_no_deprecation_warning_from_any_entry_point(family, no_deprecations):
     ref = large.generate(ids, **kw)
     gen = bild.BiLDGenerator(small, large, verification="exact", fallback_threshold=0.0, max_small_steps=3)
     assert torch.equal(gen.generate(ids, **kw), ref)
-    assert torch.equal(large.generate(ids, custom_generate=bild.generate, small_model=small, verification="exact",
-                                      fallback_threshold=0.0, max_small_steps=3, **kw), ref)
-    assert torch.equal(large.generate(ids, custom_generate=str(REPO), trust_remote_code=True, small_model=small,
-                                      verification="exact", fallback_threshold=0.0, max_small_steps=3, **kw), ref)
-    measure_costs(small, large, prompt_len=4, new_tokens=4, batch_size=1, repeats=1, warmup=0,
-                  forward_lens=[1, 2], prefill_lens=[1])
+    assert torch.equal(
+        large.generate(
+            ids,
+            custom_generate=bild.generate,
+            small_model=small,
+            verification="exact",
+            fallback_threshold=0.0,
+            max_small_steps=3,
+            **kw,
+        ),
+        ref,
+    )
+    assert torch.equal(
+        large.generate(
+            ids,
+            custom_generate=str(REPO),
+            trust_remote_code=True,
+            small_model=small,
+            verification="exact",
+            fallback_threshold=0.0,
+            max_small_steps=3,
+            **kw,
+        ),
+        ref,
+    )
+    measure_costs(
+        small,
+        large,
+        prompt_len=4,
+        new_tokens=4,
+        batch_size=1,
+        repeats=1,
+        warmup=0,
+        forward_lens=[1, 2],
+        prefill_lens=[1],
+    )

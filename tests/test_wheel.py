@@ -42,15 +42,27 @@ def wheel(tmp_path_factory) -> Path:
     tree.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, tree / name)
-    shutil.copytree(ROOT / "src", tree / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    shutil.copytree(ROOT / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     t0 = time.time()
     proc = subprocess.run(
         # with build isolation, as users build it: pyproject's build requirements come from the index (a
         # machine's own setuptools may be too old for its metadata; CI's system Python has 65.5)
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
-         "-w", str(tmp / "dist"), str(tree)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(tree),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wheels = list((tmp / "dist").glob("big_little_decoder-*.whl"))
     assert len(wheels) == 1, wheels
@@ -66,21 +78,34 @@ def test_wheel_carries_the_draft_and_the_custom_generate_entry(wheel):
         # custom_generate/generate.py does `from bild.integration import generate_from_hub`
         assert "bild/integration.py" in names
         assert "def generate_from_hub" in zf.read("bild/integration.py").decode()
-        for module in ("bild/__init__.py", "bild/generator.py", "bild/pairs/smollm2.py", "bild/pairs/alignment.py",
-                       "bild/cli.py", "bild/evaluation/runner.py"):
+        for module in (
+            "bild/__init__.py",
+            "bild/generator.py",
+            "bild/pairs/smollm2.py",
+            "bild/pairs/alignment.py",
+            "bild/cli.py",
+            "bild/evaluation/runner.py",
+        ):
             assert module in names, module
         info = zf.getinfo(ASSET)
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Provides-Extra: pair" in metadata
     size = wheel.stat().st_size
-    print(f"wheel {size / 1e6:.1f} MB; draft {info.file_size / 1e6:.1f} MB ({info.compress_size / 1e6:.1f} MB compressed)")
+    print(
+        f"wheel {size / 1e6:.1f} MB; draft {info.file_size / 1e6:.1f} MB ({info.compress_size / 1e6:.1f} MB compressed)"
+    )
     # the draft is most of the wheel; anything much larger means something else slipped in
     assert info.compress_size < size < info.compress_size + 2_000_000
 
 
 def _site_packages(python: Path) -> list[str]:
-    out = subprocess.run([str(python), "-c", "import site, json; print(json.dumps(site.getsitepackages()))"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [str(python), "-c", "import site, json; print(json.dumps(site.getsitepackages()))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     return json.loads(out)
 
 
@@ -93,16 +118,37 @@ def test_non_editable_install_finds_the_draft_in_site_packages(wheel, tmp_path):
     own = _site_packages(python)[0]
     # torch / transformers come from the running interpreter's environment (which may itself be a
     # venv, whose packages --system-site-packages alone would not reach), but never a bild from it
-    parents = [p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p
-               and not os.path.exists(os.path.join(p, "bild"))]
+    parents = [
+        p
+        for p in sys.path
+        if p and os.path.isdir(p) and "site-packages" in p and not os.path.exists(os.path.join(p, "bild"))
+    ]
     Path(own, "_bild_test_parent_env.pth").write_text("\n".join(parents) + "\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
-         "--disable-pip-version-check", "-q", str(wheel)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0 and "no such option: --python" in proc.stderr:  # pragma: no cover - pip < 22.3
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-                               "--target", own, str(wheel)], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", own, str(wheel)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BILD_DRAFT_WEIGHTS", "PYTHONHOME")}
     code = (

@@ -2,6 +2,7 @@
 a model does (`bild.adapters.capabilities`), not by how its forward is spelled. Each wrapped pair must give
 `large.generate`'s output in exact mode (a padded batch), take the same batch layout as the plain model,
 and actually draft."""
+
 import copy
 
 import pytest
@@ -43,8 +44,12 @@ def _compiled(model):
     return model
 
 
-WRAPPERS = {"plain": _plain_wrapper, "accelerate_cpu_offload": _accelerate_offload,
-            "accelerate_dispatch": _accelerate_dispatch, "torch_compile": _compiled}
+WRAPPERS = {
+    "plain": _plain_wrapper,
+    "accelerate_cpu_offload": _accelerate_offload,
+    "accelerate_dispatch": _accelerate_dispatch,
+    "torch_compile": _compiled,
+}
 
 
 def _check(small, large, ref_large, family):
@@ -74,8 +79,9 @@ def _lora(model, family, seed=0):
     from peft import LoraConfig, get_peft_model
 
     targets = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "t5": ["q", "v"]}[family]
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets,
-                                                  fan_in_fan_out=family == "gpt2"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=family == "gpt2")
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # a trained adapter: B != 0, so the LoRA path changes the draft
         for name, p in peft_model.named_parameters():

@@ -22,6 +22,7 @@ torch and transformers only when a public name is first used (PEP 562 `__getattr
 command line answers at once. Every name in `__all__` and every submodule (`bild.adapters`, ...) is
 reachable as an attribute, as when they were imported eagerly.
 """
+
 import importlib as _importlib
 import importlib.util as _util
 import sys as _sys
@@ -47,20 +48,32 @@ _check_transformers(_transformers_version())  # outside the tested range: Import
 
 # public name -> the module that defines it
 _LAZY = {
-    "BiLDGenerator": "generator", "generate": "generator",
-    "GenerationStats": "stats", "expected_speedup": "stats",
-    "DraftPolicy": "policies", "AdaptivePolicy": "policies", "LookupPolicy": "policies",
-    "RowwisePolicy": "policies", "ThresholdPolicy": "policies", "HeuristicPolicy": "policies",
+    "BiLDGenerator": "generator",
+    "generate": "generator",
+    "GenerationStats": "stats",
+    "expected_speedup": "stats",
+    "DraftPolicy": "policies",
+    "AdaptivePolicy": "policies",
+    "LookupPolicy": "policies",
+    "RowwisePolicy": "policies",
+    "ThresholdPolicy": "policies",
+    "HeuristicPolicy": "policies",
     "DraftCosts": "policies",
-    "prune_draft_vocabulary": "vocabulary", "load_draft": "drafts", "draft_vocabulary": "vocabulary",
+    "prune_draft_vocabulary": "vocabulary",
+    "load_draft": "drafts",
+    "draft_vocabulary": "vocabulary",
     "FeatureDraft": "feature_draft",
-    "BiLDWarning": "bild_warnings", "BiLDRuntimeWarning": "bild_warnings",
+    "BiLDWarning": "bild_warnings",
+    "BiLDRuntimeWarning": "bild_warnings",
 }
 # modules reachable under a second name: tooling sub-packages, and the module paths of version 0.2
 # (`bild.pair`, `bild.cost_model`, ...), which keep working for `import bild.pair` too
 _ALIASES = {
-    "cost_model": "analysis.cost_model", "theory": "analysis.theory",
-    "alignment": "pairs.alignment", "controlled": "pairs.controlled", "smollm2": "pairs.smollm2",
+    "cost_model": "analysis.cost_model",
+    "theory": "analysis.theory",
+    "alignment": "pairs.alignment",
+    "controlled": "pairs.controlled",
+    "smollm2": "pairs.smollm2",
     "pair": "pairs.smollm2",
 }
 
@@ -103,7 +116,23 @@ class _AliasFinder:
 if not any(type(f).__name__ == "_AliasFinder" for f in _sys.meta_path):  # once, also when bild is re-imported
     _sys.meta_path.append(_AliasFinder())
 
-__all__ = ["BiLDGenerator", "generate", "GenerationStats", "expected_speedup", "theory", "DraftPolicy",
-           "AdaptivePolicy", "LookupPolicy", "RowwisePolicy", "ThresholdPolicy", "HeuristicPolicy", "DraftCosts",
-           "prune_draft_vocabulary", "load_draft", "draft_vocabulary", "FeatureDraft", "BiLDWarning",
-           "BiLDRuntimeWarning"]
+__all__ = [
+    "BiLDGenerator",
+    "generate",
+    "GenerationStats",
+    "expected_speedup",
+    "theory",
+    "DraftPolicy",
+    "AdaptivePolicy",
+    "LookupPolicy",
+    "RowwisePolicy",
+    "ThresholdPolicy",
+    "HeuristicPolicy",
+    "DraftCosts",
+    "prune_draft_vocabulary",
+    "load_draft",
+    "draft_vocabulary",
+    "FeatureDraft",
+    "BiLDWarning",
+    "BiLDRuntimeWarning",
+]

@@ -5,6 +5,7 @@ families and custom_generate tests on the oldest (the release on the project's a
 upper bound keeps pip from installing a release no CI run has seen; `.ci/run` also tries the newest
 release on PyPI, outside the range, and prints whether it works, so the bound moves once one has passed.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,16 +36,20 @@ def check_transformers(version: str) -> str | None:
     v, lo, hi = _release(version), _release(TRANSFORMERS_OLDEST), _release(TRANSFORMERS_NEWEST)
     supported = f"bild is tested with transformers {TRANSFORMERS_OLDEST} to {'.'.join(map(str, hi[:2]))}.x"
     if v < lo:
-        msg = (f"transformers {version} is older than bild supports: {supported} "
-               f"(`pip install '{TRANSFORMERS_REQUIREMENT}'`)")
+        msg = (
+            f"transformers {version} is older than bild supports: {supported} "
+            f"(`pip install '{TRANSFORMERS_REQUIREMENT}'`)"
+        )
         if os.environ.get(ALLOW_ENV):
             warnings.warn(msg + f"; continuing because {ALLOW_ENV} is set", RuntimeWarning, stacklevel=3)
             return msg
         raise ImportError(msg + f". Set {ALLOW_ENV}=1 to import it anyway.")
     if v[:2] > hi[:2]:
-        msg = (f"transformers {version} is newer than any release bild was tested with: {supported} "
-               f"(`pip install '{TRANSFORMERS_REQUIREMENT}'`). Exact mode's output is checked against "
-               "large.generate only on tested releases.")
+        msg = (
+            f"transformers {version} is newer than any release bild was tested with: {supported} "
+            f"(`pip install '{TRANSFORMERS_REQUIREMENT}'`). Exact mode's output is checked against "
+            "large.generate only on tested releases."
+        )
         if not os.environ.get(ALLOW_ENV):
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return msg

@@ -9,6 +9,7 @@
 
 `make_rule(opts, do_sample)` picks the rule the options ask for.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .devices import to_device
-from .verification import (verify_batch_drafts, verify_block, verify_exact_greedy, verify_exact_sampling,
-                           verify_rollback)
+from .verification import verify_batch_drafts, verify_block, verify_exact_greedy, verify_exact_sampling, verify_rollback
 
 
 @dataclass
@@ -100,8 +100,11 @@ class BatchDrafts(AcceptanceRule):
         qm = proposal.q[:, :K].reshape(G, M, K, V) if K else p[:, :, :0]
         chosen, n_acc, nxt = verify_batch_drafts(dt.reshape(G, M, K), n_draft.reshape(G, M), p, qm)
         chosen, n_acc, nxt = torch.stack([chosen, n_acc, nxt]).tolist()  # the round's one read
-        return Verdict([n_acc[r // M] for r in range(B)], [nxt[r // M] for r in range(B)],
-                       [g * M + chosen[g] for g in range(G) for _ in range(M)])
+        return Verdict(
+            [n_acc[r // M] for r in range(B)],
+            [nxt[r // M] for r in range(B)],
+            [g * M + chosen[g] for g in range(G) for _ in range(M)],
+        )
 
 
 def make_rule(opts, do_sample: bool) -> AcceptanceRule:

@@ -30,6 +30,7 @@ rollbacks gives the logits of uncached forwards (`rollback_is_exact`, `check_mod
 Both batched layouts re-pack the cache when masked slots pass 25 % of the longest row.
 Models without a KV cache (openai-gpt) are refused (`check_model`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,17 +39,40 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from . import caches, timing
-from .caches import _close, _self_attention_layers, record_past, state_layers
-from .devices import execution_device, to_device
-from .probes import _probe_tokens, capabilities
-from .vocabulary import token_index, widen_logits
 
 # names that lived here up to 0.12, re-exported so that `bild.adapters.X` keeps working (their homes: devices.py,
 # caches.py, probes.py; families.py's rollback probe and refusals are attached by bild/__init__.py)
-from .caches import (CACHE_ARGS, PLAIN_LAYERS, _finite, _unrollable_window, _window_layers,  # noqa: F401,E402
-                     _window_ops_exact, cache_layer_kinds, new_cache, window_rollback_works)
-from .probes import (NON_FINITE, NOT_CONTINUED, NOT_FILLED, Capabilities, _accepts, _cached_tokens,  # noqa: F401,E402
-                     _probe_cache_arg, _probe_inputs, _probe_logits_to_keep, _probe_positions)
+from .caches import (  # noqa: F401,E402
+    CACHE_ARGS,
+    PLAIN_LAYERS,
+    _close,
+    _finite,
+    _self_attention_layers,
+    _unrollable_window,
+    _window_layers,
+    _window_ops_exact,
+    cache_layer_kinds,
+    new_cache,
+    record_past,
+    state_layers,
+    window_rollback_works,
+)
+from .devices import execution_device, to_device
+from .probes import (  # noqa: F401,E402
+    NON_FINITE,
+    NOT_CONTINUED,
+    NOT_FILLED,
+    Capabilities,
+    _accepts,
+    _cached_tokens,
+    _probe_cache_arg,
+    _probe_inputs,
+    _probe_logits_to_keep,
+    _probe_positions,
+    _probe_tokens,
+    capabilities,
+)
+from .vocabulary import token_index, widen_logits
 
 
 class ModelAdapter:
@@ -82,7 +106,7 @@ class ModelAdapter:
 
     @functools.cached_property
     def layout(self) -> str:
-        """"holes", "aligned" or "rows". Asked only for batches or padded prompts: the first time, it runs
+        """ "holes", "aligned" or "rows". Asked only for batches or padded prompts: the first time, it runs
         two-forward probes on the model (cached on the model)."""
         return batch_layout(self.model)
 
@@ -205,8 +229,10 @@ class ModelAdapter:
         anywhere into). Re-arming the record drops what it holds, so it must hold nothing: the loop rolls back (or
         settles) every model after each round, and multi-token forwards open a round (catch-up, verify pass)."""
         if self.unsettled:
-            raise RuntimeError(f"bild: a {n}-token forward of {type(self.model).__name__} after {self.unsettled} "
-                               "tokens not yet settled by a rollback; its recurrent state could not be rolled back")
+            raise RuntimeError(
+                f"bild: a {n}-token forward of {type(self.model).__name__} after {self.unsettled} "
+                "tokens not yet settled by a rollback; its recurrent state could not be rolled back"
+            )
         record_past(self.cache, n)
         self.cache.crop(0)  # each state its own (empty) record
         self.recorded = n
@@ -227,7 +253,7 @@ class ModelAdapter:
         if self.dense:
             return False
         if self.layout == "rows":  # one row (see `feed`): its prompt padding stays in the slots it holds in
-            return False           # transformers' own generate, where this family's positions / window count it
+            return False  # transformers' own generate, where this family's positions / window count it
         if self.length > self.COMPACT_AT * max(self.n_valid) + 4:
             return True
         if self.layout != "aligned":
@@ -238,7 +264,7 @@ class ModelAdapter:
         """Re-pack the cache: each row's tokens keep their order and move to the end (masked slots first),
         and slots masked in every row are dropped. Slot count becomes the longest row's token count."""
         L = max(self.n_valid)
-        order = torch.argsort(self.mask.long(), dim=1, stable=True)[:, self.length - L:]  # [B, L]
+        order = torch.argsort(self.mask.long(), dim=1, stable=True)[:, self.length - L :]  # [B, L]
         rows = torch.arange(order.shape[0], device=order.device)[:, None]
         for layer in _self_attention_layers(self.cache):
             if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
@@ -296,12 +322,23 @@ def _holes_are_ignored(model: PreTrainedModel) -> bool:
     def run(first, first_mask, first_pos):
         cache = DynamicCache(config=model.config)
         mask = torch.tensor([first_mask], device=dev)
-        model(input_ids=torch.tensor([first], device=dev), attention_mask=mask,
-              position_ids=torch.tensor([first_pos], device=dev), use_cache=True, **{arg: cache})
+        model(
+            input_ids=torch.tensor([first], device=dev),
+            attention_mask=mask,
+            position_ids=torch.tensor([first_pos], device=dev),
+            use_cache=True,
+            **{arg: cache},
+        )
         mask = torch.cat([mask, torch.ones(1, 2, dtype=mask.dtype, device=dev)], 1)
-        out = model(input_ids=torch.tensor([t[2:]], device=dev), attention_mask=mask,
-                    position_ids=torch.tensor([[2, 3]], device=dev), use_cache=True, **{arg: cache})
+        out = model(
+            input_ids=torch.tensor([t[2:]], device=dev),
+            attention_mask=mask,
+            position_ids=torch.tensor([[2, 3]], device=dev),
+            use_cache=True,
+            **{arg: cache},
+        )
         return out.logits[0, -1].float()
+
     try:
         plain = run(t[:2], [1, 1], [0, 1])
         holed = run([t[0], 0, t[1]], [1, 0, 1], [0, 1, 1])
@@ -323,6 +360,7 @@ def _alignment_is_exact(model: PreTrainedModel) -> bool:
     cache length). Checked once per model."""
     t, dev = _probe_tokens(model, 4), execution_device(model)
     try:
+
         def run(first, valid):
             a = ModelAdapter(model)
             a.__dict__["layout"] = "aligned"
@@ -331,6 +369,7 @@ def _alignment_is_exact(model: PreTrainedModel) -> bool:
             a.start(B, dev, enc)
             a.feed(torch.tensor(first, device=dev), valid, keep=1)
             return a.feed(torch.tensor([t[2:]] * B, device=dev), [[True, True]] * B, keep=1)[-1, -1]
+
         plain = run([t[:2]], [[True, True]])
         packed = run([t[:2] + [t[0]]] * 2, [[True, True, True], [True, True, False]])
     except Exception:  # noqa: BLE001 - a model that cannot run this cannot take the layout
@@ -343,8 +382,10 @@ def encoder_rows(encoder_kwargs: dict, take) -> dict:
     both: one row of a batch (`lambda x: x[r : r + 1]`, for batches decoded row by row over one batched
     encoder pass) or each row repeated (`repeat_interleave`, for num_drafts)."""
     enc, mask = encoder_kwargs["encoder_outputs"], encoder_kwargs.get("attention_mask")
-    return {"encoder_outputs": type(enc)(last_hidden_state=take(enc.last_hidden_state)),
-            "attention_mask": None if mask is None else take(mask)}
+    return {
+        "encoder_outputs": type(enc)(last_hidden_state=take(enc.last_hidden_state)),
+        "attention_mask": None if mask is None else take(mask),
+    }
 
 
 def vocab_width(model: PreTrainedModel) -> int:
@@ -355,7 +396,16 @@ def vocab_width(model: PreTrainedModel) -> int:
 
 # names of 0.12 that moved to a module above this one: they still resolve here, with a DeprecationWarning naming
 # their home (imported on first use, by name: this layer never depends on that one)
-_MOVED = {"check_model": "families", "rollback_is_exact": "families", "rollback_problem": "families", "working_release": "families", "RECURRENT_EXACT_FROM": "families", "ROLLBACK_OPS": "families", "_REFUSED_TYPES": "families", "_CHECKED_ENCODER_INPUTS": "families"}
+_MOVED = {
+    "check_model": "families",
+    "rollback_is_exact": "families",
+    "rollback_problem": "families",
+    "working_release": "families",
+    "RECURRENT_EXACT_FROM": "families",
+    "ROLLBACK_OPS": "families",
+    "_REFUSED_TYPES": "families",
+    "_CHECKED_ENCODER_INPUTS": "families",
+}
 
 
 def __getattr__(name: str):
@@ -365,6 +415,9 @@ def __getattr__(name: str):
     import warnings
 
     home = f"bild.{_MOVED[name]}"
-    warnings.warn(f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return getattr(importlib.import_module(home), name)

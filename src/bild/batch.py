@@ -10,6 +10,7 @@ RowProcessors  transformers' logits processors applied to rows of different leng
 
 Everything here is host bookkeeping; the device is read only where a docstring says so.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,16 +24,26 @@ from .devices import to_device
 class BatchState:
     """Committed tokens of B rows (P prompt columns, at most `max_new` new tokens each)."""
 
-    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new: int, pad: int,
-                 eos_ids: set[int], num_drafts: int = 1):
+    def __init__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        max_new: int,
+        pad: int,
+        eos_ids: set[int],
+        num_drafts: int = 1,
+    ):
         B, P = input_ids.shape
         self.B, self.P, self.M, self.max_new, self.pad, self.eos_ids = B, P, num_drafts, max_new, pad, eos_ids
         self.device = input_ids.device
         self.seqs = torch.full((B, P + max_new), pad, dtype=torch.long, device=self.device)
         self.seqs[:, :P] = input_ids
         # prompt padding, on the host (the mask is read once): which prompt columns hold a token, per row
-        self.prompt_valid = ([[True] * P for _ in range(B)] if attention_mask is None
-                             else [[bool(x) for x in row] for row in attention_mask.tolist()])
+        self.prompt_valid = (
+            [[True] * P for _ in range(B)]
+            if attention_mask is None
+            else [[bool(x) for x in row] for row in attention_mask.tolist()]
+        )
         # prompt_tokens[r][c]: tokens in row r's first c prompt columns (what a cache that read c columns holds)
         self.prompt_tokens = [list(itertools.accumulate(row, initial=0)) for row in self.prompt_valid]
         self.cur = [P] * B  # committed columns per row
@@ -56,8 +67,10 @@ class BatchState:
         call reads the buffer from the device once."""
         if self.history is None:
             rows = self.seqs.tolist()
-            self.history = [[t for t, v in zip(row, valid) if v] + row[self.P : c]
-                            for row, valid, c in zip(rows, self.prompt_valid, self.cur)]
+            self.history = [
+                [t for t, v in zip(row, valid) if v] + row[self.P : c]
+                for row, valid, c in zip(rows, self.prompt_valid, self.cur)
+            ]
         return self.history
 
     def cache_tokens(self, r: int, columns: int) -> int:
@@ -104,8 +117,9 @@ class CacheReader:
         valid = []
         for r in range(B):
             row = [c >= st.P or st.prompt_valid[r][c] for c in range(fed[r], st.cur[r])] if m[r] else []
-            valid.append([not adapter.masks_filler] * width if st.done[r]
-                         else row + [True] * k[r] + [False] * (width - n[r]))
+            valid.append(
+                [not adapter.masks_filler] * width if st.done[r] else row + [True] * k[r] + [False] * (width - n[r])
+            )
             fed[r] = st.cur[r]
         # logits are needed from the last committed token on (the first is where drafts are predicted)
         offset = min(m[r] - 1 if extra is not None else n[r] - 1 for r in range(B) if n[r])
@@ -123,11 +137,12 @@ class CacheReader:
         st = self.state
         self.read[:] = read  # in place: `catch_up` holds this list across `even_out`
         # a finished row keeps what it holds (its cache is never read again)
-        self.adapter.keep_first([self.adapter.n_valid[r] if st.done[r] else st.cache_tokens(r, n)
-                                 for r, n in enumerate(read)])
+        self.adapter.keep_first(
+            [self.adapter.n_valid[r] if st.done[r] else st.cache_tokens(r, n) for r, n in enumerate(read)]
+        )
 
     def even_out(self) -> None:
-        """"aligned" layout: before a catch-up, live rows with fewer committed tokens to read than others
+        """ "aligned" layout: before a catch-up, live rows with fewer committed tokens to read than others
         re-read their last ones (rolled back), so the pass leaves no masked slot and needs no re-pack after
         it (re-reading costs the same compute as the masked slots would)."""
         st, fed = self.state, self.read
@@ -182,7 +197,7 @@ class RowProcessors:
             ids = torch.full((len(rows), L), self.state.pad, dtype=torch.long, device=scores.device)
             for r, x in enumerate(rows):
                 n = min(L, len(x))
-                ids[r, L - n:] = x[len(x) - n:]
+                ids[r, L - n :] = x[len(x) - n :]
             sel = to_device([n == L for n in lengths], scores.device)
             out = torch.where(sel[:, None], self.processors(ids, scores.clone()), out)  # no mask indexing: no read
         return out

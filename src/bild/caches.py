@@ -3,6 +3,7 @@ their layer kinds, and whether this transformers release rolls sliding-window la
 Mistral, `window_rollback_works`). Layers with a recurrent state are rolled back through transformers' record of
 it; `bild.families.rollback_is_exact` probes a model's whole rollback. `_close` / `_finite` compare a probe's
 logits (here, the lowest module that probes; `bild.probes` and `bild.adapters` use them too)."""
+
 from __future__ import annotations
 
 import functools
@@ -10,7 +11,6 @@ import warnings
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
-
 
 CACHE_ARGS = ("cache", "past_key_values")  # the current name first: the old one warns on transformers >= 5.24
 
@@ -76,8 +76,16 @@ def window_rollback_works() -> bool:
     the same tokens. True on 5.24; on 5.17 a feed after a crop fails on the mask's size."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    cfg = MistralConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, num_key_value_heads=1, sliding_window=3, max_position_embeddings=64)
+    cfg = MistralConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        sliding_window=3,
+        max_position_embeddings=64,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         m = MistralForCausalLM(cfg).eval()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from .cli_parser import Parser
 
@@ -59,35 +59,63 @@ def rule_text(opts) -> str:
 
 def _auto(kind):
     """argparse type: 'auto' or a number of `kind`."""
+
     def parse(text):
         return "auto" if text == "auto" else kind(text)
+
     parse.__name__ = f"auto or {kind.__name__}"
     return parse
 
 
 def demo(argv: Sequence[str] | None = None) -> int:
-    p = Parser(prog="bild demo", description="BiLD with the offline SmolLM2 pair: builds it into the cache folder on "
-               "first use (about 0.8 GB, `bild pair clean` removes it), generates with the pair, then with the large "
-               "model alone on the same prompt, and prints the text, both latencies, the speedup and which tokens "
-               "each model wrote. Defaults are the library's: lossless exact verification, the adaptive draft "
-               "policy, drafts from the small model and prompt lookup (--prompt_lookup 10).")
+    p = Parser(
+        prog="bild demo",
+        description="BiLD with the offline SmolLM2 pair: builds it into the cache folder on "
+        "first use (about 0.8 GB, `bild pair clean` removes it), generates with the pair, then with the large "
+        "model alone on the same prompt, and prints the text, both latencies, the speedup and which tokens "
+        "each model wrote. Defaults are the library's: lossless exact verification, the adaptive draft "
+        "policy, drafts from the small model and prompt lookup (--prompt_lookup 10).",
+    )
     p.add_argument("--prompt", default=None, help="instruction (chat-formatted automatically)")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template to --prompt")
     p.add_argument("--max_new_tokens", type=int, default=48)
-    p.add_argument("--fallback_threshold", type=_auto(float), default="auto",
-                   help="'auto' (adaptive draft policy, default) or a number in [0, 1]")
-    p.add_argument("--rollback_threshold", type=float, default=None,
-                   help="BiLD's rollback rule with this threshold (default: none, the lossless exact rule)")
+    p.add_argument(
+        "--fallback_threshold",
+        type=_auto(float),
+        default="auto",
+        help="'auto' (adaptive draft policy, default) or a number in [0, 1]",
+    )
+    p.add_argument(
+        "--rollback_threshold",
+        type=float,
+        default=None,
+        help="BiLD's rollback rule with this threshold (default: none, the lossless exact rule)",
+    )
     p.add_argument("--max_small_steps", type=_auto(int), default="auto", help="'auto' (default) or an integer >= 1")
-    p.add_argument("--verification", choices=["rollback", "exact", "block"], default=None,
-                   help="default: exact, or rollback when --rollback_threshold is given (the library's defaults)")
-    p.add_argument("--prompt_lookup", type=int, default=10, metavar="N",
-                   help="also draft by prompt lookup (prompt_lookup_num_tokens=N, default 10): copies from the prompt "
-                        "and output, where they match, in place of the small model; 0: the small model alone")
-    p.add_argument("--feature_weights", default=None, metavar="FILE",
-                   help="draft with a feature (EAGLE) draft from this file (`bild pair train-feature` writes one) "
-                        "instead of the shipped token draft")
-    p.add_argument("--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
+    p.add_argument(
+        "--verification",
+        choices=["rollback", "exact", "block"],
+        default=None,
+        help="default: exact, or rollback when --rollback_threshold is given (the library's defaults)",
+    )
+    p.add_argument(
+        "--prompt_lookup",
+        type=int,
+        default=10,
+        metavar="N",
+        help="also draft by prompt lookup (prompt_lookup_num_tokens=N, default 10): copies from the prompt "
+        "and output, where they match, in place of the small model; 0: the small model alone",
+    )
+    p.add_argument(
+        "--feature_weights",
+        default=None,
+        metavar="FILE",
+        help="draft with a feature (EAGLE) draft from this file (`bild pair train-feature` writes one) "
+        "instead of the shipped token draft",
+    )
+    p.add_argument(
+        "--cache", default=None, help="pair cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     a = p.parse_args(argv)
@@ -117,17 +145,24 @@ def demo(argv: Sequence[str] | None = None) -> int:
         from .pairs.smollm2 import load_feature_draft
 
         small, kind = load_feature_draft(pr.large, a.feature_weights), "feature draft"
-    print(f"loaded pair from {pr.path} in {time.perf_counter() - t0:.1f}s "
-          f"(large {pr.large.config.num_hidden_layers} layers, small: {kind}, {small.config.num_hidden_layers} layers "
-          f"{getattr(small.config, 'bild_source_layers', '')})")
+    print(
+        f"loaded pair from {pr.path} in {time.perf_counter() - t0:.1f}s "
+        f"(large {pr.large.config.num_hidden_layers} layers, small: {kind}, {small.config.num_hidden_layers} layers "
+        f"{getattr(small.config, 'bild_source_layers', '')})"
+    )
     tok = pr.tokenizer
     instruction = a.prompt or SAMPLE_PROMPT
     text = instruction if a.raw else chat_prompt(tok, instruction)
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     n_prompt = enc.input_ids.shape[1]
-    gen = BiLDGenerator(small, pr.large, fallback_threshold=a.fallback_threshold,
-                        rollback_threshold=a.rollback_threshold, max_small_steps=a.max_small_steps,
-                        verification=a.verification)
+    gen = BiLDGenerator(
+        small,
+        pr.large,
+        fallback_threshold=a.fallback_threshold,
+        rollback_threshold=a.rollback_threshold,
+        max_small_steps=a.max_small_steps,
+        verification=a.verification,
+    )
     kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     lookup = {"prompt_lookup_num_tokens": a.prompt_lookup} if a.prompt_lookup else {}
     with torch.no_grad():
@@ -153,40 +188,54 @@ def demo(argv: Sequence[str] | None = None) -> int:
     print(f"rule: {rule_text(gen.options)}")
     print("BiLD output:", tok.decode(new, skip_special_tokens=True).strip())
     same = torch.equal(seq[0, : ref.shape[1]], ref[0]) and seq.shape[1] == ref.shape[1]
-    print("large alone:", tok.decode(ref[0, n_prompt:], skip_special_tokens=True).strip(),
-          "(identical)" if same else "(differs)")
-    legend = (f"{GREEN}small model{RESET}, {CYAN}prompt lookup{RESET}, {BOLD_BLUE}large model{RESET}" if color
-              else "plain = small model, {braced} = prompt lookup, [bracketed] = large model")
+    print(
+        "large alone:",
+        tok.decode(ref[0, n_prompt:], skip_special_tokens=True).strip(),
+        "(identical)" if same else "(differs)",
+    )
+    legend = (
+        f"{GREEN}small model{RESET}, {CYAN}prompt lookup{RESET}, {BOLD_BLUE}large model{RESET}"
+        if color
+        else "plain = small model, {braced} = prompt lookup, [bracketed] = large model"
+    )
     print(f"\nwho wrote which token ({legend}):")
     print(render(tok, shown, sources, color))
     n_small, n_lookup = sum(s == "small" for s in sources), sum(s == "lookup" for s in sources)
-    print(f"\nsmall model wrote {n_small}/{len(sources)} tokens"
-          + (f", prompt lookup {n_lookup}" if lookup else ""))
+    print(f"\nsmall model wrote {n_small}/{len(sources)} tokens" + (f", prompt lookup {n_lookup}" if lookup else ""))
     n_ref = ref.shape[1] - n_prompt
     print(f"large alone: {t_large:.2f}s for {n_ref} tokens ({1000 * t_large / max(n_ref, 1):.0f} ms/token)")
     print(f"BiLD:        {t_bild:.2f}s for {n_new} tokens ({1000 * t_bild / max(n_new, 1):.0f} ms/token)")
-    print(f"speedup:     {t_large / t_bild:.2f}x  (large forwards {st.large_forwards}, small forwards "
-          f"{st.small_forwards}, fallbacks {st.fallbacks}, rollbacks {st.rollbacks})")
+    print(
+        f"speedup:     {t_large / t_bild:.2f}x  (large forwards {st.large_forwards}, small forwards "
+        f"{st.small_forwards}, fallbacks {st.fallbacks}, rollbacks {st.rollbacks})"
+    )
     pol = st.policy
     if pol.get("policy") == "combined":
         pol = pol["small"]
     if pol.get("policy") == "adaptive per row":
         rows = pol["rows"][0] if pol.get("rows") else {}
-        print(f"policy:      adaptive per row (timing-free costs: small step = {pol['costs']['small']:.2f} large "
-              f"steps), drafting {'on' if rows.get('drafting') else 'off'}, acceptance {rows.get('alpha', 0):.2f}, "
-              f"rounds without a draft {st.draftless_rounds}/{st.rounds}")
+        print(
+            f"policy:      adaptive per row (timing-free costs: small step = {pol['costs']['small']:.2f} large "
+            f"steps), drafting {'on' if rows.get('drafting') else 'off'}, acceptance {rows.get('alpha', 0):.2f}, "
+            f"rounds without a draft {st.draftless_rounds}/{st.rounds}"
+        )
     elif pol.get("policy") == "adaptive":
-        print(f"policy:      adaptive, drafting {'on' if pol['drafting'] else 'off (probing)'}, draft length "
-              f"{pol['draft_length']}, acceptance {pol['alpha']:.2f}, small step = {pol['costs']['small']:.2f} "
-              f"large steps, rounds without a draft {st.draftless_rounds}/{st.rounds}")
+        print(
+            f"policy:      adaptive, drafting {'on' if pol['drafting'] else 'off (probing)'}, draft length "
+            f"{pol['draft_length']}, acceptance {pol['alpha']:.2f}, small step = {pol['costs']['small']:.2f} "
+            f"large steps, rounds without a draft {st.draftless_rounds}/{st.rounds}"
+        )
     return 0
 
 
 def parser() -> Parser:
     from . import __version__
 
-    p = Parser(prog="bild", description=DESCRIPTION, epilog="`bild COMMAND --help` shows a command's options; "
-               "the library's API and the docs: README.md and docs/.")
+    p = Parser(
+        prog="bild",
+        description=DESCRIPTION,
+        epilog="`bild COMMAND --help` shows a command's options; the library's API and the docs: README.md and docs/.",
+    )
     p.add_argument("--version", action="version", version=f"bild {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", title="commands")
     for name, text in COMMANDS.items():

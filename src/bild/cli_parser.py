@@ -13,7 +13,9 @@ class _Formatter(argparse.HelpFormatter):
     def add_argument(self, action):
         super().add_argument(action)
         for sub in getattr(action, "_choices_actions", ()):
-            self._action_max_length = max(self._action_max_length, len(sub.metavar or sub.dest) + self._current_indent + 2)
+            self._action_max_length = max(
+                self._action_max_length, len(sub.metavar or sub.dest) + self._current_indent + 2
+            )
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,6 +15,7 @@ The first new token comes from the large model's prefill. Model families and cac
 behind `ModelAdapter`; this module handles token ids and per-row bookkeeping, on the host: it reads the
 device once per draft step and once per round (tests/test_host_reads.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,10 +26,10 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from . import timing
 from .acceptance import Verdict, make_rule
 from .adapters import ModelAdapter
-from .devices import to_device
 from .batch import BatchState, RowProcessors
-from .policies import DraftPolicy
+from .devices import to_device
 from .feature_draft import is_feature_draft
+from .policies import DraftPolicy
 from .proposers import FeatureProposer, ModelProposer, Proposal, Proposer, judged_accepted
 from .scoring import Scorer
 from .stats import GenerationStats
@@ -74,17 +75,26 @@ class DraftVerifyLoop:
 
     fill_batch_drafts = True  # see `ModelProposer._draft`; False drafts every row as it would alone
 
-    def __init__(self, small: ModelAdapter | None, large: ModelAdapter, opts: DecodeOptions, policy: DraftPolicy,
-                 generation_config, logits_processor, stopping_criteria, streamer=None,
-                 stats: GenerationStats | None = None, batch_slot: tuple[int, int] | None = None,
-                 proposer: Proposer | None = None):
+    def __init__(
+        self,
+        small: ModelAdapter | None,
+        large: ModelAdapter,
+        opts: DecodeOptions,
+        policy: DraftPolicy,
+        generation_config,
+        logits_processor,
+        stopping_criteria,
+        streamer=None,
+        stats: GenerationStats | None = None,
+        batch_slot: tuple[int, int] | None = None,
+        proposer: Proposer | None = None,
+    ):
         self.large, self.small, self.opts = large, small, opts
         self.do_sample = bool(generation_config.do_sample)
         self.stats = stats if stats is not None else GenerationStats()
         self.processors_arg, self.batch_slot = logits_processor, batch_slot
         if proposer is None:  # the small model under `policy`, or nothing
-            proposer = (self.model_proposer(small, policy) if small is not None and opts.uses_small
-                        else Proposer())
+            proposer = self.model_proposer(small, policy) if small is not None and opts.uses_small else Proposer()
         self.proposer = proposer
         self.clock = None  # a ReadClock where forwards run asynchronously (set per call)
         self.rule = make_rule(opts, self.do_sample)
@@ -93,7 +103,8 @@ class DraftVerifyLoop:
         # natively, and checks the other criteria token by token
         criteria = list(stopping_criteria or [])
         self.stopping = StoppingCriteriaList(
-            [c for c in criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))])
+            [c for c in criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))]
+        )
         self.max_length = min((c.max_length for c in criteria if isinstance(c, MaxLengthCriteria)), default=None)
         self.streamer = streamer
         eos = getattr(generation_config, "_eos_token_tensor", None)
@@ -114,16 +125,30 @@ class DraftVerifyLoop:
     def model_proposer(self, small: ModelAdapter, policy: DraftPolicy) -> ModelProposer:
         """The small model as a proposer, with this loop's sampling and batch-fill settings."""
         o = self.opts
-        args = (small, policy, self.processors_arg, self.do_sample, self.do_sample and o.exact_rule,
-                self.fill_batch_drafts and o.exact_rule, self.stats, self.batch_slot)
+        args = (
+            small,
+            policy,
+            self.processors_arg,
+            self.do_sample,
+            self.do_sample and o.exact_rule,
+            self.fill_batch_drafts and o.exact_rule,
+            self.stats,
+            self.batch_slot,
+        )
         if is_feature_draft(small.model):  # EAGLE: it reads the large model's features
             return FeatureProposer(*args, large=self.large)
         return ModelProposer(*args)
 
     # -- public -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
-            encoder_kwargs: tuple[dict, dict] | None = None, source_tokens: list[list[int]] | None = None):
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        max_new_tokens: int,
+        encoder_kwargs: tuple[dict, dict] | None = None,
+        source_tokens: list[list[int]] | None = None,
+    ):
         """input_ids [B, P] (decoder-only: the prompt; encoder-decoder: the decoder start ids);
         encoder_kwargs (small, large) for encoder-decoders; source_tokens: per row, the encoder input's
         tokens (prompt lookup searches them).
@@ -134,8 +159,9 @@ class DraftVerifyLoop:
         B, P = input_ids.shape
         if self.max_length is not None:  # the criteria list's length (a user's MaxLengthCriteria included)
             max_new_tokens = max(1, self.max_length - P)
-        st = self.state = BatchState(input_ids, attention_mask, max_new_tokens, self.pad, self.eos_ids,
-                                     self.opts.num_drafts)
+        st = self.state = BatchState(
+            input_ids, attention_mask, max_new_tokens, self.pad, self.eos_ids, self.opts.num_drafts
+        )
         self.scores = [[] for _ in range(B)]
         self.raw = [[] for _ in range(B)]
         self.sources = self.stats.token_sources = [[] for _ in range(B)]
@@ -185,8 +211,9 @@ class DraftVerifyLoop:
         st = self.state
         prop = self.proposer.propose(st)
         K = max(len(x) for x in prop.drafts)
-        dt = to_device([x + [self.pad] * (K - len(x)) for x in prop.drafts], st.device,
-                       torch.long).reshape(st.B, K)  # [B, K]
+        dt = to_device([x + [self.pad] * (K - len(x)) for x in prop.drafts], st.device, torch.long).reshape(
+            st.B, K
+        )  # [B, K]
         p_logits, p_raw = self.scorer.score(prop.drafts, dt)
         verdict = self._accept(dt, p_logits, prop)
         if self.clock is not None:  # the verdict was read: the verify pass has run
@@ -222,8 +249,9 @@ class DraftVerifyLoop:
         st.rounds += 1
         st.draft_budgets.append(max(lead(prop.budget)))
         st.draftless_rounds += not any(lead(prop.drafts))
-        for d, k, j, acc, a, c, src in zip(*(lead(x) for x in (prop.drafts, prop.own, judged, accepted, n_acc,
-                                                                committed, prop.source))):
+        for d, k, j, acc, a, c, src in zip(
+            *(lead(x) for x in (prop.drafts, prop.own, judged, accepted, n_acc, committed, prop.source))
+        ):
             if not d:
                 continue
             st.drafted += k
@@ -241,8 +269,9 @@ class DraftVerifyLoop:
             return torch.multinomial(scores.softmax(-1), 1).squeeze(-1)
         return scores.argmax(-1)
 
-    def _commit(self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor, source: list[str],
-                n_drafted: list[int]) -> list[int]:
+    def _commit(
+        self, new: list[list[int]], processed: torch.Tensor, raw: torch.Tensor, source: list[str], n_drafted: list[int]
+    ) -> list[int]:
         """Append each row's new tokens, stopping at eos, the length limit or a stopping criterion.
         The first n_drafted[r] tokens of row r were written by its drafter (`source[r]`). Returns the number
         of tokens each row committed."""

@@ -1,5 +1,6 @@
 """Device helpers of the engine's lowest layer: where a model computes, and host lists moved to a device without
 waiting for its queued work."""
+
 from __future__ import annotations
 
 import torch

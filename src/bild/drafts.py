@@ -1,5 +1,6 @@
 """Loading a saved draft (`bild.load_draft`): a pruned token draft (`bild.vocabulary`) or a feature draft
 (`bild.feature_draft`), from a local `save_pretrained` folder. Above both, since it knows both kinds."""
+
 from __future__ import annotations
 
 import glob
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .feature_draft import CONFIG_KEY as FEATURE_KEY, FeatureDraft
+from .feature_draft import CONFIG_KEY as FEATURE_KEY
+from .feature_draft import FeatureDraft
 from .vocabulary import CONFIG_KEY, _linear, _set_head
 
 
@@ -40,8 +42,9 @@ def load_draft(path: str | os.PathLike, model_class=None, **kwargs):
     saved = _saved_tensors(path, [f"{name}.rows.weight", f"{name}.rows.bias"])
     weight, bias = saved.get(f"{name}.rows.weight"), saved.get(f"{name}.rows.bias")
     if weight is None or weight.shape[0] != len(ids):
-        raise ValueError(f"`path` {path}: its safetensors files hold no pruned head `{name}.rows.weight` of "
-                         f"{len(ids)} rows")
+        raise ValueError(
+            f"`path` {path}: its safetensors files hold no pruned head `{name}.rows.weight` of {len(ids)} rows"
+        )
     old = model.get_output_embeddings()
     _set_head(model, _linear(weight.to(old.weight), None if bias is None else bias.to(old.weight)), ids, full)
     return model
@@ -53,8 +56,9 @@ def _saved_tensors(path, keys: list[str]) -> dict[str, torch.Tensor]:
 
     index = Path(path) / "model.safetensors.index.json"
     if index.exists():
-        files = sorted({str(Path(path) / f) for k, f in json.loads(index.read_text())["weight_map"].items()
-                        if k in keys})
+        files = sorted(
+            {str(Path(path) / f) for k, f in json.loads(index.read_text())["weight_map"].items() if k in keys}
+        )
     else:
         files = sorted(glob.glob(str(Path(path) / "*.safetensors")))
     out = {}

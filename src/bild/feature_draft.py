@@ -16,6 +16,7 @@ exact decoding stays exact whatever the draft proposes.
 Supported large models: decoder-only, taking `position_ids` (features are stored by position), with a base
 model returning `last_hidden_state`; `num_drafts` = 1. Anything else is refused with a ValueError.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -27,7 +28,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .devices import to_device
 from .probes import capabilities
-from .vocabulary import CONFIG_KEY as VOCAB_KEY, draft_vocabulary, prune_draft_vocabulary
+from .vocabulary import CONFIG_KEY as VOCAB_KEY
+from .vocabulary import draft_vocabulary, prune_draft_vocabulary
 
 CONFIG_KEY = "bild_feature_draft"  # config entry: {"large_hidden_size": d}
 # the cache keyword of the installed transformers' LlamaModel (5.24 renamed `past_key_values` to `cache`)
@@ -57,8 +59,10 @@ class FeatureStore:
         h = getattr(output, "last_hidden_state", None)
         pos, mask = kwargs.get("position_ids"), kwargs.get("attention_mask")
         if h is None or pos is None:
-            raise RuntimeError("the large model's base model gave no `last_hidden_state` / took no "
-                               "`position_ids`: a feature draft cannot read it")
+            raise RuntimeError(
+                "the large model's base model gave no `last_hidden_state` / took no "
+                "`position_ids`: a feature draft cannot read it"
+            )
         B, n, d = h.shape
         cap = max(self.large.n_valid) + 1  # host: positions the large cache holds after this forward
         if self.h is None or self.h.shape[0] != B or self.h.shape[1] < cap + 1:
@@ -98,7 +102,7 @@ class FeatureDraft(LlamaForCausalLM):
         self._last_pos: torch.Tensor | None = None  # [B]
 
     @classmethod
-    def _shaped_like(cls, config, dtype) -> "FeatureDraft":
+    def _shaped_like(cls, config, dtype) -> FeatureDraft:
         """An untrained FeatureDraft of `config` (a Llama config dict) with an untied head."""
         cfg = LlamaConfig.from_dict(config)
         cfg.tie_word_embeddings, cfg.architectures = False, ["FeatureDraft"]
@@ -106,7 +110,7 @@ class FeatureDraft(LlamaForCausalLM):
         return cls(cfg).to(dtype)
 
     @torch.no_grad()
-    def _read_tokens_only(self) -> "FeatureDraft":
+    def _read_tokens_only(self) -> FeatureDraft:
         """fc = [I, 0]: the draft reads the token embedding alone (h enters at zero weight)."""
         d = self.config.hidden_size
         self.fc.weight.zero_()
@@ -114,7 +118,7 @@ class FeatureDraft(LlamaForCausalLM):
         return self
 
     @classmethod
-    def from_large(cls, large, layer: int = -1) -> "FeatureDraft":
+    def from_large(cls, large, layer: int = -1) -> FeatureDraft:
         """An untrained one-layer draft shaped after `large` (a Llama-like decoder-only model): its input
         embeddings, head and final norm copied, its decoder layer a copy of the large model's layer `layer`, and
         fc reading the token embedding only."""
@@ -129,7 +133,7 @@ class FeatureDraft(LlamaForCausalLM):
         return draft._read_tokens_only()
 
     @classmethod
-    def from_draft(cls, small) -> "FeatureDraft":
+    def from_draft(cls, small) -> FeatureDraft:
         """A feature draft that starts as `small` (a Llama token draft of the large model's width, pruned head
         included): its layers, norm, head and embeddings, with fc reading the token embedding only, so it
         drafts exactly as `small` until trained to read the features."""
@@ -152,8 +156,10 @@ class FeatureDraft(LlamaForCausalLM):
         """For one call: read the features of `large_adapter`'s passes, in the passes `own_adapter` makes (a
         probe of this model, on its own cache, reads zeros). One call at a time: RuntimeError while bound."""
         if self.store is not None:
-            raise RuntimeError("this FeatureDraft is already decoding another call (another thread or an "
-                               "unfinished generator): a FeatureDraft serves one call at a time")
+            raise RuntimeError(
+                "this FeatureDraft is already decoding another call (another thread or an "
+                "unfinished generator): a FeatureDraft serves one call at a time"
+            )
         self.store, self._own = FeatureStore(large_adapter), own_adapter
         self._last_h = self._last_pos = None
 
@@ -178,8 +184,17 @@ class FeatureDraft(LlamaForCausalLM):
             h = torch.where(known[..., None], feats.to(h.dtype), h)
         return h
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
-                features=None, logits_to_keep=0, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        past_key_values=None,
+        features=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
         """input_ids [B, n]; features [B, n, d] (h_{p-1} per token; None: bound or own features, see
         `_previous`). Returns logits [B, keep, V_head] and the predicted features as `hidden_states[0]`."""
         B, n = input_ids.shape
@@ -190,8 +205,11 @@ class FeatureDraft(LlamaForCausalLM):
         if position_ids is None:
             start = past.get_seq_length() if past is not None else 0
             position_ids = torch.arange(start, start + n, device=input_ids.device)[None].expand(B, n)
-        real = (torch.ones(B, n, dtype=torch.bool, device=input_ids.device) if attention_mask is None
-                else attention_mask[:, -n:].bool())
+        real = (
+            torch.ones(B, n, dtype=torch.bool, device=input_ids.device)
+            if attention_mask is None
+            else attention_mask[:, -n:].bool()
+        )
         bound = features is None and self.store is not None and past is not None and past is self._own.cache
         prev = features.to(emb.dtype) if features is not None else self._previous(position_ids, emb, bound)
         x = self.fc(torch.cat([emb, prev], -1))
@@ -233,26 +251,33 @@ def check_feature_pair(draft, large, num_drafts: int = 1) -> None:
     if base is None or base is large:
         raise ValueError(f"`large_model` ({name}) has no base model whose features a FeatureDraft can read")
     if not capabilities(large).takes_positions:
-        raise ValueError(f"a FeatureDraft `small_model` stores features by position; `large_model` ({name}) "
-                         "takes no `position_ids`")
+        raise ValueError(
+            f"a FeatureDraft `small_model` stores features by position; `large_model` ({name}) takes no `position_ids`"
+        )
     width = large.__dict__.get("_bild_feature_width")  # the probe below runs once per large model
     if width is None:
         width = large.__dict__["_bild_feature_width"] = _probe_feature_width(large, base)
     head = large.get_output_embeddings()
     if width != draft.config.hidden_size or (head is not None and head.weight.shape[-1] != width):
-        raise ValueError(f"the FeatureDraft reads features of width {draft.config.hidden_size}; `large_model`'s "
-                         f"base model gives {width} (its head reads {head.weight.shape[-1] if head is not None else '?'})")
+        raise ValueError(
+            f"the FeatureDraft reads features of width {draft.config.hidden_size}; `large_model`'s "
+            f"base model gives {width} (its head reads {head.weight.shape[-1] if head is not None else '?'})"
+        )
 
 
 def check_small_draft(small, large, num_drafts: int = 1) -> None:
     """The feature-draft checks for a `small_model`: a wrapped FeatureDraft is refused, a FeatureDraft must fit
     `large` (`check_feature_pair`); other small models pass."""
     if wrapped_feature_draft(small):
-        raise ValueError("`small_model` wraps a FeatureDraft (torch.compile / PEFT): pass the FeatureDraft itself, "
-                         "which the engine binds to the large model")
+        raise ValueError(
+            "`small_model` wraps a FeatureDraft (torch.compile / PEFT): pass the FeatureDraft itself, "
+            "which the engine binds to the large model"
+        )
     if not is_feature_draft(small) and getattr(getattr(small, "config", None), CONFIG_KEY, None):
-        raise ValueError("`small_model` was saved as a FeatureDraft but loaded as "
-                         f"{type(small).__name__} (without its fc): load it with bild.load_draft(path)")
+        raise ValueError(
+            "`small_model` was saved as a FeatureDraft but loaded as "
+            f"{type(small).__name__} (without its fc): load it with bild.load_draft(path)"
+        )
     if is_feature_draft(small):
         check_feature_pair(small, large, num_drafts)
 
@@ -262,15 +287,20 @@ def _probe_feature_width(large, base) -> int:
     the forward never runs `base` or it returns no `last_hidden_state` (OPT's forward calls its decoder)."""
     seen = []
     handle = base.register_forward_hook(
-        lambda m, a, k, out: seen.append(getattr(out, "last_hidden_state", None)), with_kwargs=True)
+        lambda m, a, k, out: seen.append(getattr(out, "last_hidden_state", None)), with_kwargs=True
+    )
     try:
         with torch.no_grad():
-            large(input_ids=torch.zeros(1, 1, dtype=torch.long, device=next(large.parameters()).device),
-                  position_ids=torch.zeros(1, 1, dtype=torch.long, device=next(large.parameters()).device),
-                  use_cache=False)
+            large(
+                input_ids=torch.zeros(1, 1, dtype=torch.long, device=next(large.parameters()).device),
+                position_ids=torch.zeros(1, 1, dtype=torch.long, device=next(large.parameters()).device),
+                use_cache=False,
+            )
     finally:
         handle.remove()
     if not seen or seen[0] is None:
-        raise ValueError(f"`large_model` ({type(large).__name__}) does not run its base model in its forward (or "
-                         "it returns no `last_hidden_state`): a FeatureDraft cannot read its features")
+        raise ValueError(
+            f"`large_model` ({type(large).__name__}) does not run its base model in its forward (or "
+            "it returns no `last_hidden_state`): a FeatureDraft cannot read its features"
+        )
     return int(seen[0].shape[-1])

@@ -4,6 +4,7 @@ Both go through `large_model.generate`, so transformers prepares everything it n
 (generation config, logits processors, stopping criteria, special tokens, the encoder pass);
 `generate` below is then called in place of transformers' decoding loop.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,31 +17,64 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
-from .bild_warnings import BiLDWarning
 from . import policies
 from .adapters import ModelAdapter, encoder_rows
-from .checks import check_generation_config, check_inputs, check_pair, check_prompt
-from .precision import check_dtypes
-from .decoding import DraftVerifyLoop
-from .families import check_model
-from .feature_draft import check_small_draft
-from .options import (AUTO, POLICIES_PER_MODEL, _policy_for, check_lookup, check_options, lossy, make_lookup_policy,
-                      make_policy, resolve_costs, resolve_lookup_costs)
-from .policies import DraftPolicy
-from .proposers import CombinedProposer, PromptLookupProposer
-from .tree import TreeLoop, check_tree_models, trees_served
-from .stats import GenerationStats
+from .bild_warnings import BiLDWarning
 
 # names that lived here up to 0.12 (option checks and policy construction: bild.options; pair, input and
 # generation-config checks: bild.checks), re-exported so that `bild.generator.X` keeps working
-from .checks import _REFUSED_FIELDS, check_mask, check_token_ids, check_widths  # noqa: F401,E402
-from .options import (DEFAULT_NGRAM, DEFAULT_ROLLBACK_THRESHOLD, DRAFT_SCHEDULES, LOOKUP_PRIOR,  # noqa: F401,E402
-                      VERIFICATIONS, _POLICIES, _POLICIES_LOCK, _none, given_costs)
-from .decoding import DecodeOptions  # noqa: F401,E402
+from .checks import (  # noqa: F401,E402
+    _REFUSED_FIELDS,
+    check_generation_config,
+    check_inputs,
+    check_mask,
+    check_pair,
+    check_prompt,
+    check_token_ids,
+    check_widths,
+)
+from .decoding import (
+    DecodeOptions,  # noqa: F401,E402
+    DraftVerifyLoop,
+)
+from .families import check_model
+from .feature_draft import check_small_draft
 from .online_costs import learned_costs, lookup_costs, prior_costs  # noqa: F401,E402
-from .policies import (AdaptivePolicy, DraftCosts, HeuristicPolicy, LookupPolicy, RowwisePolicy,  # noqa: F401,E402
-                       ThresholdPolicy)
+from .options import (  # noqa: F401,E402
+    _POLICIES,
+    _POLICIES_LOCK,
+    AUTO,
+    DEFAULT_NGRAM,
+    DEFAULT_ROLLBACK_THRESHOLD,
+    DRAFT_SCHEDULES,
+    LOOKUP_PRIOR,
+    POLICIES_PER_MODEL,
+    VERIFICATIONS,
+    _none,
+    _policy_for,
+    check_lookup,
+    check_options,
+    given_costs,
+    lossy,
+    make_lookup_policy,
+    make_policy,
+    resolve_costs,
+    resolve_lookup_costs,
+)
+from .policies import (  # noqa: F401,E402
+    AdaptivePolicy,
+    DraftCosts,
+    DraftPolicy,
+    HeuristicPolicy,
+    LookupPolicy,
+    RowwisePolicy,
+    ThresholdPolicy,
+)
+from .precision import check_dtypes
+from .proposers import CombinedProposer, PromptLookupProposer
+from .stats import GenerationStats
 from .timing import CostTable  # noqa: F401,E402
+from .tree import TreeLoop, check_tree_models, trees_served
 from .vocabulary import draft_vocabulary  # noqa: F401,E402
 
 
@@ -67,12 +101,30 @@ def _dropped_streamer():
     return None
 
 
-def generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-             small_model=None, fallback_threshold: float | str = AUTO, rollback_threshold: float | None = None,
-             max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
-             draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1,
-             draft_tree: int | str | None = None, inputs_tensor=None,
-             bild_streamer=None, bild_stats=None, bild_policy=None, bild_lookup_policy=None, **model_kwargs):
+def generate(
+    model,
+    input_ids,
+    logits_processor=None,
+    stopping_criteria=None,
+    generation_config=None,
+    small_model=None,
+    fallback_threshold: float | str = AUTO,
+    rollback_threshold: float | None = None,
+    max_small_steps: int | str = AUTO,
+    verification: str | None = None,
+    uno_epsilon: float = 0.0,
+    draft_schedule: str = "constant",
+    opt_epsilon: float = 0.0,
+    costs=AUTO,
+    num_drafts: int = 1,
+    draft_tree: int | str | None = None,
+    inputs_tensor=None,
+    bild_streamer=None,
+    bild_stats=None,
+    bild_policy=None,
+    bild_lookup_policy=None,
+    **model_kwargs,
+):
     """Draft-then-verify decoding as a transformers `custom_generate` callable.
 
     ``large.generate(ids, custom_generate=bild.generate, small_model=small, ...)``, or with prompt lookup as
@@ -87,13 +139,26 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     `BiLDGenerator.generate` (or `bild_streamer=`) to stream. With `return_dict_in_generate=True` the output holds
     the large model's cache at batch 1 (as transformers', to continue from), None for batches.
     """
-    opts = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification, uno_epsilon,
-                         draft_schedule, opt_epsilon, costs, num_drafts, draft_tree)
+    opts = check_options(
+        fallback_threshold,
+        rollback_threshold,
+        max_small_steps,
+        verification,
+        uno_epsilon,
+        draft_schedule,
+        opt_epsilon,
+        costs,
+        num_drafts,
+        draft_tree,
+    )
     if bild_streamer is None and _dropped_streamer() is not None:
-        warnings.warn("`streamer` passed to `large.generate(..., custom_generate=bild.generate)` is dropped by "
-                      "transformers before bild runs: nothing is streamed. Stream with "
-                      "`bild.BiLDGenerator(...).generate(..., streamer=...)` or pass `bild_streamer=`.",
-                      BiLDWarning, stacklevel=2)
+        warnings.warn(
+            "`streamer` passed to `large.generate(..., custom_generate=bild.generate)` is dropped by "
+            "transformers before bild runs: nothing is streamed. Stream with "
+            "`bild.BiLDGenerator(...).generate(..., streamer=...)` or pass `bild_streamer=`.",
+            BiLDWarning,
+            stacklevel=2,
+        )
     gc = generation_config
     lookup = check_lookup(gc, opts, small_model is not None)
     if small_model is not None:
@@ -112,8 +177,10 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     check_inputs(model, input_ids, inputs_tensor, model_kwargs, uses_small)
     check_generation_config(gc, input_ids.shape[0], bild_streamer, model)
     if not gc.do_sample and (opts.uno_epsilon or opts.opt_epsilon):
-        raise ValueError("`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
-                         "exactly the large model's argmax")
+        raise ValueError(
+            "`uno_epsilon` / `opt_epsilon` > 0 need do_sample=True: greedy verification keeps "
+            "exactly the large model's argmax"
+        )
     if opts.num_drafts > 1 and not gc.do_sample:
         raise ValueError("`num_drafts` > 1 needs do_sample=True: under greedy decoding M drafts would be M copies")
     policy = None
@@ -121,8 +188,9 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         policy = bild_policy if bild_policy is not None else _policy_for(small_model, model, opts)
     lookup_policy = None
     if lookup is not None:
-        lookup_policy = bild_lookup_policy if bild_lookup_policy is not None else _policy_for(
-            small_model, model, opts, lookup)
+        lookup_policy = (
+            bild_lookup_policy if bild_lookup_policy is not None else _policy_for(small_model, model, opts, lookup)
+        )
     stats = bild_stats if bild_stats is not None else GenerationStats()
     stats.__dict__.update(GenerationStats().__dict__)  # reset in place: callers hold this object
     max_new = gc.max_length - input_ids.shape[1]
@@ -143,17 +211,25 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     if M > 1:  # batch speculative decoding: M rows per prompt, rows r*M .. r*M+M-1 (collapsed at the end)
         input_ids = input_ids.repeat_interleave(M, 0)
         attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(M, 0)
-        enc = None if enc is None else tuple(
-            None if e is None else encoder_rows(e, lambda x: x.repeat_interleave(M, 0)) for e in enc)
+        enc = (
+            None
+            if enc is None
+            else tuple(None if e is None else encoder_rows(e, lambda x: x.repeat_interleave(M, 0)) for e in enc)
+        )
         if not (large.supports_holes and small.supports_holes):
-            raise ValueError(f"`num_drafts` > 1 needs models whose batches decode together; "
-                             f"{type(model).__name__} / {type(small_model).__name__} decode row by row "
-                             "(see bild.adapters)")
+            raise ValueError(
+                f"`num_drafts` > 1 needs models whose batches decode together; "
+                f"{type(model).__name__} / {type(small_model).__name__} decode row by row "
+                "(see bild.adapters)"
+            )
     B = input_ids.shape[0]
     tree = opts.draft_tree if uses_small and B == 1 else None
     if isinstance(opts.draft_tree, int) and uses_small and B > 1:
-        warnings.warn(f"`draft_tree`={opts.draft_tree} runs at batch 1: this batch of {B} drafts chains",
-                      BiLDWarning, stacklevel=2)
+        warnings.warn(
+            f"`draft_tree`={opts.draft_tree} runs at batch 1: this batch of {B} drafts chains",
+            BiLDWarning,
+            stacklevel=2,
+        )
 
     def loop(batch, prompt_len, slot=None, streamer=None):
         """A loop over `batch` rows, with its own sessions of the shared policies (`DraftPolicy.open`)."""
@@ -164,8 +240,11 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
             session = policy.open(batch // M, costs)  # the policy sees prompts; forwards run batch rows
             sessions.append((policy, session))
         args = (small, large, opts, session, gc, logits_processor, stopping_criteria, streamer, stats)
-        lp = (TreeLoop(*args, batch_slot=slot, width=tree) if tree and batch == 1
-              else DraftVerifyLoop(*args, batch_slot=slot))  # its proposer: the small model, or none
+        lp = (
+            TreeLoop(*args, batch_slot=slot, width=tree)
+            if tree and batch == 1
+            else DraftVerifyLoop(*args, batch_slot=slot)
+        )  # its proposer: the small model, or none
         if lookup is not None:
             lk_session = lookup_policy.open(batch, resolve_lookup_costs(lookup_policy, opts.costs, model, batch))
             sessions.append((lookup_policy, lk_session))
@@ -188,8 +267,11 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
         # sliding windows and slot positions see), on the shared encoder outputs for encoder-decoder models
         rows, sources = [], []
         for r in range(B):
-            row_enc = None if enc is None else tuple(
-                None if e is None else encoder_rows(e, lambda x: x[r : r + 1]) for e in enc)
+            row_enc = (
+                None
+                if enc is None
+                else tuple(None if e is None else encoder_rows(e, lambda x: x[r : r + 1]) for e in enc)
+            )
             lp = loop(1, input_ids.shape[1], slot=(r, B))
             row_mask = None if attention_mask is None else attention_mask[r : r + 1]
             rows.append(run(lp, input_ids[r : r + 1], row_mask, max_new, row_enc, None if src is None else [src[r]]))
@@ -210,9 +292,11 @@ def generate(model, input_ids, logits_processor=None, stopping_criteria=None, ge
     if not gc.return_dict_in_generate:
         return sequences
     steps = sequences.shape[1] - input_ids.shape[1]
-    out = dict(sequences=sequences,
-               scores=_per_step(scores, steps) if gc.output_scores else None,
-               logits=_per_step(raw, steps) if gc.output_logits else None)
+    out = dict(
+        sequences=sequences,
+        scores=_per_step(scores, steps) if gc.output_scores else None,
+        logits=_per_step(raw, steps) if gc.output_logits else None,
+    )
     if B == 1 and gc.use_cache is not False:
         out[_CACHE_FIELD] = returned_cache(large, sequences.shape[1], attention_mask)
     if large.is_encoder_decoder:
@@ -328,13 +412,33 @@ class BiLDGenerator:
     `self.stats` is the last finished call's).
     """
 
-    def __init__(self, small_model: PreTrainedModel, large_model: PreTrainedModel,
-                 fallback_threshold: float | str = AUTO, rollback_threshold: float | None = None,
-                 max_small_steps: int | str = AUTO, verification: str | None = None, uno_epsilon: float = 0.0,
-                 draft_schedule: str = "constant", opt_epsilon: float = 0.0, costs=AUTO, num_drafts: int = 1,
-                 draft_tree: int | str | None = None):
-        self.options = check_options(fallback_threshold, rollback_threshold, max_small_steps, verification,
-                                     uno_epsilon, draft_schedule, opt_epsilon, costs, num_drafts, draft_tree)
+    def __init__(
+        self,
+        small_model: PreTrainedModel,
+        large_model: PreTrainedModel,
+        fallback_threshold: float | str = AUTO,
+        rollback_threshold: float | None = None,
+        max_small_steps: int | str = AUTO,
+        verification: str | None = None,
+        uno_epsilon: float = 0.0,
+        draft_schedule: str = "constant",
+        opt_epsilon: float = 0.0,
+        costs=AUTO,
+        num_drafts: int = 1,
+        draft_tree: int | str | None = None,
+    ):
+        self.options = check_options(
+            fallback_threshold,
+            rollback_threshold,
+            max_small_steps,
+            verification,
+            uno_epsilon,
+            draft_schedule,
+            opt_epsilon,
+            costs,
+            num_drafts,
+            draft_tree,
+        )
         if isinstance(self.options.draft_tree, int):
             check_tree_models(small_model, large_model, False)
         if small_model is not None:
@@ -346,10 +450,12 @@ class BiLDGenerator:
         self.small_model, self.large_model = small_model, large_model
         # with costs="auto" everything the adaptive policy knows is learned online, so it is shared: a new
         # generator of these models starts where the last one left off
-        self.shared = self.options.costs == AUTO and AUTO in (self.options.fallback_threshold,
-                                                              self.options.max_small_steps) and not lossy(self.options)
-        self.policy = (_policy_for(small_model, large_model, self.options) if self.shared
-                       else make_policy(self.options))
+        self.shared = (
+            self.options.costs == AUTO
+            and AUTO in (self.options.fallback_threshold, self.options.max_small_steps)
+            and not lossy(self.options)
+        )
+        self.policy = _policy_for(small_model, large_model, self.options) if self.shared else make_policy(self.options)
         # per (num_tokens, ngram) asked for, least recently used first (at most POLICIES_PER_MODEL)
         self.lookup_policies: OrderedDict[tuple[int, int], DraftPolicy] = OrderedDict()
         self._lock = threading.Lock()
@@ -360,8 +466,11 @@ class BiLDGenerator:
         key = (num_tokens, ngram)
         with self._lock:
             if key not in self.lookup_policies:
-                self.lookup_policies[key] = (_policy_for(self.small_model, self.large_model, self.options, key)
-                                             if self.shared else make_lookup_policy(self.options, num_tokens))
+                self.lookup_policies[key] = (
+                    _policy_for(self.small_model, self.large_model, self.options, key)
+                    if self.shared
+                    else make_lookup_policy(self.options, num_tokens)
+                )
                 while len(self.lookup_policies) > POLICIES_PER_MODEL:
                     self.lookup_policies.popitem(last=False)
             self.lookup_policies.move_to_end(key)
@@ -375,8 +484,14 @@ class BiLDGenerator:
                 p.reset()
                 p._version = getattr(p, "_version", 0) + 1
 
-    def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
-                 streamer=None, bild_stats: GenerationStats | None = None, **kwargs):
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        streamer=None,
+        bild_stats: GenerationStats | None = None,
+        **kwargs,
+    ):
         """Same arguments and return type as `large_model.generate`. Each call counts into its own
         `GenerationStats`: `bild_stats=` (filled in place), else a new one; `self.stats` is then the last
         finished call's (with calls from several threads, pass `bild_stats=` to get each call's own)."""
@@ -390,13 +505,25 @@ class BiLDGenerator:
         if lookup is not None:
             kwargs["bild_lookup_policy"] = self.lookup_policy(*lookup)
         out = self.large_model.generate(  # `inputs` only when given: Whisper's generate names it input_features
-            *(() if inputs is None else (inputs,)), generation_config=generation_config, custom_generate=generate,
+            *(() if inputs is None else (inputs,)),
+            generation_config=generation_config,
+            custom_generate=generate,
             small_model=self.small_model,
-            fallback_threshold=o.fallback_threshold, rollback_threshold=o.rollback_threshold,
-            max_small_steps=o.max_small_steps, verification=o.verification, uno_epsilon=o.uno_epsilon,
-            draft_schedule=o.draft_schedule, opt_epsilon=o.opt_epsilon, costs=o.costs, num_drafts=o.num_drafts,
-            draft_tree=o.draft_tree, bild_streamer=streamer,
-            bild_stats=stats, bild_policy=self.policy, **kwargs)
+            fallback_threshold=o.fallback_threshold,
+            rollback_threshold=o.rollback_threshold,
+            max_small_steps=o.max_small_steps,
+            verification=o.verification,
+            uno_epsilon=o.uno_epsilon,
+            draft_schedule=o.draft_schedule,
+            opt_epsilon=o.opt_epsilon,
+            costs=o.costs,
+            num_drafts=o.num_drafts,
+            draft_tree=o.draft_tree,
+            bild_streamer=streamer,
+            bild_stats=stats,
+            bild_policy=self.policy,
+            **kwargs,
+        )
         self.stats = stats
         return out
 

@@ -1,13 +1,32 @@
 """Entry used by the `custom_generate/` folder (Hub repo or local path)."""
+
 from __future__ import annotations
 
 from .generator import BiLDGenerator, _policy_for
 
-_ENGINE_ARGS = ("fallback_threshold", "rollback_threshold", "max_small_steps", "verification", "uno_epsilon",
-                "draft_schedule", "opt_epsilon", "costs", "num_drafts")
+_ENGINE_ARGS = (
+    "fallback_threshold",
+    "rollback_threshold",
+    "max_small_steps",
+    "verification",
+    "uno_epsilon",
+    "draft_schedule",
+    "opt_epsilon",
+    "costs",
+    "num_drafts",
+)
 # `generate` arguments transformers passes through that mean "not used" when None
-_DROP_IF_NONE = ("generation_config", "logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn",
-                 "synced_gpus", "assistant_model", "streamer", "negative_prompt_ids", "negative_prompt_attention_mask")
+_DROP_IF_NONE = (
+    "generation_config",
+    "logits_processor",
+    "stopping_criteria",
+    "prefix_allowed_tokens_fn",
+    "synced_gpus",
+    "assistant_model",
+    "streamer",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+)
 
 
 def generate_from_hub(model, small_model=None, **kwargs):

@@ -39,6 +39,7 @@ devices where a forward returns before it has run (CUDA; `synchronous` says whic
 Nothing is written to disk. Learned costs only steer the adaptive policy in exact verification, where they
 cannot change the output under greedy decoding (see `bild.generator.make_policy`).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,21 @@ import math
 import torch
 
 from .policies import DraftCosts
+
 # the time records moved to bild.timing (below the model layer); re-exported for `bild.online_costs.X` of 0.12
-from .timing import (KEEP, MAX_BATCH_SIZES, MAX_TOKENS, MIN_ROUND_SAMPLES, ModelTimes, clock, forget,  # noqa: F401
-                     ReadClock, model_times, read_clock, synchronous)
+from .timing import (  # noqa: F401
+    KEEP,
+    MAX_BATCH_SIZES,
+    MAX_TOKENS,
+    MIN_ROUND_SAMPLES,
+    ModelTimes,
+    ReadClock,
+    clock,
+    forget,
+    model_times,
+    read_clock,
+    synchronous,
+)
 
 CPU_SLOPE = 0.13
 HEAD_WEIGHT = 0.25
@@ -89,8 +102,9 @@ def prior_costs(small, large, batch_size: int = 1, device=None):
     """The timing-free `DraftCosts`: parameter-count ratio, verify slope by device kind (module docstring)."""
     c = compute_params(small) / compute_params(large)
     slope = prior_slope(device if device is not None else large.device, batch_size)
-    return DraftCosts(float(c), tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)),
-                      DraftCosts.ROUND_OVERHEAD)
+    return DraftCosts(
+        float(c), tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)), DraftCosts.ROUND_OVERHEAD
+    )
 
 
 def _medians(model, batch_size: int) -> dict[int, tuple[float, int]]:
@@ -117,7 +131,7 @@ def _line_fit(ml: dict[int, tuple[float, int]], prior_slope: float) -> tuple[flo
             a = my / (1.0 + prior_slope * mx)
             b = a * prior_slope
         return a, b / a
-    (x, y, _), = pts
+    ((x, y, _),) = pts
     return y / (1.0 + prior_slope * x), prior_slope
 
 
@@ -146,8 +160,9 @@ def learned_costs(small, large, batch_size: int = 1):
     else:
         n, (t, _) = min(ms.items())
         small_step = t / (1.0 + slope * (n - 1))
-    verify = (verify_table(ml, slope, DraftCosts.MAX_DRAFTS)
-              or tuple(1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)))
+    verify = verify_table(ml, slope, DraftCosts.MAX_DRAFTS) or tuple(
+        1.0 + slope * k for k in range(DraftCosts.MAX_DRAFTS + 1)
+    )
     return DraftCosts(small_step / a, verify, _overhead(large, batch_size, "small", a, DraftCosts.ROUND_OVERHEAD))
 
 
@@ -199,7 +214,7 @@ def lookup_costs(large, batch_size: int = 1, learned: bool = True):
             a, slope = fit  # the fitted line: past the widest timed width, and where no table can be made
             table = verify_table(ml, slope, n)
             if table is not None:
-                return DraftCosts(DraftCosts.LOOKUP_STEP, table,
-                                  _overhead(large, batch_size, "lookup", a, DraftCosts.LOOKUP_OVERHEAD))
-    return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(n + 1)),
-                      DraftCosts.LOOKUP_OVERHEAD)
+                return DraftCosts(
+                    DraftCosts.LOOKUP_STEP, table, _overhead(large, batch_size, "lookup", a, DraftCosts.LOOKUP_OVERHEAD)
+                )
+    return DraftCosts(DraftCosts.LOOKUP_STEP, tuple(1.0 + slope * k for k in range(n + 1)), DraftCosts.LOOKUP_OVERHEAD)

@@ -1,6 +1,7 @@
 """The engine's options: checking them (`check_options`, `check_lookup`), the draft policy they ask for
 (`make_policy`, `make_lookup_policy`, and the policies shared across calls of the same models, `_policy_for`),
 and the costs that policy is given (`resolve_costs`, `resolve_lookup_costs`)."""
+
 from __future__ import annotations
 
 import math
@@ -12,11 +13,17 @@ from transformers import GenerationConfig
 
 from .decoding import DecodeOptions
 from .online_costs import learned_costs, lookup_costs, prior_costs
-from .policies import (AdaptivePolicy, DraftCosts, DraftPolicy, HeuristicPolicy, LookupPolicy, RowwisePolicy,
-                       ThresholdPolicy)
+from .policies import (
+    AdaptivePolicy,
+    DraftCosts,
+    DraftPolicy,
+    HeuristicPolicy,
+    LookupPolicy,
+    RowwisePolicy,
+    ThresholdPolicy,
+)
 from .timing import CostTable
 from .tree import check_draft_tree
-
 
 VERIFICATIONS = ("rollback", "exact", "block")
 DRAFT_SCHEDULES = ("constant", "heuristic")
@@ -24,9 +31,18 @@ AUTO = "auto"
 DEFAULT_ROLLBACK_THRESHOLD = 5.0  # BiLD's rule when chosen without a number
 
 
-def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_steps=AUTO, verification=None,
-                  uno_epsilon=0.0, draft_schedule="constant", opt_epsilon=0.0, costs=AUTO, num_drafts=1,
-                  draft_tree=None) -> DecodeOptions:
+def check_options(
+    fallback_threshold=AUTO,
+    rollback_threshold=None,
+    max_small_steps=AUTO,
+    verification=None,
+    uno_epsilon=0.0,
+    draft_schedule="constant",
+    opt_epsilon=0.0,
+    costs=AUTO,
+    num_drafts=1,
+    draft_tree=None,
+) -> DecodeOptions:
     """Validate the engine's own arguments; raise ValueError naming the argument and what is allowed.
 
     Defaults are lossless: `verification=None` means "exact", unless a `rollback_threshold` is given, which
@@ -35,9 +51,11 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_st
         verification = "exact" if rollback_threshold is None else "rollback"
     if rollback_threshold is None:
         rollback_threshold = DEFAULT_ROLLBACK_THRESHOLD
+
     def number(name, x):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
             raise ValueError(f"`{name}` must be a number, got {x!r}")
+
     if fallback_threshold != AUTO:
         if isinstance(fallback_threshold, str):
             raise ValueError(f"`fallback_threshold` must be 'auto' or a number in [0, 1], got {fallback_threshold!r}")
@@ -48,8 +66,9 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_st
     number("rollback_threshold", rollback_threshold)
     if rollback_threshold < 0:
         raise ValueError(f"`rollback_threshold` must be >= 0 or float('inf'), got {rollback_threshold}")
-    if max_small_steps != AUTO and (isinstance(max_small_steps, bool) or not isinstance(max_small_steps, int)
-                                    or max_small_steps < 1):
+    if max_small_steps != AUTO and (
+        isinstance(max_small_steps, bool) or not isinstance(max_small_steps, int) or max_small_steps < 1
+    ):
         raise ValueError(f"`max_small_steps` must be 'auto' or an integer >= 1, got {max_small_steps!r}")
     if verification not in VERIFICATIONS:
         raise ValueError(f"`verification` must be one of {VERIFICATIONS}, got {verification!r}")
@@ -64,25 +83,45 @@ def check_options(fallback_threshold=AUTO, rollback_threshold=None, max_small_st
     if draft_schedule not in DRAFT_SCHEDULES:
         raise ValueError(f"`draft_schedule` must be one of {DRAFT_SCHEDULES}, got {draft_schedule!r}")
     if draft_schedule == "heuristic" and AUTO in (fallback_threshold, max_small_steps):
-        raise ValueError("`draft_schedule`='heuristic' needs numbers for `fallback_threshold` and `max_small_steps` "
-                         "(its budget starts at, and is capped by, max_small_steps)")
-    if not (costs == AUTO or isinstance(costs, (DraftCosts, CostTable))
-            or (isinstance(costs, (int, float)) and not isinstance(costs, bool) and costs > 0)):
-        raise ValueError(f"`costs` must be 'auto', a cost ratio > 0 (small step / large step), a "
-                         f"bild.analysis.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}")
+        raise ValueError(
+            "`draft_schedule`='heuristic' needs numbers for `fallback_threshold` and `max_small_steps` "
+            "(its budget starts at, and is capped by, max_small_steps)"
+        )
+    if not (
+        costs == AUTO
+        or isinstance(costs, (DraftCosts, CostTable))
+        or (isinstance(costs, (int, float)) and not isinstance(costs, bool) and costs > 0)
+    ):
+        raise ValueError(
+            f"`costs` must be 'auto', a cost ratio > 0 (small step / large step), a "
+            f"bild.analysis.cost_model.CostTable or a bild.policies.DraftCosts, got {costs!r}"
+        )
     if isinstance(num_drafts, bool) or not isinstance(num_drafts, int) or num_drafts < 1:
         raise ValueError(f"`num_drafts` must be an integer >= 1, got {num_drafts!r}")
     if num_drafts > 1 and verification == "block":
-        raise ValueError("`num_drafts` > 1 is not supported with verification='block': block verification judges "
-                         "one draft per prompt; use verification='exact' for batch speculative decoding")
+        raise ValueError(
+            "`num_drafts` > 1 is not supported with verification='block': block verification judges "
+            "one draft per prompt; use verification='exact' for batch speculative decoding"
+        )
     if num_drafts > 1 and verification != "exact":
         raise ValueError("`num_drafts` > 1 (batch speculative decoding) needs verification='exact'")
     if num_drafts > 1 and (uno_epsilon > 0 or opt_epsilon > 0):
-        raise ValueError("`num_drafts` > 1 is lossless batch speculative decoding: it takes no `uno_epsilon` / "
-                         "`opt_epsilon`")
+        raise ValueError(
+            "`num_drafts` > 1 is lossless batch speculative decoding: it takes no `uno_epsilon` / `opt_epsilon`"
+        )
     draft_tree = check_draft_tree(draft_tree, verification, num_drafts, uno_epsilon or opt_epsilon)
-    return DecodeOptions(fallback_threshold, float(rollback_threshold), max_small_steps, verification,
-                         float(uno_epsilon), draft_schedule, float(opt_epsilon), costs, num_drafts, draft_tree)
+    return DecodeOptions(
+        fallback_threshold,
+        float(rollback_threshold),
+        max_small_steps,
+        verification,
+        float(uno_epsilon),
+        draft_schedule,
+        float(opt_epsilon),
+        costs,
+        num_drafts,
+        draft_tree,
+    )
 
 
 def lossy(opts: DecodeOptions) -> bool:
@@ -104,8 +143,9 @@ def make_policy(opts: DecodeOptions) -> DraftPolicy:
     return ThresholdPolicy(fb, steps)
 
 
-def resolve_costs(policy: DraftPolicy, costs, small, large, batch_size: int, prompt_len: int,
-                  max_new: int) -> DraftCosts | None:
+def resolve_costs(
+    policy: DraftPolicy, costs, small, large, batch_size: int, prompt_len: int, max_new: int
+) -> DraftCosts | None:
     """The policy's cost model: given, or with costs="auto" the shared online estimate for these models at this
     batch size (`bild.online_costs.learned_costs`: no forward is run for it), except for `RowwisePolicy`,
     which gets the timing-free prior at batch 1 (a row's decisions must not depend on time or batch)."""
@@ -140,12 +180,16 @@ def check_lookup(gc: GenerationConfig, opts: DecodeOptions, has_small: bool) -> 
             raise ValueError(f"`{name}` must be None or an integer >= 1, got {x!r}")
     if n is None:
         if not has_small:
-            raise ValueError("no drafter: pass `small_model` (a draft model) and/or `prompt_lookup_num_tokens` "
-                             "(prompt lookup, e.g. 10)")
+            raise ValueError(
+                "no drafter: pass `small_model` (a draft model) and/or `prompt_lookup_num_tokens` "
+                "(prompt lookup, e.g. 10)"
+            )
         return None
     if opts.num_drafts > 1:
-        raise ValueError("`num_drafts` > 1 (batch speculative decoding of M sampled drafts) cannot be combined with "
-                         "`prompt_lookup_num_tokens`: prompt lookup proposes one deterministic draft per row")
+        raise ValueError(
+            "`num_drafts` > 1 (batch speculative decoding of M sampled drafts) cannot be combined with "
+            "`prompt_lookup_num_tokens`: prompt lookup proposes one deterministic draft per row"
+        )
     return n, ngram or DEFAULT_NGRAM
 
 
@@ -174,7 +218,7 @@ def resolve_lookup_costs(policy: DraftPolicy, costs, large, batch_size: int) -> 
 
 # learned policies of `bild.generate` calls, per large model, then per (small model, options that shape what is
 # learned), least recently used first: at most `POLICIES_PER_MODEL` per large model
-_POLICIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_POLICIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _POLICIES_LOCK = threading.Lock()
 POLICIES_PER_MODEL = 16
 
@@ -187,8 +231,16 @@ def _policy_for(small_model, large_model, opts: DecodeOptions, lookup: tuple[int
     fresh = make_policy(opts) if lookup is None else make_lookup_policy(opts, lookup[0])
     if not isinstance(fresh, AdaptivePolicy):
         return fresh
-    key = (id(small_model), opts.fallback_threshold, opts.max_small_steps, opts.verification, opts.num_drafts,
-           opts.costs == AUTO, lookup, opts.draft_tree)
+    key = (
+        id(small_model),
+        opts.fallback_threshold,
+        opts.max_small_steps,
+        opts.verification,
+        opts.num_drafts,
+        opts.costs == AUTO,
+        lookup,
+        opts.draft_tree,
+    )
     with _POLICIES_LOCK:
         per_large = _POLICIES.setdefault(large_model, OrderedDict())
         held = per_large.get(key)

@@ -29,6 +29,7 @@ object: `open(batch_size, costs)` gives the call its own copy ("session", begun)
 per-call state and learns as the call runs; `close(session)` folds what it learned back, under a lock. Calls
 one at a time behave exactly as if the shared object had been used directly.
 """
+
 from __future__ import annotations
 
 import copy
@@ -70,7 +71,7 @@ class DraftCosts:
     LOOKUP_STEP = 0.0
     LOOKUP_OVERHEAD = 0.02
 
-    def for_lookup(self) -> "DraftCosts":
+    def for_lookup(self) -> DraftCosts:
         """These costs with prompt lookup's draft step and round overhead (the verify table kept)."""
         return DraftCosts(self.LOOKUP_STEP, self.verify, self.LOOKUP_OVERHEAD)
 
@@ -82,13 +83,13 @@ class DraftCosts:
         return v[-1] + slope * (k - len(v) + 1)
 
     @classmethod
-    def from_ratio(cls, cost_ratio: float) -> "DraftCosts":
+    def from_ratio(cls, cost_ratio: float) -> DraftCosts:
         """The papers' model: a small step costs `cost_ratio` large steps, a verify pass costs one large
         step whatever its width (true on a GPU for short drafts, not on a CPU), and nothing else counts."""
         return cls(float(cost_ratio), (1.0, 1.0))
 
     @classmethod
-    def from_table(cls, table, max_drafts: int | None = None) -> "DraftCosts":
+    def from_table(cls, table, max_drafts: int | None = None) -> DraftCosts:
         """From a measured `bild.analysis.cost_model.CostTable` (seconds per call). Verify passes are fitted by
         verify[k] = 1 + s k (least squares, s >= 0) through the one-token step: timing noise between single
         widths would otherwise look like a marginal cost and cut drafts short or make them long."""
@@ -101,8 +102,11 @@ class DraftCosts:
         return cls(table.small(1) / step, tuple(1.0 + slope * k for k in range(n + 1)), cls.ROUND_OVERHEAD)
 
     def as_dict(self) -> dict:
-        return {"small": round(self.small, 4), "verify": [round(x, 3) for x in self.verify[:17]],
-                "overhead": self.overhead}
+        return {
+            "small": round(self.small, 4),
+            "verify": [round(x, 3) for x in self.verify[:17]],
+            "overhead": self.overhead,
+        }
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -113,8 +117,10 @@ def expected_tokens(alpha: float, k: int) -> float:
 def best_draft_length(alpha: float, costs: DraftCosts, cap: int) -> tuple[int, float]:
     """(k, rate) maximising expected tokens per unit of cost, rate = tokens / (k c_small + verify[k] + overhead),
     over k = 1..cap (the papers' expected-length formula with the measured verify cost)."""
-    rates = [(expected_tokens(alpha, k) / (k * costs.small + costs.verify_cost(k) + costs.overhead), k)
-             for k in range(1, cap + 1)]
+    rates = [
+        (expected_tokens(alpha, k) / (k * costs.small + costs.verify_cost(k) + costs.overhead), k)
+        for k in range(1, cap + 1)
+    ]
     rate, k = max(rates)
     return k, rate
 
@@ -165,7 +171,7 @@ class DraftPolicy:
         self.batch_size = batch_size
 
     # -- sessions: one per call, so that calls running at the same time share no per-call state -----------
-    def open(self, batch_size: int, costs: DraftCosts | None = None) -> "DraftPolicy":
+    def open(self, batch_size: int, costs: DraftCosts | None = None) -> DraftPolicy:
         """A copy of this policy for one call, begun: the call decides and learns with it alone. Hand it back
         with `close` (what it learned is folded into this policy then)."""
         with _LOCK:
@@ -174,7 +180,7 @@ class DraftPolicy:
         session.begin(batch_size, costs)
         return session
 
-    def close(self, session: "DraftPolicy") -> None:
+    def close(self, session: DraftPolicy) -> None:
         """Fold a finished session back: if no other session was folded since it was opened, this policy takes
         its state as is (calls one at a time: exactly as if they had used this object); otherwise `_merge`."""
         with _LOCK:
@@ -185,7 +191,7 @@ class DraftPolicy:
                 self._merge(session)
             self._version = version + 1
 
-    def _fork(self) -> "DraftPolicy":
+    def _fork(self) -> DraftPolicy:
         """A copy whose containers are its own (the learned values are copied, not shared)."""
         session = copy.copy(self)
         session.__dict__ = {k: copy.copy(v) if isinstance(v, (list, dict)) else v for k, v in self.__dict__.items()}
@@ -193,11 +199,14 @@ class DraftPolicy:
         return session
 
     @staticmethod
-    def _state(session: "DraftPolicy") -> dict:
-        return {k: copy.copy(v) if isinstance(v, (list, dict)) else v for k, v in session.__dict__.items()
-                if k not in ("_origin", "_version", "_base")}
+    def _state(session: DraftPolicy) -> dict:
+        return {
+            k: copy.copy(v) if isinstance(v, (list, dict)) else v
+            for k, v in session.__dict__.items()
+            if k not in ("_origin", "_version", "_base")
+        }
 
-    def _merge(self, session: "DraftPolicy") -> None:
+    def _merge(self, session: DraftPolicy) -> None:
         """Another call folded its session back while this one ran: by default the last call's state wins."""
         self.__dict__.update(self._state(session))
 
@@ -319,9 +328,15 @@ class AdaptivePolicy(DraftPolicy):
     PRIOR = 0.3  # pseudo-drafts per bin
     WARMUP_ROUNDS = 4  # most warm-up probe rounds of a fresh policy
 
-    def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
-                 probe_length: int = 4, probe_every: int = 8, warmup_drafts: int = 12,
-                 prior: float | None = None):
+    def __init__(
+        self,
+        fallback_threshold: float | None = None,
+        max_small_steps: int | None = None,
+        probe_length: int = 4,
+        probe_every: int = 8,
+        warmup_drafts: int = 12,
+        prior: float | None = None,
+    ):
         self.threshold, self.cap = fallback_threshold, max_small_steps or self.AUTO_CAP
         self.probe_length, self.probe_every, self.warmup = min(probe_length, self.cap), probe_every, warmup_drafts
         self.prior = prior  # acceptance every bin starts from; None: the bin's centre (a calibrated draft)
@@ -329,8 +344,9 @@ class AdaptivePolicy(DraftPolicy):
 
     def reset(self):
         self.seen = [self.PRIOR] * self.BINS
-        self.acc = [(self.prior if self.prior is not None else (b + 0.5) / self.BINS) * self.PRIOR
-                    for b in range(self.BINS)]
+        self.acc = [
+            (self.prior if self.prior is not None else (b + 0.5) / self.BINS) * self.PRIOR for b in range(self.BINS)
+        ]
         self.first = [0.0] * self.BINS  # confidences at first draft steps
         self._est = None  # acceptance per bin on the loop's device
         self.judged_total = 0
@@ -429,8 +445,9 @@ class AdaptivePolicy(DraftPolicy):
         base = session._base
         merged = {}
         for name in ("seen", "acc", "first"):
-            merged[name] = [max(0.0, x + s - b) for x, s, b in zip(getattr(self, name), getattr(session, name),
-                                                                   base[name])]
+            merged[name] = [
+                max(0.0, x + s - b) for x, s, b in zip(getattr(self, name), getattr(session, name), base[name])
+            ]
         merged["seen"] = [max(n, self.PRIOR / 2) for n in merged["seen"]]
         merged["acc"] = [min(a, n) for a, n in zip(merged["acc"], merged["seen"])]
         for name in ("judged_total", "warm_rounds"):
@@ -452,16 +469,23 @@ class AdaptivePolicy(DraftPolicy):
         first_value, total = 0.0, sum(self.first)
         if total > 0:
             R, dv = self.rate, self._dv(0)
-            first_value = (sum(f / total * max(0.0, a / n - R * dv) for f, a, n in zip(self.first, self.acc, self.seen))
-                           - R * (self.costs.small + self.costs.overhead))
+            first_value = sum(
+                f / total * max(0.0, a / n - R * dv) for f, a, n in zip(self.first, self.acc, self.seen)
+            ) - R * (self.costs.small + self.costs.overhead)
         self.on = best > 1.0 or first_value > 0
 
     def describe(self):
-        return {"policy": "adaptive", "drafting": self.on, "draft_length": self.length,
-                "alpha": round(self.alpha, 4), "rate": round(self.rate, 3), "probe_every": self.interval,
-                "fallback_threshold": "auto" if self.threshold is None else self.threshold,
-                "acceptance_by_confidence": [round(a / n, 3) for a, n in zip(self.acc, self.seen)],
-                "costs": self.costs.as_dict() if getattr(self, "costs", None) else None}
+        return {
+            "policy": "adaptive",
+            "drafting": self.on,
+            "draft_length": self.length,
+            "alpha": round(self.alpha, 4),
+            "rate": round(self.rate, 3),
+            "probe_every": self.interval,
+            "fallback_threshold": "auto" if self.threshold is None else self.threshold,
+            "acceptance_by_confidence": [round(a / n, 3) for a, n in zip(self.acc, self.seen)],
+            "costs": self.costs.as_dict() if getattr(self, "costs", None) else None,
+        }
 
 
 class LookupPolicy(AdaptivePolicy):
@@ -546,8 +570,14 @@ class RowwisePolicy(DraftPolicy):
 
     needs_costs = True
 
-    def __init__(self, fallback_threshold: float | None = None, max_small_steps: int | None = None,
-                 warmup_drafts: int = 4, prior: float | None = None, row_policy: type = AdaptivePolicy):
+    def __init__(
+        self,
+        fallback_threshold: float | None = None,
+        max_small_steps: int | None = None,
+        warmup_drafts: int = 4,
+        prior: float | None = None,
+        row_policy: type = AdaptivePolicy,
+    ):
         self.threshold, self.cap, self.warmup, self.prior = fallback_threshold, max_small_steps, warmup_drafts, prior
         self.row_policy = row_policy  # AdaptivePolicy, or LookupPolicy for prompt lookup
         self.rows: list[AdaptivePolicy] = []
@@ -559,8 +589,10 @@ class RowwisePolicy(DraftPolicy):
         if costs is None:
             raise ValueError("RowwisePolicy needs costs")
         self.costs = costs
-        self.rows = [self.row_policy(self.threshold, self.cap, warmup_drafts=self.warmup, prior=self.prior)
-                     for _ in range(batch_size)]
+        self.rows = [
+            self.row_policy(self.threshold, self.cap, warmup_drafts=self.warmup, prior=self.prior)
+            for _ in range(batch_size)
+        ]
         self.probing = [False] * batch_size
         for p in self.rows:
             p.begin(1, costs)
@@ -589,16 +621,27 @@ class RowwisePolicy(DraftPolicy):
                 p.no_draft([rec.committed[r]], 0 if rec.committed[r] <= 1 else rec.width)
                 continue
             k = rec.drafted[r]
-            p.learn(RoundRecord(conf=[rec.conf[r]], first_conf=[rec.first_conf[r]], drafted=[k],
-                                judged=[rec.judged[r]], accepted=[rec.accepted[r]], committed=[rec.committed[r]],
-                                small_steps=max(1, k), width=k))
+            p.learn(
+                RoundRecord(
+                    conf=[rec.conf[r]],
+                    first_conf=[rec.first_conf[r]],
+                    drafted=[k],
+                    judged=[rec.judged[r]],
+                    accepted=[rec.accepted[r]],
+                    committed=[rec.committed[r]],
+                    small_steps=max(1, k),
+                    width=k,
+                )
+            )
 
     def reset(self):
         self.rows = []
 
     def describe(self):
         rows = [p.describe() for p in self.rows]
-        return {"policy": "adaptive per row", "rows": [{k: d[k] for k in ("drafting", "draft_length", "alpha")}
-                                                        for d in rows],
-                "fallback_threshold": "auto" if self.threshold is None else self.threshold,
-                "costs": self.costs.as_dict() if self.costs is not None else None}
+        return {
+            "policy": "adaptive per row",
+            "rows": [{k: d[k] for k in ("drafting", "draft_length", "alpha")} for d in rows],
+            "fallback_threshold": "auto" if self.threshold is None else self.threshold,
+            "costs": self.costs.as_dict() if self.costs is not None else None,
+        }

@@ -12,6 +12,7 @@ What exact verification guarantees in half precision is stated in README.md ("Ha
 pass over k+1 tokens rounds differently from `large.generate`'s 1-token step, so the output equals
 `large.generate`'s up to the first position where the large model's top-2 logits are within that rounding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,9 +44,13 @@ def check_dtypes(small, large) -> None:
     allowed = ", ".join(str(d).removeprefix("torch.") for d in DTYPES)
     for role, m in models:
         if m.dtype not in DTYPES:
-            raise ValueError(f"`{role}` is in {m.dtype}, which bild cannot decode with (the pair: {both}); "
-                             f"allowed: {allowed}, in any combination")
+            raise ValueError(
+                f"`{role}` is in {m.dtype}, which bild cannot decode with (the pair: {both}); "
+                f"allowed: {allowed}, in any combination"
+            )
         err = runs_on(execution_device(m), m.dtype)
         if err is not None:
-            raise ValueError(f"`{role}`'s dtype {m.dtype} does not run on {execution_device(m)} ({err}; the pair: {both}): "
-                             f"cast it, e.g. `{role}.to(torch.float32)`")
+            raise ValueError(
+                f"`{role}`'s dtype {m.dtype} does not run on {execution_device(m)} ({err}; the pair: {both}): "
+                f"cast it, e.g. `{role}.to(torch.float32)`"
+            )

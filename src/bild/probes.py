@@ -1,6 +1,7 @@
 """Capability probes: how the engine calls a model's forward (the cache keyword, per-row positions,
 `logits_to_keep`), found once per model by tiny forwards (`capabilities`), not by reading how the forward is
 spelled. Also the probe inputs the other probes share (`_probe_inputs`, `_probe_tokens`)."""
+
 from __future__ import annotations
 
 import inspect
@@ -83,9 +84,11 @@ NON_FINITE = "gives non-finite logits (NaN or inf) on a probe forward over 4 tok
 NOT_FILLED = "has no KV cache (given one as `cache` or `past_key_values`, its forward does not fill it)"
 
 
-NOT_CONTINUED = ("does not continue from its KV cache as from one pass (4 tokens through the cache as 2 + 2 or "
-                 "2 + 1 + 1 give other logits than 4 at once), so a multi-token verify pass would differ from its "
-                 "own decoding")
+NOT_CONTINUED = (
+    "does not continue from its KV cache as from one pass (4 tokens through the cache as 2 + 2 or "
+    "2 + 1 + 1 give other logits than 4 at once), so a multi-token verify pass would differ from its "
+    "own decoding"
+)
 
 
 @torch.no_grad()
@@ -118,8 +121,9 @@ def _probe_cache_arg(model: PreTrainedModel) -> tuple[str | None, str]:
         if not all(_close(outs[0], o, model.dtype) for o in outs[1:]):
             problem = NOT_CONTINUED
             continue
-        if not any(issubclass(w.category, (FutureWarning, DeprecationWarning)) and name in str(w.message)
-                   for w in caught):
+        if not any(
+            issubclass(w.category, (FutureWarning, DeprecationWarning)) and name in str(w.message) for w in caught
+        ):
             return name, ""
         fallback = fallback or name
     if not ran:  # the probe's inputs do not fit this model at all: trust its signature
@@ -149,8 +153,16 @@ def _probe_positions(model: PreTrainedModel) -> bool:
         return said
     t = _probe_tokens(model, 3)
     try:
-        a, b = (model(**_probe_inputs(model, t), position_ids=torch.tensor([p], device=execution_device(model)),
-                      use_cache=False).logits[0, -1].float() for p in ([0, 1, 2], [0, 1, 5]))
+        a, b = (
+            model(
+                **_probe_inputs(model, t),
+                position_ids=torch.tensor([p], device=execution_device(model)),
+                use_cache=False,
+            )
+            .logits[0, -1]
+            .float()
+            for p in ([0, 1, 2], [0, 1, 5])
+        )
     except Exception:  # noqa: BLE001 - rejects the argument
         return False
     return not torch.equal(a, b)
@@ -164,7 +176,9 @@ def _probe_logits_to_keep(model: PreTrainedModel) -> bool:
     if said is not None:
         return said
     try:
-        return model(**_probe_inputs(model, _probe_tokens(model, 2)), logits_to_keep=1,
-                     use_cache=False).logits.shape[1] == 1
+        return (
+            model(**_probe_inputs(model, _probe_tokens(model, 2)), logits_to_keep=1, use_cache=False).logits.shape[1]
+            == 1
+        )
     except Exception:  # noqa: BLE001 - rejects the argument
         return False

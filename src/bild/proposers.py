@@ -22,6 +22,7 @@ Proposers:
 Drafts are host lists (the loop's bookkeeping lives on the host); `Proposal.draft_probs` gives the
 probabilities q the drafts were drawn from, one-hot for a deterministic drafter.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,9 +31,9 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import ModelAdapter
-from .devices import to_device
-from .bild_warnings import BiLDRuntimeWarning
 from .batch import BatchState, CacheReader, RowProcessors
+from .bild_warnings import BiLDRuntimeWarning
+from .devices import to_device
 from .policies import DraftPolicy, RoundRecord
 
 
@@ -56,7 +57,7 @@ class Proposal:
     q: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, B: int) -> "Proposal":
+    def empty(cls, B: int) -> Proposal:
         return cls([[] for _ in range(B)], [0] * B, [""] * B, [0] * B, [False] * B)
 
     def draft_probs(self, dt: torch.Tensor, V: int) -> torch.Tensor:
@@ -83,8 +84,9 @@ class Proposer:
     name = ""
     policy: DraftPolicy | None = None
 
-    def start(self, state: BatchState, encoder_kwargs: dict | None = None,
-              source_tokens: list[list[int]] | None = None) -> None:
+    def start(
+        self, state: BatchState, encoder_kwargs: dict | None = None, source_tokens: list[list[int]] | None = None
+    ) -> None:
         self.state = state
 
     def propose(self, state: BatchState, allowed: list[bool] | None = None) -> Proposal:
@@ -113,15 +115,23 @@ class Proposer:
         return {"policy": "large model only"}
 
 
-
 class ModelProposer(Proposer):
     """The small model drafts up to its policy's budget per row; the policy stops a row (fallback, or
     enough). One host read per draft step: tokens, the policy's answers and the confidences together."""
 
     name = "small"
 
-    def __init__(self, adapter: ModelAdapter, policy: DraftPolicy, processors, do_sample: bool, keep_q: bool,
-                 fill: bool, stats, batch_slot: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        policy: DraftPolicy,
+        processors,
+        do_sample: bool,
+        keep_q: bool,
+        fill: bool,
+        stats,
+        batch_slot: tuple[int, int] | None = None,
+    ):
         """processors: transformers' logits processors (applied to the draft's scores too); keep_q: return
         the draft probabilities (sampling under a lossless rule); fill: batch fill; batch_slot: see
         `RowProcessors`."""
@@ -145,7 +155,7 @@ class ModelProposer(Proposer):
         self.round = d = self._draft(budget)
         return Proposal(d.drafts, d.own, ["small" if x else "" for x in d.drafts], budget, probing, d.q)
 
-    def _draft(self, budget: list[int]) -> "_Draft":
+    def _draft(self, budget: list[int]) -> _Draft:
         """In a batch under exact verification a row that stopped keeps drafting while another row still
         drafts (batch fill); BiLD's rollback rule would accept those, so it does not fill. Every row feeds a
         token at every step (a row that stopped feeds one that `settle` drops: a masked slot where the model
@@ -172,8 +182,9 @@ class ModelProposer(Proposer):
             live = to_device([d and a for d, a in zip(driving, active)], st.device)
             keep, more = self.policy.step(j, conf, live)
             keep, more = keep & ~bad, more & ~bad
-            tok_l, keep_l, more_l, conf_l, bad_l = torch.stack([tok.double(), keep.double(), more.double(),
-                                                                conf.double(), bad.double()]).tolist()  # one read
+            tok_l, keep_l, more_l, conf_l, bad_l = torch.stack(
+                [tok.double(), keep.double(), more.double(), conf.double(), bad.double()]
+            ).tolist()  # one read
             if self.adapter.read_clock is not None:  # the step's forward has run (an asynchronous device)
                 self.adapter.read_clock.read()
             if any(bad_l):
@@ -181,8 +192,10 @@ class ModelProposer(Proposer):
             if first_conf is None:
                 first_conf = [c if a and not b else None for c, a, b in zip(conf_l, active, bad_l)]
             mine = [a and d and k > 0 for a, d, k in zip(active, driving, keep_l)]
-            self.stats.fallbacks += sum(a and d and not k and not b for a, d, k, b in
-                                        zip(*(st.lead(x) for x in (active, driving, keep_l, bad_l))))
+            self.stats.fallbacks += sum(
+                a and d and not k and not b
+                for a, d, k, b in zip(*(st.lead(x) for x in (active, driving, keep_l, bad_l)))
+            )
             driving = [m and x > 0 for m, x in zip(mine, more_l)]
             any_driving = any(driving)
             if self.keep_q:
@@ -209,10 +222,13 @@ class ModelProposer(Proposer):
         if not any(rows):
             return
         if not self.stats.nonfinite_drafts:
-            warnings.warn("the small model's logits hold NaN or inf: those draft steps are dropped and the large "
-                          "model writes the tokens (the output is unchanged; counted in "
-                          "GenerationStats.nonfinite_drafts). Check the draft model's weights and dtype.",
-                          BiLDRuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "the small model's logits hold NaN or inf: those draft steps are dropped and the large "
+                "model writes the tokens (the output is unchanged; counted in "
+                "GenerationStats.nonfinite_drafts). Check the draft model's weights and dtype.",
+                BiLDRuntimeWarning,
+                stacklevel=2,
+            )
         self.stats.nonfinite_drafts += sum(rows)
 
     def settle(self, n_accept, committed, before, width):
@@ -222,9 +238,18 @@ class ModelProposer(Proposer):
         self.reader.keep(self._kept(before, d.read, n_accept))
         judged, accepted = judged_accepted(d.own, n_accept, committed)
         lead = self.state.lead
-        self.policy.learn(RoundRecord(conf=lead(d.conf), first_conf=lead(d.first_conf), drafted=lead(d.own),
-                                      judged=lead(judged), accepted=lead(accepted), committed=lead(committed),
-                                      small_steps=d.steps, width=width))
+        self.policy.learn(
+            RoundRecord(
+                conf=lead(d.conf),
+                first_conf=lead(d.first_conf),
+                drafted=lead(d.own),
+                judged=lead(judged),
+                accepted=lead(accepted),
+                committed=lead(committed),
+                small_steps=d.steps,
+                width=width,
+            )
+        )
 
     def _kept(self, before: list[int], read: list[int], n_accept: list[int]) -> list[int]:
         """Per row, the committed columns the cache keeps after a round: what it held, plus the accepted drafts it
@@ -235,8 +260,7 @@ class ModelProposer(Proposer):
         self.reader.select_rows(pick)
         d = self.round
         if d is not None:
-            d.read, d.own, d.conf, d.first_conf = ([x[c] for c in pick] for x in (d.read, d.own, d.conf,
-                                                                                  d.first_conf))
+            d.read, d.own, d.conf, d.first_conf = ([x[c] for c in pick] for x in (d.read, d.own, d.conf, d.first_conf))
 
     def describe(self):
         return self.policy.describe()
@@ -360,8 +384,18 @@ class PromptLookupProposer(Proposer):
             self.policy.no_draft(committed, width)  # no lookup draft (width 0: a plain round)
             return
         judged, accepted = judged_accepted(own, n_accept, committed)
-        self.policy.learn(RoundRecord(conf=conf, first_conf=first, drafted=own, judged=judged, accepted=accepted,
-                                      committed=committed, small_steps=0, width=width))
+        self.policy.learn(
+            RoundRecord(
+                conf=conf,
+                first_conf=first,
+                drafted=own,
+                judged=judged,
+                accepted=accepted,
+                committed=committed,
+                small_steps=0,
+                width=width,
+            )
+        )
 
     def describe(self):
         return {**self.policy.describe(), "max_matching_ngram_size": self.max_ngram}
@@ -385,9 +419,16 @@ class CombinedProposer(Proposer):
         rest = [not d and (allowed is None or allowed[r]) for r, d in enumerate(a.drafts)]
         b = self.model.propose(state, rest)
         from_lookup = [bool(d) for d in a.drafts]
-        merged = [[x if f else y for x, y, f in zip(u, v, from_lookup)] for u, v in
-                  ((a.drafts, b.drafts), (a.own, b.own), (a.source, b.source), (a.budget, b.budget),
-                   (a.probing, b.probing))]
+        merged = [
+            [x if f else y for x, y, f in zip(u, v, from_lookup)]
+            for u, v in (
+                (a.drafts, b.drafts),
+                (a.own, b.own),
+                (a.source, b.source),
+                (a.budget, b.budget),
+                (a.probing, b.probing),
+            )
+        ]
         return Proposal(*merged, q=b.q)
 
     def settle(self, n_accept, committed, before, width):

@@ -1,19 +1,26 @@
 """The scorer: the large model reads every unchecked token in ONE forward pass (the "score" step)."""
+
 from __future__ import annotations
 
 import torch
 
 from .adapters import ModelAdapter
-from .devices import to_device
 from .batch import BatchState, CacheReader, RowProcessors
+from .devices import to_device
 
 
 class Scorer:
     """The large model over a `BatchState`: its prefill, then one pass per round over each row's unread
     committed tokens and its drafts."""
 
-    def __init__(self, adapter: ModelAdapter, state: BatchState, processors: RowProcessors, stats,
-                 encoder_kwargs: dict | None = None):
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        state: BatchState,
+        processors: RowProcessors,
+        stats,
+        encoder_kwargs: dict | None = None,
+    ):
         self.adapter, self.state, self.processors, self.stats = adapter, state, processors, stats
         self.reader = CacheReader(adapter, state)
         adapter.start(state.B, state.device, encoder_kwargs)
@@ -33,8 +40,10 @@ class Scorer:
         self.stats.verify_widths.append(logits.shape[1] + offset)
         self.stats.verify_lengths.extend(x for x in st.lead(n) if x)
         B, V = st.B, logits.shape[-1]
-        idx = to_device([[min(max(m[r] - 1 + j - offset, 0), logits.shape[1] - 1) for j in range(K + 1)]
-                         for r in range(B)], logits.device)
+        idx = to_device(
+            [[min(max(m[r] - 1 + j - offset, 0), logits.shape[1] - 1) for j in range(K + 1)] for r in range(B)],
+            logits.device,
+        )
         raw = logits.gather(1, idx[..., None].expand(B, K + 1, V))
         if not len(self.processors):
             return raw, raw

@@ -1,4 +1,5 @@
 """Per-call counters of the draft-then-verify loop, and the papers' speedup formula."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -83,8 +84,12 @@ class GenerationStats:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.update(acceptance_rate=self.acceptance_rate, tokens_per_large_call=self.tokens_per_large_call,
-                 fallback_rate=self.fallback_rate, rollback_rate=self.rollback_rate)
+        d.update(
+            acceptance_rate=self.acceptance_rate,
+            tokens_per_large_call=self.tokens_per_large_call,
+            fallback_rate=self.fallback_rate,
+            rollback_rate=self.rollback_rate,
+        )
         return d
 
 

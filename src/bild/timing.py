@@ -8,6 +8,7 @@ loop records each round's host time beyond its forwards (`record_round`). `bild.
 
 Nothing here imports the rest of the engine: the model layer records into it, the cost layer reads it.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -15,8 +16,9 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -79,7 +81,7 @@ class ModelTimes:
             return max(0.0, statistics.median(d) - (statistics.median(plain) if plain else 0.0))
 
 
-_TIMES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TIMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TIMES_LOCK = threading.Lock()
 
 
@@ -124,8 +126,11 @@ class ReadClock:
 def read_clock(*adapters) -> ReadClock | None:
     """A `ReadClock` attached to those of `adapters` (None skipped) whose forwards are timed on an
     asynchronous device; None (and nothing attached) where there are none."""
-    late = [a for a in adapters if a is not None and a.times is not None
-            and not synchronous(getattr(a, "device", None) or a.model.device)]
+    late = [
+        a
+        for a in adapters
+        if a is not None and a.times is not None and not synchronous(getattr(a, "device", None) or a.model.device)
+    ]
     if not late:
         return None
     rc = ReadClock()
@@ -236,7 +241,7 @@ class CostTable:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CostTable":
+    def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
         d = dict(d)
         for k in ("small_forward", "large_forward", "small_prefill", "large_prefill"):
             d[k] = {int(n): float(t) for n, t in d[k].items()}

@@ -21,6 +21,7 @@ Served: batch 1, decoder-only models whose caches hold only full-attention `Dyna
 `position_ids`, and whose tree forward gives the logits of uncached forwards (`tree_mask_is_exact`, a probe
 cached on the model), with verification "exact". `tree_problem` says why a model is not served.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -29,12 +30,12 @@ import torch
 
 from . import online_costs, timing
 from .adapters import ModelAdapter, _plain_attention
-from .caches import _close, _self_attention_layers
-from .devices import execution_device, to_device
-from .probes import _probe_tokens, capabilities
 from .batch import CacheReader
+from .caches import _close, _self_attention_layers
 from .decoding import DraftVerifyLoop
+from .devices import execution_device, to_device
 from .policies import RoundRecord
+from .probes import _probe_tokens, capabilities
 from .proposers import ModelProposer, Proposal, judged_accepted
 from .verification import verify_batch_drafts, verify_exact_greedy
 from .vocabulary import widen_logits
@@ -66,10 +67,14 @@ class TreeCache:
         dev = a.device  # (a host list through `to_device`: on CUDA no wait for queued work)
         visible = torch.cat([a.mask[0, : self.base].expand(n, -1), to_device(sees, dev, torch.bool)], dim=1)
         dtype = a.model.dtype if a.model.dtype.is_floating_point else torch.float32
-        mask = torch.zeros(n, visible.shape[1], dtype=dtype, device=dev).masked_fill(~visible,
-                                                                                    torch.finfo(dtype).min)
-        kwargs = {a.caps.cache_arg: a.cache, "use_cache": True, "input_ids": ids.reshape(1, n),
-                  "attention_mask": mask[None, None], "position_ids": to_device([self.pos[start:]], dev)}
+        mask = torch.zeros(n, visible.shape[1], dtype=dtype, device=dev).masked_fill(~visible, torch.finfo(dtype).min)
+        kwargs = {
+            a.caps.cache_arg: a.cache,
+            "use_cache": True,
+            "input_ids": ids.reshape(1, n),
+            "attention_mask": mask[None, None],
+            "position_ids": to_device([self.pos[start:]], dev),
+        }
         if a.caps.logits_to_keep:
             kwargs["logits_to_keep"] = n
         t0 = timing.clock() if a.times is not None else 0.0
@@ -119,37 +124,52 @@ def check_draft_tree(draft_tree, verification: str, num_drafts: int, epsilon: fl
     if draft_tree == "auto":
         return "auto" if num_drafts == 1 and verification == "exact" and not epsilon else None
     if isinstance(draft_tree, bool) or not isinstance(draft_tree, int) or draft_tree < 2:
-        raise ValueError(f"`draft_tree` must be None, 'off', 'auto' or an integer k >= 2 (candidates per "
-                         f"branching), got {draft_tree!r}")
+        raise ValueError(
+            f"`draft_tree` must be None, 'off', 'auto' or an integer k >= 2 (candidates per "
+            f"branching), got {draft_tree!r}"
+        )
     if num_drafts > 1:
-        raise ValueError("`draft_tree` cannot be combined with `num_drafts` > 1: a tree already holds several "
-                         "drafts per prompt (pass one of them)")
+        raise ValueError(
+            "`draft_tree` cannot be combined with `num_drafts` > 1: a tree already holds several "
+            "drafts per prompt (pass one of them)"
+        )
     if verification != "exact" or epsilon:
-        raise ValueError(f"`draft_tree` needs verification='exact' without `uno_epsilon` / `opt_epsilon` "
-                         f"(got verification={verification!r}): trees are verified by the lossless rules only")
+        raise ValueError(
+            f"`draft_tree` needs verification='exact' without `uno_epsilon` / `opt_epsilon` "
+            f"(got verification={verification!r}): trees are verified by the lossless rules only"
+        )
     return draft_tree
 
 
 def trees_served(small, large, lookup: bool) -> bool:
     """draft_tree="auto": whether these models (and drafter) can take trees; if not, it drafts chains."""
     from .feature_draft import is_feature_draft
-    return (small is not None and not lookup and not is_feature_draft(small)
-            and not tree_problem(small) and not tree_problem(large))
+
+    return (
+        small is not None
+        and not lookup
+        and not is_feature_draft(small)
+        and not tree_problem(small)
+        and not tree_problem(large)
+    )
 
 
 def check_tree_models(small, large, lookup: bool) -> None:
     """Refuse, before any work, tree drafts the models cannot serve."""
     if small is None or lookup:
-        raise ValueError("`draft_tree` needs a small model as the drafter, without prompt lookup "
-                         "(`prompt_lookup_num_tokens`)")
+        raise ValueError(
+            "`draft_tree` needs a small model as the drafter, without prompt lookup (`prompt_lookup_num_tokens`)"
+        )
     from .feature_draft import is_feature_draft
+
     if is_feature_draft(small):
         raise ValueError("`draft_tree` is not supported with a feature draft (EAGLE) as the small model")
     for role, model in (("small_model", small), ("large_model", large)):
         problem = tree_problem(model)
         if problem:
-            raise ValueError(f"`draft_tree` cannot run on `{role}` ({type(model).__name__}): {problem}; "
-                             "use draft_tree=None (chains)")
+            raise ValueError(
+                f"`draft_tree` cannot run on `{role}` ({type(model).__name__}): {problem}; use draft_tree=None (chains)"
+            )
 
 
 # -- which models take tree drafts ------------------------------------------------------------------------
@@ -158,13 +178,17 @@ def tree_problem(model) -> str:
     if model.config.is_encoder_decoder:
         return "it is an encoder-decoder model"
     if not _plain_attention(model):  # the layers a config asks for, whatever cache this release builds
-        return ("its attention is not full attention over plain cache layers (a sliding or local window, or a "
-                "recurrent / linear-attention state), which a tree mask would override or cannot express")
+        return (
+            "its attention is not full attention over plain cache layers (a sliding or local window, or a "
+            "recurrent / linear-attention state), which a tree mask would override or cannot express"
+        )
     if not capabilities(model).takes_positions:
         return "its forward takes no per-token `position_ids`"
     if not tree_mask_is_exact(model):
-        return ("a tree forward under a 4D attention mask does not give the logits of separate forwards "
-                "(bild.tree.tree_mask_is_exact)")
+        return (
+            "a tree forward under a 4D attention mask does not give the logits of separate forwards "
+            "(bild.tree.tree_mask_is_exact)"
+        )
     return ""
 
 
@@ -183,6 +207,7 @@ def tree_mask_is_exact(model) -> bool:
 
     def want(seq):
         return model(input_ids=torch.tensor([seq], device=dev), use_cache=False).logits[0, -1].float()
+
     try:
         a = ModelAdapter(model)
         a.times = None  # no measurement
@@ -231,8 +256,9 @@ class TreeLoop(DraftVerifyLoop):
         before = st.cur[0]
         path = drafts[chosen][:a]
         source = "small" if D else ""
-        committed = self._commit([path + [nxt]], processed[chosen : chosen + 1, : a + 1],
-                                 raw[chosen : chosen + 1, : a + 1], [source], [a])
+        committed = self._commit(
+            [path + [nxt]], processed[chosen : chosen + 1, : a + 1], raw[chosen : chosen + 1, : a + 1], [source], [a]
+        )
         # both caches keep the committed prefix and the accepted path (the large model's token is read next round)
         self.large_tree.keep(list(range(self.unread)) + [self.unread + d * k + chosen for d in range(a)])
         self.scorer.reader.read[0] = before + a
@@ -242,9 +268,18 @@ class TreeLoop(DraftVerifyLoop):
             prop.reader.read[0] = before + fed
         if steps:
             judged, accepted = judged_accepted([D], [a], committed)
-            prop.policy.learn(RoundRecord(conf=[conf[chosen][:D]], first_conf=[first_conf], drafted=[D],
-                                          judged=judged, accepted=accepted, committed=committed,
-                                          small_steps=steps, width=width))
+            prop.policy.learn(
+                RoundRecord(
+                    conf=[conf[chosen][:D]],
+                    first_conf=[first_conf],
+                    drafted=[D],
+                    judged=judged,
+                    accepted=accepted,
+                    committed=committed,
+                    small_steps=steps,
+                    width=width,
+                )
+            )
         if self.chooser is not None:
             c = self.costs
             cost = steps * c.small + c.verify_cost(width) + (c.overhead if steps else 0.0)
@@ -312,8 +347,9 @@ class TreeLoop(DraftVerifyLoop):
         ids = st.seqs[0, r0 : st.cur[0]]
         if D:
             ids = torch.cat([ids, to_device([drafts[ch][d] for d in range(D) for ch in range(k)], st.device)])
-        parents = list(range(-1, m - 1)) + [m - 1 if d == 0 else m + (d - 1) * k + ch
-                                            for d in range(D) for ch in range(k)]
+        parents = list(range(-1, m - 1)) + [
+            m - 1 if d == 0 else m + (d - 1) * k + ch for d in range(D) for ch in range(k)
+        ]
         self.large_tree = TreeCache(self.large)
         logits = self.large_tree.feed(ids, parents)  # [m + k*D, V]
         self.stats.verify_widths.append(m + k * D)
@@ -322,8 +358,12 @@ class TreeLoop(DraftVerifyLoop):
         raw = logits[idx]  # [k, D+1, V]
         processed = raw
         if len(self.scorer.processors):
-            processed = torch.stack([torch.cat([self.scorer.processors(raw[ch, j : j + 1], [drafts[ch][:j]])
-                                                for j in range(D + 1)]) for ch in range(k)])
+            processed = torch.stack(
+                [
+                    torch.cat([self.scorer.processors(raw[ch, j : j + 1], [drafts[ch][:j]]) for j in range(D + 1)])
+                    for ch in range(k)
+                ]
+            )
         if not D:
             nxt = int(self._choose(processed[:1, 0]).tolist()[0])  # the round's one read
             if self.clock is not None:
@@ -354,7 +394,7 @@ class WidthChooser:
 
     WIDTHS = (1, 4)
     EXPLORE, EVERY, DECAY = 3, 8, 0.97
-    _shared: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    _shared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __init__(self):
         self.tokens = {w: 0.0 for w in self.WIDTHS}
@@ -363,7 +403,7 @@ class WidthChooser:
         self.n = 0
 
     @classmethod
-    def of(cls, small: ModelAdapter, large: ModelAdapter, do_sample: bool) -> "WidthChooser":
+    def of(cls, small: ModelAdapter, large: ModelAdapter, do_sample: bool) -> WidthChooser:
         per_large = cls._shared.setdefault(large.model, {})
         key = (id(small.model), do_sample)
         if key not in per_large:

@@ -14,6 +14,7 @@ Notation. Leviathan et al. (2023) call the large (target) model p and the small 
 Yin et al. (2024, Decoding-UNO) use the opposite letters, q for the target and p for the draft.
 This code follows Leviathan: `p` is always the LARGE model, `q` the SMALL one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -123,7 +124,7 @@ def verify_block(drafts, n_draft, p, q):
     """
     h, residual, mass = _block_terms(drafts, n_draft, p, q)
     i = torch.arange(h.shape[1], device=h.device)
-    n_accept = ((torch.rand_like(h) < h) * i).amax(-1)                      # tau: the last eta_i < h_i, else 0
+    n_accept = ((torch.rand_like(h) < h) * i).amax(-1)  # tau: the last eta_i < h_i, else 0
     res, z = _at(residual, n_accept), _at(mass, n_accept)[:, None]
     nxt = torch.where(z > 0, res / z.clamp(min=torch.finfo(z.dtype).tiny), _at(p, n_accept))
     return n_accept, _choose(nxt, True)
@@ -135,15 +136,15 @@ def _block_terms(drafts, n_draft, p, q):
     B, K = drafts.shape
     q = q[:, :K]
     i = torch.arange(K + 1, device=p.device)
-    in_draft = i[None, :K] < n_draft[:, None]                               # [B, K]
+    in_draft = i[None, :K] < n_draft[:, None]  # [B, K]
     p_draft = p[:, :K].gather(-1, drafts[..., None]).squeeze(-1)
     q_draft = q.gather(-1, drafts[..., None]).squeeze(-1)
     ratio = torch.where(in_draft, p_draft / q_draft.clamp(min=torch.finfo(q.dtype).tiny), 1.0)
-    w = _block_weights(ratio)                                               # p_0 .. p_K  [B, K+1]
-    q_next = torch.where(in_draft[..., None], q, 0.0)                       # M_s(.|X^i), 0 from X^gamma on
-    q_next = torch.cat([q_next, q.new_zeros(B, 1, q.shape[-1])], dim=1)     # [B, K+1, V]
-    residual = _block_residual(w, p, q_next)                                # [B, K+1, V]
-    mass = residual.sum(-1)                                                 # Z_0 .. Z_K  [B, K+1]
+    w = _block_weights(ratio)  # p_0 .. p_K  [B, K+1]
+    q_next = torch.where(in_draft[..., None], q, 0.0)  # M_s(.|X^i), 0 from X^gamma on
+    q_next = torch.cat([q_next, q.new_zeros(B, 1, q.shape[-1])], dim=1)  # [B, K+1, V]
+    residual = _block_residual(w, p, q_next)  # [B, K+1, V]
+    mass = residual.sum(-1)  # Z_0 .. Z_K  [B, K+1]
     candidate = (i >= 1) & (i <= n_draft[:, None])
     return torch.where(candidate, _block_h(mass, w), 0.0), residual, mass
 
@@ -169,14 +170,14 @@ def verify_batch_drafts(drafts, n_draft, p, q):
     B, M, K = drafts.shape
     chosen = torch.zeros(B, dtype=torch.long, device=drafts.device)
     n_accept = torch.zeros_like(chosen)
-    r = p[:, 0, 0]                                          # r^1 = p
+    r = p[:, 0, 0]  # r^1 = p
     if K == 0:
         return chosen, n_accept, _choose(r, True)
     found = torch.zeros(B, dtype=torch.bool, device=drafts.device)
     for m in range(M):
         live = ~found & (n_draft[:, m] > 0)
         a = drafts[:, m, :1]
-        q_root = q[:, m, 0]                                 # draft m's own copy: only read where live
+        q_root = q[:, m, 0]  # draft m's own copy: only read where live
         r_a, q_a = r.gather(-1, a).squeeze(-1), q_root.gather(-1, a).squeeze(-1)
         acc = live & (torch.rand_like(r_a) < (r_a / q_a).clamp(max=1.0))  # 0/0 = nan: rejected
         chosen = torch.where(acc, m, chosen)
@@ -187,12 +188,13 @@ def verify_batch_drafts(drafts, n_draft, p, q):
         mass = d.sum(-1, keepdim=True)
         upd = (live & ~acc)[:, None] & (mass > 0)
         r = torch.where(upd, d / mass.clamp(min=torch.finfo(d.dtype).tiny), r)
-    next_token = _choose(r, True)                           # used where all first tokens were rejected
+    next_token = _choose(r, True)  # used where all first tokens were rejected
     # followed draft: plain speculative sampling from slot 1 (computed for every row, kept where found:
     # no host read)
     rows = torch.arange(B, device=drafts.device)
-    n_rest, nxt = verify_exact_sampling(drafts[rows, chosen, 1:], (n_draft[rows, chosen] - 1).clamp(min=0),
-                                        p[rows, chosen, 1:], q[rows, chosen, 1:])
+    n_rest, nxt = verify_exact_sampling(
+        drafts[rows, chosen, 1:], (n_draft[rows, chosen] - 1).clamp(min=0), p[rows, chosen, 1:], q[rows, chosen, 1:]
+    )
     n_accept = torch.where(found, 1 + n_rest, n_accept)
     next_token = torch.where(found, nxt, next_token)
     return chosen, n_accept, next_token

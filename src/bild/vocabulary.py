@@ -11,6 +11,7 @@ exact decoding stays exact.
     small.save_pretrained(path)                              # the map goes into config.json
     small = bild.load_draft(path)                            # from_pretrained + the narrow head again
 """
+
 from __future__ import annotations
 
 import operator
@@ -108,8 +109,7 @@ def prune_draft_vocabulary(model, token_ids):
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> DraftHead:
     """A DraftHead holding copies of `weight` [V_sub, d] and `bias` [V_sub]."""
-    rows = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                     dtype=weight.dtype)
+    rows = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         rows.weight.copy_(weight)
         if bias is not None:
@@ -124,8 +124,10 @@ def _rows_of(ids: list[int], current: list[int] | None) -> torch.Tensor:
     where = {t: r for r, t in enumerate(current)}
     missing = [t for t in ids if t not in where]
     if missing:
-        raise ValueError(f"`token_ids` holds {len(missing)} tokens the pruned head lacks (e.g. {missing[:5]}): "
-                         "a pruned head can only be pruned further")
+        raise ValueError(
+            f"`token_ids` holds {len(missing)} tokens the pruned head lacks (e.g. {missing[:5]}): "
+            "a pruned head can only be pruned further"
+        )
     return torch.tensor([where[t] for t in ids])
 
 
@@ -172,6 +174,9 @@ def __getattr__(name: str):
     import warnings
 
     home = f"bild.{_MOVED[name]}"
-    warnings.warn(f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return getattr(importlib.import_module(home), name)

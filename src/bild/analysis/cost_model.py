@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -96,8 +97,13 @@ class _Timer:
 
         arg = capabilities(self.model).cache_arg
         if self.is_ed:
-            return self.model(encoder_outputs=self.enc, attention_mask=self.mask, decoder_input_ids=ids,
-                              use_cache=True, **{arg: cache})
+            return self.model(
+                encoder_outputs=self.enc,
+                attention_mask=self.mask,
+                decoder_input_ids=ids,
+                use_cache=True,
+                **{arg: cache},
+            )
         return self.model(input_ids=ids, use_cache=True, logits_to_keep=logits_to_keep, **{arg: cache})
 
     @torch.no_grad()
@@ -114,7 +120,7 @@ class _Timer:
     def forward(self, n, repeats, warmup):
         cache = _new_cache(self.model)
         self._call(self.tokens[:, : self.past_len], cache)
-        ids = self.tokens[:, self.past_len: self.past_len + n]
+        ids = self.tokens[:, self.past_len : self.past_len + n]
 
         def fn():
             self._call(ids, cache)
@@ -222,7 +228,7 @@ class CallRecord:
     def large_forwards(self) -> int:
         return len(self.verify_lengths) + len(self.large_prefills)
 
-    def __add__(self, other: "CallRecord") -> "CallRecord":
+    def __add__(self, other: CallRecord) -> CallRecord:
         return CallRecord(
             self.small_steps + other.small_steps,
             self.verify_lengths + other.verify_lengths,
@@ -253,8 +259,13 @@ def _as_steps(v) -> list[int]:
     return [int(x) for x in v]
 
 
-def to_call_record(stats_like, *, small_prefills: int | None = None, large_prefills: int | None = None,
-                   encoder_calls: tuple[int, int] | None = None) -> CallRecord:
+def to_call_record(
+    stats_like,
+    *,
+    small_prefills: int | None = None,
+    large_prefills: int | None = None,
+    encoder_calls: tuple[int, int] | None = None,
+) -> CallRecord:
     """Normalise a run's statistics into a :class:`CallRecord`.
 
     Accepted inputs (objects or mappings):
@@ -373,8 +384,9 @@ def best_fixed_draft(costs: CostTable, agreement: float, max_gamma: int = 12) ->
         tokens = g + 1 if agreement >= 1.0 else (1 - agreement ** (g + 1)) / (1 - agreement)
         per_token = (g * costs.small(1) + costs.large(g + 1)) / tokens
         if best is None or per_token < best["seconds_per_token"]:
-            best = dict(gamma=g, tokens_per_round=tokens, seconds_per_token=per_token,
-                        speedup=costs.large(1) / per_token)
+            best = dict(
+                gamma=g, tokens_per_round=tokens, seconds_per_token=per_token, speedup=costs.large(1) / per_token
+            )
     return best
 
 
@@ -435,7 +447,8 @@ class ForwardCounter:
                     seen_encoders[id(enc)] = name
                     self._handles.append(enc.register_forward_pre_hook(self._make_encoder_hook(name), with_kwargs=True))
         self.shared_encoder = len(seen_encoders) < sum(
-            bool(getattr(m.config, "is_encoder_decoder", False)) for m in models.values())
+            bool(getattr(m.config, "is_encoder_decoder", False)) for m in models.values()
+        )
 
     def _make_hook(self, name):
         def hook(module, args, kwargs):
@@ -473,8 +486,7 @@ class ForwardCounter:
         return sum(c.model == name and c.kind == kind for c in self.calls)
 
     def tokens(self, name: str, kind: str | None = None) -> list[int]:
-        return [c.tokens for c in self.calls
-                if c.model == name and (c.kind == kind if kind else c.kind != "encoder")]
+        return [c.tokens for c in self.calls if c.model == name and (c.kind == kind if kind else c.kind != "encoder")]
 
     def record(self, small: str = "small", large: str = "large") -> CallRecord:
         """The calls of ``small`` and ``large`` as a :class:`CallRecord`."""
@@ -502,7 +514,7 @@ class ForwardCounter:
             h.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "ForwardCounter":
+    def __enter__(self) -> ForwardCounter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,6 +16,7 @@ Rules covered (everything per token, at one conditioning prefix, except `expecte
                           rejection Decoding-UNO samples y ~ p, Decoding-OPT y ~ norm(max(0, p - q))
 At eps = 0 the eps-rule with OPT's resampling is speculative sampling (lossless); UNO's is not.
 """
+
 from __future__ import annotations
 
 import torch

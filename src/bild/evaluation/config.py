@@ -45,30 +45,67 @@ class EvalConfig:
     mode: str = field(default="bild", metadata={"help": "one of " + ", ".join(MODES)})
     large: str | None = field(default=None, metadata={"help": "large model: local path or Hub id"})
     small: str | None = field(default=None, metadata={"help": "small model: local path or Hub id"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer path or Hub id (default: the large model's, else the small model's)"})
-    fallback_threshold: float | str = field(default="auto", metadata={"help": "BiLD fallback threshold: 'auto' (adaptive policy) or a number in [0, 1]"})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer path or Hub id (default: the large model's, else the small model's)"}
+    )
+    fallback_threshold: float | str = field(
+        default="auto", metadata={"help": "BiLD fallback threshold: 'auto' (adaptive policy) or a number in [0, 1]"}
+    )
     rollback_threshold: float = field(default=5.0, metadata={"help": "BiLD rollback threshold, >= 0 or 'inf'"})
-    max_small_steps: int | str = field(default="auto", metadata={"help": "max tokens the small model drafts per round: 'auto' or an integer >= 1"})
-    prompt_lookup: int = field(default=0, metadata={"help": "bild / exact modes: also draft by prompt lookup, up to this many tokens copied from the prompt per round (transformers' prompt_lookup_num_tokens; 10 is its default); 0 (default) drafts with the small model only"})
-    paper_setting: str | None = field(default=None, metadata={"help": "apply the config file's paper_settings entry: unaligned or aligned"})
-    paper_settings: dict = field(default_factory=dict, metadata={"help": "file only: the paper's checkpoints and thresholds"})
+    max_small_steps: int | str = field(
+        default="auto", metadata={"help": "max tokens the small model drafts per round: 'auto' or an integer >= 1"}
+    )
+    prompt_lookup: int = field(
+        default=0,
+        metadata={
+            "help": "bild / exact modes: also draft by prompt lookup, up to this many tokens copied from the prompt per round (transformers' prompt_lookup_num_tokens; 10 is its default); 0 (default) drafts with the small model only"
+        },
+    )
+    paper_setting: str | None = field(
+        default=None, metadata={"help": "apply the config file's paper_settings entry: unaligned or aligned"}
+    )
+    paper_settings: dict = field(
+        default_factory=dict, metadata={"help": "file only: the paper's checkpoints and thresholds"}
+    )
     # --- data ----------------------------------------------------------------------------------
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset name for datasets.load_dataset"})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name"})
     split: str = field(default="test", metadata={"help": "dataset split"})
-    test_file: str | None = field(default=None, metadata={"help": "local JSONL with 'source' and 'target' fields (overrides --dataset_name)"})
+    test_file: str | None = field(
+        default=None, metadata={"help": "local JSONL with 'source' and 'target' fields (overrides --dataset_name)"}
+    )
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N examples"})
-    translation_field: str = field(default="translation", metadata={"help": "field holding the {lang: text} dict of translation datasets"})
+    translation_field: str = field(
+        default="translation", metadata={"help": "field holding the {lang: text} dict of translation datasets"}
+    )
     source_lang: str | None = field(default=None, metadata={"help": "source language code, e.g. de"})
     target_lang: str | None = field(default=None, metadata={"help": "target language code, e.g. en"})
-    source_field: str = field(default="source", metadata={"help": "source text field (summarization datasets: document / article)"})
-    target_field: str = field(default="target", metadata={"help": "reference field (summarization datasets: summary / highlights)"})
-    source_prefix: str = field(default="", metadata={"help": "text prepended to every source, e.g. 'summarize: ' for T5"})
-    prompt_template: str = field(default="{source}", metadata={"help": "the task prompt; {source} stands for source_prefix + the example's text, e.g. 'Translate to English: {source}' for an instruct model"})
-    chat_template: bool = field(default=True, metadata={"help": "on by default: decoder-only models whose tokenizer has a chat template get the task prompt through it (as a user turn, with the generation prompt); --no_chat_template sends the plain prompt"})
+    source_field: str = field(
+        default="source", metadata={"help": "source text field (summarization datasets: document / article)"}
+    )
+    target_field: str = field(
+        default="target", metadata={"help": "reference field (summarization datasets: summary / highlights)"}
+    )
+    source_prefix: str = field(
+        default="", metadata={"help": "text prepended to every source, e.g. 'summarize: ' for T5"}
+    )
+    prompt_template: str = field(
+        default="{source}",
+        metadata={
+            "help": "the task prompt; {source} stands for source_prefix + the example's text, e.g. 'Translate to English: {source}' for an instruct model"
+        },
+    )
+    chat_template: bool = field(
+        default=True,
+        metadata={
+            "help": "on by default: decoder-only models whose tokenizer has a chat template get the task prompt through it (as a user turn, with the generation prompt); --no_chat_template sends the plain prompt"
+        },
+    )
     max_source_length: int = field(default=1024, metadata={"help": "truncate sources to this many tokens"})
     max_target_length: int = field(default=128, metadata={"help": "max new tokens generated per example"})
-    metric: str | None = field(default=None, metadata={"help": "bleu or rouge (default: bleu for translation, rouge for summarization)"})
+    metric: str | None = field(
+        default=None, metadata={"help": "bleu or rouge (default: bleu for translation, rouge for summarization)"}
+    )
     # --- how to run ----------------------------------------------------------------------------
     batch_size: int = field(default=1, metadata={"help": "examples per generate call (the paper uses 1)"})
     seed: int = field(default=42, metadata={"help": "random seed"})
@@ -113,7 +150,16 @@ _FILE_ONLY = {"paper_settings", "task"}
 _BOOL_KEYS = {"resume", "overwrite", "chat_template"}
 _NEGATABLE_KEYS = {"chat_template"}  # --<key> and --no_<key>
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig) if f.default is not dataclasses.MISSING}
-_INT_KEYS = {"prompt_lookup", "max_small_steps", "limit", "max_source_length", "max_target_length", "batch_size", "seed", "warmup"}
+_INT_KEYS = {
+    "prompt_lookup",
+    "max_small_steps",
+    "limit",
+    "max_source_length",
+    "max_target_length",
+    "batch_size",
+    "seed",
+    "warmup",
+}
 _FLOAT_KEYS = {"fallback_threshold", "rollback_threshold"}
 
 
@@ -168,8 +214,10 @@ def _reject_unknown_keys(data: dict, allowed, where: str) -> None:
     """ConfigError naming every key of `data` not in `allowed`, and listing the allowed ones."""
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
-                          f"{', '.join(map(repr, unknown))}. Allowed keys: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}. Allowed keys: {', '.join(allowed)}"
+        )
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -289,13 +337,17 @@ def validate(cfg: EvalConfig) -> None:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
     if "{source}" not in cfg.prompt_template:
-        raise ConfigError(f"--prompt_template must contain {{source}} (where the source text goes), got {cfg.prompt_template!r}")
+        raise ConfigError(
+            f"--prompt_template must contain {{source}} (where the source text goes), got {cfg.prompt_template!r}"
+        )
     if cfg.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {cfg.warmup}")
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {cfg.limit}")
     if cfg.mode == "assisted" and cfg.batch_size != 1:
-        raise ConfigError("--batch_size must be 1 with --mode assisted (transformers' assisted generation is batch-1 only)")
+        raise ConfigError(
+            "--batch_size must be 1 with --mode assisted (transformers' assisted generation is batch-1 only)"
+        )
     if not (cfg.device == "auto" or cfg.device == "cpu" or cfg.device == "mps" or cfg.device.startswith("cuda")):
         raise ConfigError(f"--device must be auto, cpu, mps, cuda or cuda:N, got {cfg.device!r}")
     if cfg.resume and cfg.overwrite:
@@ -313,7 +365,9 @@ def validate(cfg: EvalConfig) -> None:
         if not os.path.isfile(cfg.test_file):
             raise ConfigError(f"--test_file: file not found: {cfg.test_file}")
     elif not cfg.dataset_name:
-        raise ConfigError("no data: pass --test_file (local JSONL) or --dataset_name (Hub dataset), or a --config that names one")
+        raise ConfigError(
+            "no data: pass --test_file (local JSONL) or --dataset_name (Hub dataset), or a --config that names one"
+        )
     elif cfg.task == "translation" and not (cfg.source_lang and cfg.target_lang):
         missing = "--source_lang" if not cfg.source_lang else "--target_lang"
         raise ConfigError(f"{missing} is required to read the '{cfg.translation_field}' field of {cfg.dataset_name}")

@@ -8,9 +8,10 @@ before anything else happens, so a wrong field name fails before any model is lo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .config import ConfigError, EvalConfig
 
@@ -43,7 +44,9 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     return records
 
 
-def make_extractor(cfg: EvalConfig, first: dict[str, Any], origin: str, local: bool) -> Callable[[dict], tuple[str, str]]:
+def make_extractor(
+    cfg: EvalConfig, first: dict[str, Any], origin: str, local: bool
+) -> Callable[[dict], tuple[str, str]]:
     """Return a function mapping a record to ``(source, target)``, after checking ``first`` has the fields.
 
     Local JSONL files use ``source``/``target`` when present. Otherwise translation data is read
@@ -56,7 +59,9 @@ def make_extractor(cfg: EvalConfig, first: dict[str, Any], origin: str, local: b
     if cfg.task == "translation" and cfg.translation_field in first:
         pair = first[cfg.translation_field]
         if not isinstance(pair, dict):
-            raise ConfigError(f"--translation_field {cfg.translation_field!r} of {origin} is not a {{language: text}} mapping")
+            raise ConfigError(
+                f"--translation_field {cfg.translation_field!r} of {origin} is not a {{language: text}} mapping"
+            )
         for flag, lang in (("--source_lang", cfg.source_lang), ("--target_lang", cfg.target_lang)):
             if lang not in pair:
                 raise ConfigError(
@@ -80,7 +85,9 @@ def load_records(cfg: EvalConfig) -> tuple[Sequence[dict[str, Any]], str, bool]:
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is in the [eval] extra
-        raise ConfigError("--dataset_name needs the 'datasets' package (pip install big-little-decoder[eval])") from None
+        raise ConfigError(
+            "--dataset_name needs the 'datasets' package (pip install big-little-decoder[eval])"
+        ) from None
     split = cfg.split if cfg.limit is None else f"{cfg.split}[:{cfg.limit}]"
     origin = f"{cfg.dataset_name}" + (f"/{cfg.dataset_config}" if cfg.dataset_config else "") + f" [{split}]"
     try:

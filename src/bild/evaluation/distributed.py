@@ -9,8 +9,9 @@ and needs no accelerate import.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 
 class LocalState:

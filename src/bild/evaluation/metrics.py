@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .timing import latency_summary, tokens_per_second
 
@@ -119,8 +120,11 @@ def summarize_records(records: Sequence[dict[str, Any]], mode: str) -> dict[str,
         tokens = totals.get("new_tokens") or total_tokens
         out["engine_totals"] = totals
         if tokens:
-            for key, name in (("fallbacks", "fallback_rate"), ("rollbacks", "rollback_rate"),
-                              ("large_forwards", "large_calls_per_token")):
+            for key, name in (
+                ("fallbacks", "fallback_rate"),
+                ("rollbacks", "rollback_rate"),
+                ("large_forwards", "large_calls_per_token"),
+            ):
                 if key in totals:
                     out[name] = totals[key] / tokens
         if totals.get("drafted"):

@@ -14,8 +14,9 @@ pair's :func:`bild.pairs.smollm2.chat_prompt` does, unless ``chat_template`` is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .config import EvalConfig
 
@@ -82,8 +83,13 @@ def load_tokenizer(cfg: EvalConfig):
     """
     from transformers import AutoTokenizer
 
-    candidates = [name for name in dict.fromkeys((cfg.tokenizer, cfg.large if cfg.needs_large else None,
-                                                  cfg.small if cfg.needs_small else None)) if name]
+    candidates = [
+        name
+        for name in dict.fromkeys(
+            (cfg.tokenizer, cfg.large if cfg.needs_large else None, cfg.small if cfg.needs_small else None)
+        )
+        if name
+    ]
     errors = []
     for name in candidates:
         try:
@@ -113,7 +119,9 @@ def load_models(cfg: EvalConfig, device) -> ModelBundle:
     if large is not None and small is not None:
         v_large, v_small = large.config.get_text_config().vocab_size, small.config.get_text_config().vocab_size
         if v_large != v_small:
-            logger.warning("small and large vocabularies differ (%d vs %d); they must share a tokenizer", v_small, v_large)
+            logger.warning(
+                "small and large vocabularies differ (%d vs %d); they must share a tokenizer", v_small, v_large
+            )
     tokenizer = load_tokenizer(cfg)
     is_encoder_decoder = kinds[0]
     if not is_encoder_decoder:
@@ -209,8 +217,10 @@ class BatchGenerator:
         from ..pairs.smollm2 import chat_prompt
 
         tok = self.bundle.tokenizer
-        return [chat_prompt(tok, task_prompt(self.cfg, _truncate_tokens(tok, s, self.cfg.max_source_length)))
-                for s in sources]
+        return [
+            chat_prompt(tok, task_prompt(self.cfg, _truncate_tokens(tok, s, self.cfg.max_source_length)))
+            for s in sources
+        ]
 
     def encode(self, sources: Sequence[str]) -> dict[str, Any]:
         """Tokenise :meth:`prompts` (truncated to ``max_source_length``) onto the device.

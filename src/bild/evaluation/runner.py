@@ -17,8 +17,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .config import ConfigError, EvalConfig, differing_keys, format_threshold, resolve_config
 from .data import Example, load_examples
@@ -132,18 +133,21 @@ def generate_batch(generator: Any, batch: Sequence[Example], sink) -> list[dict[
     sequences, seconds = timed(lambda: generator.generate(enc), generator.bundle.device)
     stats = generator.last_stats()
     predictions, counts = generator.decode(enc, sequences)
-    records = [{
-        "id": example.id,
-        "source": example.source,
-        "reference": example.target,
-        "prediction": prediction,
-        "generation_seconds": seconds / len(batch),
-        "batch_seconds": seconds,
-        "batch_first_id": batch[0].id,
-        "batch_size": len(batch),
-        "new_tokens": count,
-        "stats": stats,
-    } for example, prediction, count in zip(batch, predictions, counts)]
+    records = [
+        {
+            "id": example.id,
+            "source": example.source,
+            "reference": example.target,
+            "prediction": prediction,
+            "generation_seconds": seconds / len(batch),
+            "batch_seconds": seconds,
+            "batch_first_id": batch[0].id,
+            "batch_size": len(batch),
+            "new_tokens": count,
+            "stats": stats,
+        }
+        for example, prediction, count in zip(batch, predictions, counts)
+    ]
     sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     sink.flush()
     return records
@@ -156,7 +160,9 @@ def warm_up(cfg: EvalConfig, generator: Any, batches: Sequence[Sequence[Example]
         timed(lambda: generator.generate(enc), generator.bundle.device)
 
 
-def generate_records(cfg: EvalConfig, generator: Any, examples: Sequence[Example], sink, state: Any) -> list[dict[str, Any]]:
+def generate_records(
+    cfg: EvalConfig, generator: Any, examples: Sequence[Example], sink, state: Any
+) -> list[dict[str, Any]]:
     """Warm up (untimed), then generate every example, timing only the generate call.
 
     Each finished batch is written to ``sink`` (an open file) and flushed at once.
@@ -168,8 +174,13 @@ def generate_records(cfg: EvalConfig, generator: Any, examples: Sequence[Example
 
     records: list[dict[str, Any]] = []
     total_tokens, total_seconds = 0, 0.0
-    bar = tqdm(total=len(examples), desc=f"{cfg.name or cfg.task} [{cfg.mode}]", unit="ex",
-               disable=not state.is_main_process, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(examples),
+        desc=f"{cfg.name or cfg.task} [{cfg.mode}]",
+        unit="ex",
+        disable=not state.is_main_process,
+        dynamic_ncols=True,
+    )
     try:
         for batch in batches:
             done = generate_batch(generator, batch, sink)
@@ -178,8 +189,10 @@ def generate_records(cfg: EvalConfig, generator: Any, examples: Sequence[Example
             total_tokens += sum(r["new_tokens"] for r in done)
             total_seconds += seconds
             bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{total_tokens / total_seconds:.1f}" if total_seconds else "-",
-                            lat=f"{total_seconds / len(records):.3f}s")
+            bar.set_postfix(
+                tok_s=f"{total_tokens / total_seconds:.1f}" if total_seconds else "-",
+                lat=f"{total_seconds / len(records):.3f}s",
+            )
     finally:
         bar.close()
     return records
@@ -208,8 +221,15 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], device: str, num_processes: int,
-                  resumed: int, tokenizer: str | None = None, chat_template: bool | None = None) -> dict[str, Any]:
+def build_results(
+    cfg: EvalConfig,
+    records: Sequence[dict[str, Any]],
+    device: str,
+    num_processes: int,
+    resumed: int,
+    tokenizer: str | None = None,
+    chat_template: bool | None = None,
+) -> dict[str, Any]:
     """results.json: quality, timing summary, engine rates, settings, versions and device.
 
     ``chat_template``: whether the prompts went through the tokenizer's chat template (None when
@@ -226,8 +246,11 @@ def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], device: st
     }
     results.update(summarize_records(records, cfg.mode))
     if cfg.mode in ("bild", "exact"):
-        results["fallback_threshold"] = format_threshold(cfg.fallback_threshold) if isinstance(
-            cfg.fallback_threshold, str) or math.isinf(cfg.fallback_threshold) else cfg.fallback_threshold
+        results["fallback_threshold"] = (
+            format_threshold(cfg.fallback_threshold)
+            if isinstance(cfg.fallback_threshold, str) or math.isinf(cfg.fallback_threshold)
+            else cfg.fallback_threshold
+        )
         results["rollback_threshold"] = "inf" if math.isinf(cfg.rollback_threshold) else cfg.rollback_threshold
         results["max_small_steps"] = cfg.max_small_steps
     results.update(
@@ -247,8 +270,13 @@ def build_results(cfg: EvalConfig, records: Sequence[dict[str, Any]], device: st
     return results
 
 
-def run(cfg: EvalConfig, examples: Sequence[Example], done: dict[int, dict[str, Any]],
-        get_bundle: Callable[[], Any], state: Any = None) -> dict[str, Any] | None:
+def run(
+    cfg: EvalConfig,
+    examples: Sequence[Example],
+    done: dict[int, dict[str, Any]],
+    get_bundle: Callable[[], Any],
+    state: Any = None,
+) -> dict[str, Any] | None:
     """Generate the unfinished examples and write results.json; returns the results (main process).
 
     ``get_bundle`` is called only when something is left to generate, so a finished run is
@@ -284,19 +312,30 @@ def run(cfg: EvalConfig, examples: Sequence[Example], done: dict[int, dict[str, 
 def split_done(examples: Sequence[Example], done: dict[int, dict[str, Any]]):
     """(records of ``examples`` already done, records beyond them (kept, not scored), examples left to do)."""
     wanted = {e.id for e in examples}
-    return ({i: r for i, r in done.items() if i in wanted}, {i: r for i, r in done.items() if i not in wanted},
-            [e for e in examples if e.id not in done])
+    return (
+        {i: r for i, r in done.items() if i in wanted},
+        {i: r for i, r in done.items() if i not in wanted},
+        [e for e in examples if e.id not in done],
+    )
 
 
-def finish_run(cfg: EvalConfig, done: dict[int, dict[str, Any]], kept: dict[int, dict[str, Any]],
-               new_records: Sequence[dict[str, Any]], device: str, num_processes: int, tokenizer=None,
-               chat_template=None) -> dict[str, Any]:
+def finish_run(
+    cfg: EvalConfig,
+    done: dict[int, dict[str, Any]],
+    kept: dict[int, dict[str, Any]],
+    new_records: Sequence[dict[str, Any]],
+    device: str,
+    num_processes: int,
+    tokenizer=None,
+    chat_template=None,
+) -> dict[str, Any]:
     """Write the run's predictions (sorted by id) and results.json; returns the results."""
     run_dir = Path(cfg.output_dir)
     records = sorted([*done.values(), *new_records], key=lambda r: r["id"])
     write_predictions(run_dir, [*records, *kept.values()])
-    results = build_results(cfg, records, device, num_processes, resumed=len(done), tokenizer=tokenizer,
-                            chat_template=chat_template)
+    results = build_results(
+        cfg, records, device, num_processes, resumed=len(done), tokenizer=tokenizer, chat_template=chat_template
+    )
     _write_json(run_dir / RESULTS_FILE, results)
     return results
 
@@ -340,8 +379,11 @@ def main(argv: list[str] | None = None, task: str = "translation") -> dict[str, 
         results = run(cfg, examples, done, lambda: load_models(cfg, resolve_device(cfg, state)), state)
     except KeyboardInterrupt:
         finished = len(read_predictions(cfg.output_dir))
-        print(f"\ninterrupted: {finished} examples are saved in {cfg.output_dir}; "
-              "rerun the same command with --resume to finish", file=sys.stderr)
+        print(
+            f"\ninterrupted: {finished} examples are saved in {cfg.output_dir}; "
+            "rerun the same command with --resume to finish",
+            file=sys.stderr,
+        )
         raise
     if results is not None:
         print(format_summary(results, cfg.output_dir))

@@ -17,8 +17,9 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .config import (
     TASKS,
@@ -33,13 +34,27 @@ from .config import (
 )
 from .data import load_examples
 from .distributed import get_state
-from .runner import (PREDICTIONS_FILE, _batches, finish_run, generate_batch, prepare_run_dir, run, split_done,
-                     warm_up)
+from .runner import PREDICTIONS_FILE, _batches, finish_run, generate_batch, prepare_run_dir, run, split_done, warm_up
 
 CSV_COLUMNS = (
-    "label", "mode", "fallback_threshold", "rollback_threshold", "metric", "score", "speedup", "speedup_median",
-    "latency_mean", "latency_p50", "latency_p90", "tokens_per_second", "fallback_rate",
-    "rollback_rate", "large_calls_per_token", "num_examples", "pareto", "run_dir",
+    "label",
+    "mode",
+    "fallback_threshold",
+    "rollback_threshold",
+    "metric",
+    "score",
+    "speedup",
+    "speedup_median",
+    "latency_mean",
+    "latency_p50",
+    "latency_p90",
+    "tokens_per_second",
+    "fallback_rate",
+    "rollback_rate",
+    "large_calls_per_token",
+    "num_examples",
+    "pareto",
+    "run_dir",
 )
 
 
@@ -63,8 +78,7 @@ def pareto_mask(speedups: Sequence[float], scores: Sequence[float]) -> list[bool
     mask = []
     for i, (x, y) in enumerate(zip(speedups, scores)):
         dominated = any(
-            (xj >= x and yj >= y) and (xj > x or yj > y)
-            for j, (xj, yj) in enumerate(zip(speedups, scores)) if j != i
+            (xj >= x and yj >= y) and (xj > x or yj > y) for j, (xj, yj) in enumerate(zip(speedups, scores)) if j != i
         )
         mask.append(not dominated)
     return mask
@@ -77,8 +91,11 @@ def median_speedup(baseline_dir: str | Path, run_dir: str | Path) -> float:
     from .runner import read_predictions
 
     base, other = read_predictions(baseline_dir), read_predictions(run_dir)
-    ratios = [base[i]["generation_seconds"] / other[i]["generation_seconds"] for i in base
-              if i in other and other[i]["generation_seconds"] > 0]
+    ratios = [
+        base[i]["generation_seconds"] / other[i]["generation_seconds"]
+        for i in base
+        if i in other and other[i]["generation_seconds"] > 0
+    ]
     return median(ratios) if ratios else math.nan
 
 
@@ -114,8 +131,10 @@ def run_interleaved(configs: Sequence[EvalConfig], examples, dones, get_bundle, 
             for f in sinks:
                 f.close()
     name = device_name(device) if device is not None else "unknown (nothing generated)"
-    return [finish_run(cfg, done, kept, recs, name, 1, chat_template=chat_template)
-            for cfg, (done, kept, _), recs in zip(configs, parts, new)]
+    return [
+        finish_run(cfg, done, kept, recs, name, 1, chat_template=chat_template)
+        for cfg, (done, kept, _), recs in zip(configs, parts, new)
+    ]
 
 
 def make_row(label: str, results: dict[str, Any], run_dir: str, baseline_latency: float) -> dict[str, Any]:
@@ -158,8 +177,13 @@ def pick_within_budget(rows: Sequence[dict[str, Any]], budget: float) -> dict[st
     return max(ok, key=lambda r: r["speedup_median"]) if ok else None
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "", budget: float | None = None,
-               pick: dict[str, Any] | None = None) -> None:
+def plot_sweep(
+    rows: Sequence[dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    budget: float | None = None,
+    pick: dict[str, Any] | None = None,
+) -> None:
     """Speedup (x) against quality (y); Pareto front joined and ringed, baseline as dashed lines, the quality
     budget's floor dotted and the point picked within it starred."""
     import matplotlib
@@ -172,25 +196,53 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
     ax.axhline(baseline["score"], color="gray", linestyle="--", linewidth=1, label="baseline: large model")
     ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
     if budget is not None:
-        ax.axhline(baseline["score"] - budget, color="tab:orange", linestyle=":", linewidth=1,
-                   label=f"baseline - {budget:g} (quality budget)")
+        ax.axhline(
+            baseline["score"] - budget,
+            color="tab:orange",
+            linestyle=":",
+            linewidth=1,
+            label=f"baseline - {budget:g} (quality budget)",
+        )
     if pick is not None:
-        ax.scatter([pick["speedup_median"]], [pick["score"]], marker="*", s=260, color="tab:orange", zorder=5,
-                   label="fastest within budget")
+        ax.scatter(
+            [pick["speedup_median"]],
+            [pick["score"]],
+            marker="*",
+            s=260,
+            color="tab:orange",
+            zorder=5,
+            label="fastest within budget",
+        )
     points = rows[1:]
-    ax.scatter([r["speedup_median"] for r in points], [r["score"] for r in points], color="tab:blue", zorder=3,
-               label="threshold pairs")
+    ax.scatter(
+        [r["speedup_median"] for r in points],
+        [r["score"] for r in points],
+        color="tab:blue",
+        zorder=3,
+        label="threshold pairs",
+    )
     ax.scatter([baseline["speedup_median"]], [baseline["score"]], color="black", marker="s", zorder=3)
     for r in points:
         label = "/".join(format_threshold(parse_threshold(r[k])) for k in ("fallback_threshold", "rollback_threshold"))
-        ax.annotate(label, (r["speedup_median"], r["score"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(label, (r["speedup_median"], r["score"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["speedup_median"])
     if front:
-        ax.plot([r["speedup_median"] for r in front], [r["score"] for r in front], color="tab:red", linewidth=1.5,
-                zorder=2, label="Pareto front")
-        ax.scatter([r["speedup_median"] for r in front], [r["score"] for r in front], s=120, facecolors="none",
-                   edgecolors="tab:red", zorder=4)
+        ax.plot(
+            [r["speedup_median"] for r in front],
+            [r["score"] for r in front],
+            color="tab:red",
+            linewidth=1.5,
+            zorder=2,
+            label="Pareto front",
+        )
+        ax.scatter(
+            [r["speedup_median"] for r in front],
+            [r["score"] for r in front],
+            s=120,
+            facecolors="none",
+            edgecolors="tab:red",
+            zorder=4,
+        )
     ax.set_xlabel("speedup over the large model (median of per-example ratios, interleaved)")
     ax.set_ylabel(baseline["metric"].upper() if baseline["metric"] == "bleu" else "ROUGE-L")
     ax.set_title(title or "BiLD threshold sweep (labels: fallback/rollback)")
@@ -209,14 +261,26 @@ def sweep_title(cfg: EvalConfig) -> str:
 
 def build_sweep_parser():
     """The run flags plus --fallback, --rollback and --task."""
-    parser = build_parser("sweep", description="Sweep BiLD's fallback and rollback thresholds against the large-model baseline.",
-                          exclude=("fallback_threshold", "rollback_threshold"))
-    parser.add_argument("--fallback", required=True, help="comma-separated fallback thresholds in [0, 1] or 'auto' (the "
-                        "adaptive draft policy, timing-free under the rollback rule), e.g. 0.3,0.5,0.7,0.9 or auto")
+    parser = build_parser(
+        "sweep",
+        description="Sweep BiLD's fallback and rollback thresholds against the large-model baseline.",
+        exclude=("fallback_threshold", "rollback_threshold"),
+    )
+    parser.add_argument(
+        "--fallback",
+        required=True,
+        help="comma-separated fallback thresholds in [0, 1] or 'auto' (the "
+        "adaptive draft policy, timing-free under the rollback rule), e.g. 0.3,0.5,0.7,0.9 or auto",
+    )
     parser.add_argument("--rollback", required=True, help="comma-separated rollback thresholds, e.g. 1,2,3,5,inf")
     parser.add_argument("--task", choices=TASKS, help="task (default: the config file's task)")
-    parser.add_argument("--quality_budget", type=float, default=0.5, help="the pick: the fastest point at most this "
-                        "far below the baseline's score (BLEU / ROUGE-L points; default 0.5)")
+    parser.add_argument(
+        "--quality_budget",
+        type=float,
+        default=0.5,
+        help="the pick: the fastest point at most this "
+        "far below the baseline's score (BLEU / ROUGE-L points; default 0.5)",
+    )
     return parser
 
 
@@ -241,7 +305,9 @@ def plan_sweep(argv: list[str] | None) -> tuple[list[EvalConfig], Path, float]:
             raise ConfigError(f"--fallback values must be in [0, 1] or 'auto', got {fb}")
     base = config_from_namespace(namespace, task or "translation")
     if base.mode not in ("bild", "exact"):
-        raise ConfigError(f"--mode must be bild or exact for a sweep (the baseline always runs large), got {base.mode!r}")
+        raise ConfigError(
+            f"--mode must be bild or exact for a sweep (the baseline always runs large), got {base.mode!r}"
+        )
     sweep_dir = Path(base.output_dir)
     if "output_dir" not in given:
         sweep_dir = Path("runs") / (base.name or base.task) / "sweep"
@@ -297,12 +363,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]] | None:
     (sweep_dir / "sweep.json").write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
     for row in rows:
         mark = "*" if row["pareto"] else " "
-        print(f"{mark} {row['label']:<22} {row['metric']}={row['score']:.2f} speedup={row['speedup_median']:.2f}x "
-              f"(median of per-example ratios; mean latency ratio {row['speedup']:.2f}x)")
+        print(
+            f"{mark} {row['label']:<22} {row['metric']}={row['score']:.2f} speedup={row['speedup_median']:.2f}x "
+            f"(median of per-example ratios; mean latency ratio {row['speedup']:.2f}x)"
+        )
     if pick is None:
         print(f"pick: no point within {budget:g} of the baseline's {rows[0]['metric']}")
     else:
-        print(f"pick: {pick['label']} (the fastest within {budget:g} of the baseline's {rows[0]['metric']}: "
-              f"{pick['score']:.2f} against {rows[0]['score']:.2f}, {pick['speedup_median']:.2f}x)")
+        print(
+            f"pick: {pick['label']} (the fastest within {budget:g} of the baseline's {rows[0]['metric']}: "
+            f"{pick['score']:.2f} against {rows[0]['score']:.2f}, {pick['speedup_median']:.2f}x)"
+        )
     print(f"wrote {sweep_dir / 'sweep.csv'} and {sweep_dir / 'sweep.png'} (* = Pareto front)")
     return rows

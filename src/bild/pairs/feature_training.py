@@ -12,13 +12,14 @@ model's argmax). `feature_agreement` measures, along the large model's outputs, 
 the large model's with the large model's features (the first draft of a round) and with its own previous
 prediction in place of h_{t-1} (the second).
 """
+
 from __future__ import annotations
 
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,15 @@ class FeatureRecord:
 
 
 @torch.no_grad()
-def feature_records(large, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], *, batch_size: int = 8,
-                    pad_token_id: int = 0, progress: bool = True) -> list[FeatureRecord]:
+def feature_records(
+    large,
+    sequences: Sequence[Sequence[int]],
+    prompt_lens: Sequence[int],
+    *,
+    batch_size: int = 8,
+    pad_token_id: int = 0,
+    progress: bool = True,
+) -> list[FeatureRecord]:
     """The large model's features and argmax along each sequence (right-padded batches, length-sorted)."""
     out: list[FeatureRecord | None] = [None] * len(sequences)
     head = large.get_output_embeddings()
@@ -63,8 +71,9 @@ def feature_records(large, sequences: Sequence[Sequence[int]], prompt_lens: Sequ
 def teacher_feature_records(large, records, **kwargs) -> list[FeatureRecord]:
     """:func:`feature_records` along gen-data :class:`~bild.pairs.alignment.TeacherRecord` objects (prompt +
     the large model's output)."""
-    return feature_records(large, [r.prompt_ids + r.output_ids for r in records],
-                           [len(r.prompt_ids) for r in records], **kwargs)
+    return feature_records(
+        large, [r.prompt_ids + r.output_ids for r in records], [len(r.prompt_ids) for r in records], **kwargs
+    )
 
 
 def save_feature_records(records: Sequence[FeatureRecord], path) -> None:
@@ -118,8 +127,9 @@ def feature_agreement(draft, records: Sequence[FeatureRecord], batch_size: int =
     return hits1 / max(n, 1), hits2 / max(n, 1)
 
 
-def feature_loss(draft, teacher_rows: torch.Tensor, batch, noise: float = 0.0, reg_weight: float = 1.0,
-                 unroll: int = 1) -> dict[str, torch.Tensor]:
+def feature_loss(
+    draft, teacher_rows: torch.Tensor, batch, noise: float = 0.0, reg_weight: float = 1.0, unroll: int = 1
+) -> dict[str, torch.Tensor]:
     """EAGLE's loss on one `feature_batch`: smooth L1 to h_t, KL to the large model's distribution over the
     draft head's tokens (`teacher_rows` [V_head, d]: the large model's head rows), cross entropy on its argmax.
     `unroll` = k > 1 adds the same token losses for drafts 2..k of a round: pass i reads the draft's own
@@ -152,11 +162,24 @@ def feature_loss(draft, teacher_rows: torch.Tensor, batch, noise: float = 0.0, r
     return parts
 
 
-def train_feature_draft(draft, large, train: Sequence[FeatureRecord], held: Sequence[FeatureRecord] = (), *,
-                        minutes: float | None = None, max_steps: int | None = None, lr: float = 1e-3,
-                        batch_size: int = 8, noise: float = 0.0, reg_weight: float = 1.0, unroll: int = 1,
-                        eval_every: int = 150, seed: int = 0,
-                        log: Callable[[str], None] = print, checkpoint: Callable[[dict], None] | None = None) -> dict:
+def train_feature_draft(
+    draft,
+    large,
+    train: Sequence[FeatureRecord],
+    held: Sequence[FeatureRecord] = (),
+    *,
+    minutes: float | None = None,
+    max_steps: int | None = None,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    noise: float = 0.0,
+    reg_weight: float = 1.0,
+    unroll: int = 1,
+    eval_every: int = 150,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> dict:
     """AdamW with warm-up and cosine decay over `minutes` (wall clock) or `max_steps`, the input embeddings
     frozen. Every `eval_every` steps the held-out first-draft agreement is measured and the best weights kept
     (loaded back at the end; `checkpoint(state_dict)` is called with them). Returns a summary."""

