@@ -375,7 +375,7 @@ class BiLDGenerator:
             exactly), "block" (Sun et al.'s block verification, `bild.verification.verify_block`: lossless
             too, judges the draft as one block and keeps at least as many drafts in expectation as "exact";
             greedy decoding is "exact"'s check; no epsilon, num_drafts 1) or "rollback" (BiLD's rule, lossy).
-        uno_epsilon / opt_epsilon: >= 0, one of them, only with "exact" and sampling: Yin et al.'s slack
+        uno_epsilon, opt_epsilon: numbers >= 0, one of them, only with "exact" and sampling: Yin et al.'s slack
             (accept with min(1, (p + eps) / q)); on rejection UNO resamples from p, OPT from
             norm(max(0, p - q)). 0 is lossless speculative sampling for both.
         draft_schedule: "constant" (default) or "heuristic" (with numeric thresholds: the budget shrinks
@@ -390,7 +390,7 @@ class BiLDGenerator:
         num_drafts: M >= 1 (default 1). M > 1 is Yin et al.'s batch speculative decoding (their Alg. 4):
             M independent drafts per prompt in one batched small-model pass, one large pass over all of
             them, depth-first verification at the first position (lossless). Needs exact verification,
-            do_sample=True and a family whose batches decode together (README: supported families).
+            do_sample=True and a family whose batches decode together (docs: supported families).
         draft_tree: None or "off" (default: one chain of drafts per round), "auto" (per round a chain or a tree of
             4, from the tokens per unit of cost measured so far, `bild.tree.WidthChooser`; chains where trees
             cannot be served) or an integer k >= 2: tree drafts
