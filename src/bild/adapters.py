@@ -39,6 +39,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from . import caches, timing
+from .bild_warnings import moved_names
 
 # names that lived here up to 0.12, re-exported so that `bild.adapters.X` keeps working (their homes: devices.py,
 # caches.py, probes.py; families.py's rollback probe and refusals are attached by bild/__init__.py)
@@ -185,6 +186,18 @@ class ModelAdapter:
             kwargs.update(input_ids=ids, attention_mask=mask)
             if self.caps.takes_positions:
                 kwargs["position_ids"] = pos.clamp(min=0)
+        logits = self.run_forward(kwargs, B, n, keep)
+        if self.recorded:
+            self.unsettled += n
+            if self.prefill:  # never rolled back: its record goes now
+                self._crop(0)
+        self.prefill = False
+        return logits
+
+    def run_forward(self, kwargs: dict, B: int, n: int, keep: int) -> torch.Tensor:
+        """The model on `kwargs` (B rows of n new tokens, already counted in `self.length`), timed for the cost
+        estimates. Returns float32 logits [B, keep, V] of the last `keep` positions (full width for a pruned
+        head too)."""
         t0 = timing.clock() if self.times is not None else 0.0
         out = self.model(**kwargs)
         logits = out.logits[:, -keep:].float()
@@ -198,11 +211,6 @@ class ModelAdapter:
             if self.length > n:  # not the prefill
                 self.times.record(B, n, dt)
         self.forwards += 1
-        if self.recorded:
-            self.unsettled += n
-            if self.prefill:  # never rolled back: its record goes now
-                self._crop(0)
-        self.prefill = False
         return logits
 
     def keep_first(self, counts: list[int]) -> None:
@@ -394,8 +402,7 @@ def vocab_width(model: PreTrainedModel) -> int:
     return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
 
 
-# names of 0.12 that moved to a module above this one: they still resolve here, with a DeprecationWarning naming
-# their home (imported on first use, by name: this layer never depends on that one)
+# names of 0.12 that moved to a module above this one (`bild_warnings.moved_names`)
 _MOVED = {
     "check_model": "families",
     "rollback_is_exact": "families",
@@ -406,18 +413,4 @@ _MOVED = {
     "_REFUSED_TYPES": "families",
     "_CHECKED_ENCODER_INPUTS": "families",
 }
-
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    import warnings
-
-    home = f"bild.{_MOVED[name]}"
-    warnings.warn(
-        f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(home), name)
+__getattr__ = moved_names(__name__, _MOVED)

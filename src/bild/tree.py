@@ -28,7 +28,7 @@ import weakref
 
 import torch
 
-from . import online_costs, timing
+from . import online_costs
 from .adapters import ModelAdapter, _plain_attention
 from .batch import CacheReader
 from .caches import _close, _self_attention_layers
@@ -38,7 +38,6 @@ from .policies import RoundRecord
 from .probes import _probe_tokens, capabilities
 from .proposers import ModelProposer, Proposal, judged_accepted
 from .verification import verify_batch_drafts, verify_exact_greedy
-from .vocabulary import widen_logits
 
 
 class TreeCache:
@@ -77,21 +76,10 @@ class TreeCache:
         }
         if a.caps.logits_to_keep:
             kwargs["logits_to_keep"] = n
-        t0 = timing.clock() if a.times is not None else 0.0
-        out = a.model(**kwargs)
-        logits = out.logits[0, -n:].float()
-        if a.vocab is not None:
-            logits = widen_logits(logits[None], *a.vocab)[0]
-        if a.read_clock is not None:  # an asynchronous device: timed at the next host read (`timing.ReadClock`)
-            a.read_clock.launched(a, 1, n, t0, True)
-        elif a.times is not None:
-            dt = timing.clock() - t0
-            a.seconds += dt
-            a.times.record(1, n, dt)
         a.mask = torch.cat([a.mask, torch.ones(1, n, dtype=torch.bool, device=dev)], dim=1)
         a.length += n
-        a.forwards += 1
         a.tokens_fed += n
+        logits = a.run_forward(kwargs, 1, n, n)[0]
         a.prefill = False
         return logits
 

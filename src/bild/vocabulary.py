@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import timing
+from .bild_warnings import moved_names
 
 CONFIG_KEY = "bild_draft_vocabulary"  # config entry: {"token_ids": [...], "vocab_size": V, "head": "lm_head"}
 # logit of the tokens outside the subset: exp(OUTSIDE - max) is 0 in float32, as for -inf, but a row stays finite
@@ -162,21 +163,6 @@ def widen_logits(logits: torch.Tensor, index: torch.Tensor, vocab_size: int) -> 
     return full.index_copy_(-1, index, logits)
 
 
-# names of 0.12 that moved to a module above this one: they still resolve here, with a DeprecationWarning naming
-# their home (imported on first use, by name: this layer never depends on that one)
+# names of 0.12 that moved to a module above this one (`bild_warnings.moved_names`)
 _MOVED = {"load_draft": "drafts", "_saved_tensors": "drafts"}
-
-
-def __getattr__(name: str):
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    import warnings
-
-    home = f"bild.{_MOVED[name]}"
-    warnings.warn(
-        f"`{__name__}.{name}` moved to `{home}.{name}` in 0.13; the old name goes in 0.14",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(home), name)
+__getattr__ = moved_names(__name__, _MOVED)
